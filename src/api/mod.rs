@@ -1,0 +1,82 @@
+//! HTTP transport: the REST router (under `/api/rest`, `/dh/rest`, and the token routes under
+//! `/auth/rest`), CORS, method override, and the JSON error format for everything axum itself refuses.
+
+pub mod extract;
+pub mod rest;
+
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+
+use crate::error::ApiError;
+use crate::hub::Hub;
+
+/// The complete HTTP application, ready for `axum::serve`.
+pub fn app(hub: Arc<Hub>) -> Router {
+    let prefix = hub.settings.http.rest_prefix.trim_end_matches('/').to_string();
+    let full = rest::router();
+    let mut app = Router::new().nest(&prefix, full.clone());
+    if prefix != "/dh/rest" {
+        app = app.nest("/dh/rest", full);
+    }
+    if prefix != "/auth/rest" {
+        app = app.nest("/auth/rest", rest::auth_router());
+    }
+    app.fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(hub)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("HTTP 404 Not Found")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "HTTP 405 Method Not Allowed")
+}
+
+const CORS_HEADERS: [(&str, &str); 5] = [
+    ("access-control-allow-origin", "*"),
+    ("access-control-allow-credentials", "true"),
+    ("access-control-allow-methods", "OPTIONS, GET, POST, PUT, DELETE, HEAD"),
+    ("access-control-max-age", "0"),
+    (
+        "access-control-allow-headers",
+        "Origin, Authorization, Accept, Content-Type, Auth-DeviceID, Auth-DeviceKey",
+    ),
+];
+
+/// Runs before routing: applies `X-HTTP-Method-Override`, answers CORS preflights, and adds the CORS
+/// headers to every response.
+pub async fn edge(mut req: Request, next: Next) -> Response {
+    if req.method() == Method::POST {
+        let wanted = req
+            .headers()
+            .get("x-http-method-override")
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.trim().to_ascii_uppercase());
+        if let Some(m) = wanted {
+            match m.as_str() {
+                "PUT" => *req.method_mut() = Method::PUT,
+                "DELETE" => *req.method_mut() = Method::DELETE,
+                "HEAD" => *req.method_mut() = Method::HEAD,
+                "OPTIONS" => *req.method_mut() = Method::OPTIONS,
+                _ => {}
+            }
+        }
+    }
+    let mut response = if req.method() == Method::OPTIONS {
+        StatusCode::OK.into_response()
+    } else {
+        next.run(req).await
+    };
+    let headers = response.headers_mut();
+    for (name, value) in CORS_HEADERS {
+        headers.insert(HeaderName::from_static(name), HeaderValue::from_static(value));
+    }
+    response
+}

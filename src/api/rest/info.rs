@@ -1,0 +1,40 @@
+//! `GET /`, `/info`, `/info/cache`, `/info/config/cluster`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use serde_json::json;
+
+use super::{ok, ApiResult};
+use crate::hub::Hub;
+use crate::time::{format_ms, now_ms};
+
+pub async fn welcome() -> &'static str {
+    "The DeviceHive RESTful API is now running, please refer to documentation to get the list of available resources."
+}
+
+pub async fn info(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> ApiResult {
+    let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    let https = headers
+        .get("x-forwarded-proto")
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
+    let scheme = if https { "wss" } else { "ws" };
+    ok(&json!({
+        "apiVersion": crate::API_VERSION,
+        "serverTimestamp": format_ms(now_ms()),
+        "webSocketServerUrl": format!("{scheme}://{host}{}", hub.settings.http.websocket_path),
+    }))
+}
+
+pub async fn cache(State(hub): State<Arc<Hub>>) -> ApiResult {
+    ok(&json!({
+        "serverTimestamp": format_ms(now_ms()),
+        "cacheStats": format!("messages stored in SQL; {} live subscriptions", hub.bus.subscription_count()),
+    }))
+}
+
+pub async fn cluster() -> ApiResult {
+    ok(&json!({"bootstrap.servers": null, "zookeeper.connect": null}))
+}

@@ -1,0 +1,10 @@
+//! Authentication and authorization: JWT tokens, password hashing, the `Principal` a request acts as,
+//! and the one permission check every transport goes through.
+
+pub mod action;
+pub mod jwt;
+pub mod password;
+pub mod principal;
+
+pub use action::{Action, ActionSet};
+pub use principal::{IdSet, Principal};

@@ -1,0 +1,88 @@
+//! Settings: the commented defaults in `broker.toml` (compiled in), an optional file, then
+//! `HIVEHUB__SECTION__KEY` environment variables.
+
+use serde::Deserialize;
+
+/// The commented default configuration, printed by `hivehub config`.
+pub const DEFAULT_CONFIG: &str = include_str!("../broker.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub database: DatabaseSettings,
+    pub auth: AuthSettings,
+    pub limits: LimitSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpSettings {
+    pub listen: String,
+    pub rest_prefix: String,
+    pub websocket_path: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub synchronous: String,
+    pub max_connections: u32,
+    pub message_retention_secs: u64,
+    pub batch_max_rows: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    pub jwt_secret: String,
+    pub admin_login: String,
+    pub admin_password: String,
+    pub access_token_lifetime_ms: i64,
+    pub refresh_token_lifetime_ms: i64,
+    pub restrict_token_create: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LimitSettings {
+    pub max_body_bytes: usize,
+    pub max_take: i64,
+    pub default_wait_timeout_secs: u64,
+    pub max_wait_timeout_secs: u64,
+}
+
+impl Settings {
+    /// Loads defaults, then `path` (required when given explicitly; `./broker.toml` when present
+    /// otherwise), then the environment.
+    pub fn load(path: Option<&str>) -> Result<Settings, config::ConfigError> {
+        let mut builder =
+            config::Config::builder().add_source(config::File::from_str(DEFAULT_CONFIG, config::FileFormat::Toml));
+        builder = match path {
+            Some(p) => builder.add_source(config::File::with_name(p).format(config::FileFormat::Toml)),
+            None => builder.add_source(
+                config::File::with_name("broker.toml")
+                    .format(config::FileFormat::Toml)
+                    .required(false),
+            ),
+        };
+        Self::from_builder(builder)
+    }
+
+    /// Defaults plus environment only: what tests start from before adjusting fields.
+    pub fn defaults() -> Settings {
+        let builder =
+            config::Config::builder().add_source(config::File::from_str(DEFAULT_CONFIG, config::FileFormat::Toml));
+        Self::from_builder(builder).expect("built-in defaults are valid")
+    }
+
+    fn from_builder(
+        builder: config::ConfigBuilder<config::builder::DefaultState>,
+    ) -> Result<Settings, config::ConfigError> {
+        builder
+            .add_source(
+                config::Environment::with_prefix("HIVEHUB")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()?
+            .try_deserialize()
+    }
+}

@@ -1,0 +1,240 @@
+//! The bus: fans committed messages out to subscriptions (long polls now; WebSocket and MQTT sessions
+//! use the same registry). Subscriptions are indexed by device, network, device type or "global", so
+//! routing a message costs in proportion to the subscriptions that could match it, not to all of them.
+//! Each message is serialised once; recipients share the bytes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+
+use crate::auth::IdSet;
+use crate::model::{Command, Notification};
+use crate::store::writer::Written;
+use crate::store::MessageFilter;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Notification,
+    CommandInsert,
+    CommandUpdate,
+}
+
+/// The committed message behind an event.
+#[derive(Debug, Clone)]
+pub enum Message {
+    Notification(Arc<Notification>),
+    Command(Arc<Command>),
+}
+
+/// A committed message as routed: matching keys plus its full-view JSON, serialised once.
+#[derive(Debug)]
+pub struct Event {
+    pub kind: EventKind,
+    pub message: Message,
+    /// Full view JSON of the message.
+    pub json: Box<str>,
+}
+
+impl Event {
+    fn from_written(w: &Written) -> Event {
+        let (kind, message) = match w {
+            Written::Notification(n) => (EventKind::Notification, Message::Notification(n.clone())),
+            Written::Command(c) => (EventKind::CommandInsert, Message::Command(c.clone())),
+            Written::CommandUpdated(c) => (EventKind::CommandUpdate, Message::Command(c.clone())),
+        };
+        let json = match &message {
+            Message::Notification(n) => serde_json::to_string(n.as_ref()),
+            Message::Command(c) => serde_json::to_string(c.as_ref()),
+        }
+        .unwrap_or_default()
+        .into_boxed_str();
+        Event { kind, message, json }
+    }
+
+    pub fn id(&self) -> i64 {
+        match &self.message {
+            Message::Notification(n) => n.id,
+            Message::Command(c) => c.id,
+        }
+    }
+
+    /// The value a client resumes from: `timestamp`, or `lastUpdated` for command updates.
+    pub fn cursor(&self) -> i64 {
+        match &self.message {
+            Message::Notification(n) => n.timestamp,
+            Message::Command(c) if self.kind == EventKind::CommandUpdate => c.last_updated,
+            Message::Command(c) => c.timestamp,
+        }
+    }
+
+    fn keys(&self) -> (&str, Option<i64>, Option<i64>, &str) {
+        match &self.message {
+            Message::Notification(n) => (&n.device_id, n.network_id, n.device_type_id, &n.notification),
+            Message::Command(c) => (&c.device_id, c.network_id, c.device_type_id, &c.command),
+        }
+    }
+}
+
+/// What a subscription receives: the matching events of one commit, in commit order.
+#[derive(Debug)]
+pub struct Delivery {
+    pub subscription_id: u64,
+    pub events: Vec<Arc<Event>>,
+}
+
+struct Subscription {
+    kind: EventKind,
+    filter: MessageFilter,
+    sink: mpsc::Sender<Delivery>,
+}
+
+/// Where a subscription is indexed: the narrowest key its filter pins down.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum IndexKey {
+    Device(EventKind, String),
+    Network(EventKind, i64),
+    DeviceType(EventKind, i64),
+    Global(EventKind),
+}
+
+fn index_keys(kind: EventKind, f: &MessageFilter) -> Vec<IndexKey> {
+    if let Some(d) = &f.device_id {
+        return vec![IndexKey::Device(kind, d.clone())];
+    }
+    if let IdSet::Only(ids) = &f.networks {
+        return ids.iter().map(|i| IndexKey::Network(kind, *i)).collect();
+    }
+    if let IdSet::Only(ids) = &f.device_types {
+        return ids.iter().map(|i| IndexKey::DeviceType(kind, *i)).collect();
+    }
+    vec![IndexKey::Global(kind)]
+}
+
+#[derive(Default)]
+struct Registry {
+    subs: HashMap<u64, Subscription>,
+    index: HashMap<IndexKey, HashSet<u64>>,
+}
+
+pub struct Bus {
+    registry: Mutex<Registry>,
+    next_id: AtomicU64,
+}
+
+impl Default for Bus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Bus {
+    pub fn new() -> Bus {
+        // Subscription ids look like the reference's (epoch millis * 1000 + counter) and stay below
+        // 2^53 so JavaScript clients read them exactly.
+        let start = (crate::time::now_ms() as u64) * 1000;
+        Bus {
+            registry: Mutex::new(Registry::default()),
+            next_id: AtomicU64::new(start),
+        }
+    }
+
+    /// Registers a subscription; matching commits are sent to `sink` from now on.
+    pub fn subscribe(&self, kind: EventKind, filter: MessageFilter, sink: mpsc::Sender<Delivery>) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        for key in index_keys(kind, &filter) {
+            reg.index.entry(key).or_default().insert(id);
+        }
+        reg.subs.insert(id, Subscription { kind, filter, sink });
+        id
+    }
+
+    pub fn unsubscribe(&self, id: u64) -> bool {
+        let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(sub) = reg.subs.remove(&id) else {
+            return false;
+        };
+        for key in index_keys(sub.kind, &sub.filter) {
+            if let Some(set) = reg.index.get_mut(&key) {
+                set.remove(&id);
+                if set.is_empty() {
+                    reg.index.remove(&key);
+                }
+            }
+        }
+        true
+    }
+
+    /// Like `subscribe`, but the subscription ends when the returned guard is dropped.
+    pub fn subscribe_scoped(
+        self: &Arc<Self>,
+        kind: EventKind,
+        filter: MessageFilter,
+        sink: mpsc::Sender<Delivery>,
+    ) -> SubscriptionGuard {
+        let id = self.subscribe(kind, filter, sink);
+        SubscriptionGuard { bus: self.clone(), id }
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.registry.lock().unwrap_or_else(|e| e.into_inner()).subs.len()
+    }
+
+    /// Routes one commit's rows. Called by the writer in commit order, after the commit.
+    pub fn publish(&self, written: &[Written]) {
+        let events: Vec<Arc<Event>> = written.iter().map(|w| Arc::new(Event::from_written(w))).collect();
+        let mut per_sub: HashMap<u64, Vec<Arc<Event>>> = HashMap::new();
+        let reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        if reg.subs.is_empty() {
+            return;
+        }
+        for ev in &events {
+            let (device, network, device_type, name) = ev.keys();
+            let mut candidates: Vec<u64> = Vec::new();
+            let lookups = [IndexKey::Device(ev.kind, device.to_string()), IndexKey::Global(ev.kind)];
+            for key in lookups.iter() {
+                if let Some(set) = reg.index.get(key) {
+                    candidates.extend(set.iter().copied());
+                }
+            }
+            if let Some(n) = network {
+                if let Some(set) = reg.index.get(&IndexKey::Network(ev.kind, n)) {
+                    candidates.extend(set.iter().copied());
+                }
+            }
+            if let Some(t) = device_type {
+                if let Some(set) = reg.index.get(&IndexKey::DeviceType(ev.kind, t)) {
+                    candidates.extend(set.iter().copied());
+                }
+            }
+            for id in candidates {
+                let sub = &reg.subs[&id];
+                if sub.filter.matches(device, network, device_type, name) {
+                    per_sub.entry(id).or_default().push(ev.clone());
+                }
+            }
+        }
+        for (id, events) in per_sub {
+            // A full queue means the subscriber is not keeping up; long polls only need the first
+            // delivery, and session transports watch their own queues.
+            let _ = reg.subs[&id].sink.try_send(Delivery {
+                subscription_id: id,
+                events,
+            });
+        }
+    }
+}
+
+/// Ends its subscription when dropped (e.g. when a long-poll request completes or is abandoned).
+pub struct SubscriptionGuard {
+    bus: Arc<Bus>,
+    pub id: u64,
+}
+
+impl Drop for SubscriptionGuard {
+    fn drop(&mut self) {
+        self.bus.unsubscribe(self.id);
+    }
+}

@@ -1,0 +1,262 @@
+//! Long polling (§10.3–10.4). A poll registers its subscription on the bus *before* it reads history
+//! (so nothing committed in between is missed), answers at once when history has messages, and
+//! otherwise sleeps until the writer publishes a matching commit — no timers, no re-querying. A waiter
+//! costs one small channel and one registry entry.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::bus::{Delivery, Event, EventKind};
+use super::fields::Fields;
+use super::Hub;
+use crate::auth::{Action, IdSet, Principal};
+use crate::error::{ApiError, Result};
+use crate::model::Command;
+use crate::store::MessageFilter;
+use crate::time::now_ms;
+
+/// A parsed poll request.
+#[derive(Debug, Clone)]
+pub struct PollRequest {
+    pub kind: EventKind,
+    pub device_id: Option<String>,
+    pub network_ids: Option<Vec<i64>>,
+    pub device_type_ids: Option<Vec<i64>>,
+    pub names: Option<Vec<String>>,
+    pub timestamp: Option<i64>,
+    pub wait: Duration,
+    pub limit: usize,
+}
+
+impl Hub {
+    /// `waitTimeout` in seconds: default and maximum from `[limits]`.
+    pub fn wait_timeout(&self, f: &Fields) -> Result<Duration> {
+        let max = self.settings.limits.max_wait_timeout_secs as i64;
+        match f.i64("waitTimeout")? {
+            None => Ok(Duration::from_secs(
+                self.settings.limits.default_wait_timeout_secs.min(max as u64),
+            )),
+            Some(t) if t > max => Err(ApiError::bad_request(format!(
+                "Timeout can't be more than {max} seconds. "
+            ))),
+            Some(t) if t < 0 => Err(ApiError::bad_request("Timeout can't be less than 0 seconds. ")),
+            Some(t) => Ok(Duration::from_secs(t as u64)),
+        }
+    }
+
+    /// Parses poll parameters (REST query or any object of the same keys).
+    pub fn poll_request(&self, kind: EventKind, device_id: Option<&str>, params: &Value) -> Result<PollRequest> {
+        let f = Fields::of(params)?;
+        let limit = match f.i64("limit")? {
+            Some(l) if l < 0 => return Err(ApiError::bad_request("Limit can't be less than 0.")),
+            Some(l) if l > 0 => l.min(self.max_take()) as usize,
+            _ => 100,
+        };
+        let kind = if kind != EventKind::Notification && f.bool("returnUpdatedCommands")?.unwrap_or(false) {
+            EventKind::CommandUpdate
+        } else {
+            kind
+        };
+        Ok(PollRequest {
+            kind,
+            device_id: match device_id {
+                Some(d) => Some(d.to_string()),
+                None => f.text("deviceId")?,
+            },
+            network_ids: f.id_list("networkIds")?,
+            device_type_ids: f.id_list("deviceTypeIds")?,
+            names: f.list("names")?,
+            timestamp: f.timestamp("timestamp")?,
+            wait: self.wait_timeout(&f)?,
+            limit,
+        })
+    }
+
+    /// Builds the filter of a poll or subscription (§11.2); `None` = the caller can see nothing.
+    pub async fn message_filter(
+        &self,
+        principal: &Principal,
+        action: Action,
+        req: &PollRequest,
+    ) -> Result<Option<MessageFilter>> {
+        let user = principal.require(action)?;
+        let admin = user.is_admin();
+        if let Some(device_id) = &req.device_id {
+            if device_id.is_empty() {
+                return Err(ApiError::bad_request("Device id is wrong or empty"));
+            }
+            let device = self.store.device_get(device_id).await?;
+            return match device {
+                Some(d) if self.device_visible(principal, &d).await? => Ok(Some(MessageFilter {
+                    device_id: Some(d.id),
+                    networks: IdSet::All,
+                    device_types: IdSet::All,
+                    names: req.names.clone(),
+                })),
+                _ if admin => Err(ApiError::device_not_found(device_id)),
+                _ => Err(ApiError::access_denied()),
+            };
+        }
+        let visible_networks = self.visible_networks(principal).await?;
+        let networks = match &req.network_ids {
+            None => visible_networks,
+            Some(ids) => {
+                let mut missing = Vec::new();
+                for id in ids {
+                    let exists = self
+                        .store
+                        .group_get(crate::store::GroupKind::Network, *id)
+                        .await?
+                        .is_some();
+                    if !exists || !visible_networks.contains(Some(*id)) {
+                        missing.push(*id);
+                    }
+                }
+                if !missing.is_empty() {
+                    return Err(if admin {
+                        ApiError::not_found(format!(
+                            "Networks with such networkIds wasn't found: {{{}}}",
+                            list_text(&missing)
+                        ))
+                    } else {
+                        ApiError::access_denied()
+                    });
+                }
+                IdSet::Only(ids.iter().copied().collect::<BTreeSet<_>>())
+            }
+        };
+        let device_types = match &req.device_type_ids {
+            None => principal.device_types.clone(),
+            Some(ids) => {
+                let mut missing = Vec::new();
+                for id in ids {
+                    let exists = self
+                        .store
+                        .group_get(crate::store::GroupKind::DeviceType, *id)
+                        .await?
+                        .is_some();
+                    if !exists || !principal.device_types.contains(Some(*id)) {
+                        missing.push(*id);
+                    }
+                }
+                if !missing.is_empty() {
+                    return Err(if admin {
+                        ApiError::not_found(format!(
+                            "Device types with such deviceTypeIds wasn't found: {{{}}}",
+                            list_text(&missing)
+                        ))
+                    } else {
+                        ApiError::access_denied()
+                    });
+                }
+                IdSet::Only(ids.iter().copied().collect())
+            }
+        };
+        if networks.is_empty() || device_types.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(MessageFilter {
+            device_id: None,
+            networks,
+            device_types,
+            names: req.names.clone(),
+        }))
+    }
+
+    /// Runs a poll and returns the messages as a JSON array text (full views, oldest first).
+    pub async fn poll(&self, principal: &Principal, req: PollRequest) -> Result<String> {
+        let action = match req.kind {
+            EventKind::Notification => Action::GetDeviceNotification,
+            _ => Action::GetDeviceCommand,
+        };
+        let Some(filter) = self.message_filter(principal, action, &req).await? else {
+            return Ok("[]".to_string());
+        };
+        let cursor = req.timestamp.unwrap_or_else(now_ms);
+        let (tx, mut rx) = mpsc::channel::<Delivery>(4);
+        let _guard = self.bus.subscribe_scoped(req.kind, filter.clone(), tx);
+
+        let history: Vec<String> = match req.kind {
+            EventKind::Notification => self
+                .store
+                .notifications_since(&filter, cursor, req.limit)
+                .await?
+                .iter()
+                .map(|n| serde_json::to_string(n).unwrap_or_default())
+                .collect(),
+            kind => self
+                .store
+                .commands_since(&filter, cursor, req.limit, kind == EventKind::CommandUpdate)
+                .await?
+                .iter()
+                .map(|c| serde_json::to_string(c).unwrap_or_default())
+                .collect(),
+        };
+        if !history.is_empty() || req.wait.is_zero() {
+            return Ok(format!("[{}]", history.join(",")));
+        }
+        let mut shutdown = self.shutdown.clone();
+        let events: Vec<Arc<Event>> = tokio::select! {
+            d = rx.recv() => d.map(|d| d.events).unwrap_or_default(),
+            _ = tokio::time::sleep(req.wait) => vec![],
+            _ = shutdown.wait_for(|s| *s) => vec![],
+        };
+        // Events of one commit share a cursor value; client-supplied timestamps may put some at or
+        // before the cursor, which the history query would not return either.
+        let mut events: Vec<&Arc<Event>> = events.iter().filter(|e| e.cursor() > cursor).collect();
+        events.sort_by_key(|e| (e.cursor(), e.id()));
+        let parts: Vec<&str> = events.iter().map(|e| &*e.json).collect();
+        Ok(format!("[{}]", parts.join(",")))
+    }
+
+    /// `GET .../command/{id}/poll`: the command once it has been updated, or `None` (204).
+    pub async fn command_wait(
+        &self,
+        principal: &Principal,
+        device_id: &str,
+        command_id: i64,
+        wait: Duration,
+    ) -> Result<Option<Command>> {
+        self.authorize_device(principal, Action::GetDeviceCommand, device_id)
+            .await?;
+        let filter = MessageFilter {
+            device_id: Some(device_id.to_string()),
+            networks: IdSet::All,
+            device_types: IdSet::All,
+            names: None,
+        };
+        let (tx, mut rx) = mpsc::channel::<Delivery>(16);
+        let _guard = self.bus.subscribe_scoped(EventKind::CommandUpdate, filter, tx);
+        match self.store.command_get(device_id, command_id).await? {
+            None => return Ok(None),
+            Some(c) if c.is_updated => return Ok(Some(c)),
+            Some(_) if wait.is_zero() => return Ok(None),
+            Some(_) => {}
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let delivery = tokio::select! {
+                d = rx.recv() => d,
+                _ = tokio::time::sleep_until(deadline) => None,
+                _ = shutdown.wait_for(|s| *s) => None,
+            };
+            let Some(delivery) = delivery else { return Ok(None) };
+            for ev in delivery.events {
+                if let super::bus::Message::Command(c) = &ev.message {
+                    if c.id == command_id {
+                        return Ok(Some(c.as_ref().clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn list_text(ids: &[i64]) -> String {
+    format!("[{}]", ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", "))
+}

@@ -1,0 +1,257 @@
+//! Tokens: login, refresh, create (§4.5, §6.2) and turning a presented access token into a `Principal`.
+
+use serde_json::{json, Value};
+
+use super::fields::Fields;
+use super::Hub;
+use crate::auth::action::{id_by_name, CLIENT_ACTIONS};
+use crate::auth::jwt::{TokenError, TokenPayload, TYPE_ACCESS, TYPE_REFRESH};
+use crate::auth::{password, Action, ActionSet, IdSet, Principal};
+use crate::error::{ApiError, Result};
+use crate::model::User;
+use crate::time::now_ms;
+
+const DEFAULT_MAX_LOGIN_ATTEMPTS: i64 = 10;
+const DEFAULT_LAST_LOGIN_TIMEOUT_MS: i64 = 1000;
+
+impl Hub {
+    /// Validates an access token and loads its user (§4.4). Errors carry the REST messages; the
+    /// WebSocket transport maps them to its own.
+    pub async fn principal_from_token(&self, token: &str) -> std::result::Result<Principal, TokenError> {
+        let payload = self.keys.verify(token, TYPE_ACCESS, now_ms())?;
+        let user_id = payload.u.ok_or(TokenError::Invalid)?;
+        let user = match self.store.user_get(user_id).await {
+            Ok(Some(u)) if u.is_active() => u,
+            _ => return Err(TokenError::Invalid),
+        };
+        Principal::from_token(&payload, user).map_err(|_| TokenError::Invalid)
+    }
+
+    /// The REST view of a bad token: expired → `Token expired`, anything else → `Unauthorized`.
+    pub fn token_error_to_rest(e: TokenError) -> ApiError {
+        match e {
+            TokenError::Expired => ApiError::unauthorized_msg("Token expired"),
+            _ => ApiError::unauthorized(),
+        }
+    }
+
+    /// `POST /token`: password login.
+    pub async fn login(&self, body: &Value) -> Result<Value> {
+        let f = Fields::of(body)?;
+        let login = f.str("login")?.unwrap_or("").trim().to_string();
+        let pass = f.str("password")?.unwrap_or("");
+        if login.is_empty() || pass.is_empty() {
+            return Err(ApiError::bad_request(
+                "Invalid or empty authorization request parameters",
+            ));
+        }
+        let user = self.store.user_by_login(&login).await?.ok_or_else(|| {
+            ApiError::unauthorized_msg(format!("User with login = {login} not found or bad password"))
+        })?;
+        if !user.is_active() {
+            return Err(ApiError::unauthorized_msg("User is locked or disabled"));
+        }
+        if !password::verify(pass, &user.password_hash, &user.password_salt) {
+            let max = self
+                .store
+                .config_i64("user.login.maxAttempts", DEFAULT_MAX_LOGIN_ATTEMPTS)
+                .await?;
+            self.store.user_login_failed(user.id, max.max(1)).await?;
+            return Err(ApiError::unauthorized_msg("Invalid credentials"));
+        }
+        let gap = self
+            .store
+            .config_i64("user.login.lastTimeout", DEFAULT_LAST_LOGIN_TIMEOUT_MS)
+            .await?;
+        self.store.user_login_succeeded(user.id, now_ms(), gap).await?;
+        let payload = self.login_payload(&user).await?;
+        Ok(self.token_pair(payload, None, None))
+    }
+
+    /// Claims of a login token: admins everything; clients the client actions, their networks and
+    /// device types.
+    async fn login_payload(&self, user: &User) -> Result<TokenPayload> {
+        let (a, n, dt) = if user.is_admin() {
+            (vec![json!(0)], vec![json!("*")], vec![json!("*")])
+        } else {
+            let networks = self.store.user_network_ids(user.id).await?;
+            let types = if user.all_device_types_available {
+                vec![json!("*")]
+            } else {
+                self.store
+                    .user_device_types(user.id)
+                    .await?
+                    .iter()
+                    .map(|t| json!(t.id.to_string()))
+                    .collect()
+            };
+            (
+                CLIENT_ACTIONS.iter().map(|i| json!(i)).collect(),
+                networks.iter().map(|i| json!(i.to_string())).collect(),
+                types,
+            )
+        };
+        Ok(TokenPayload {
+            u: Some(user.id),
+            a: Some(a),
+            n: Some(n),
+            dt: Some(dt),
+            e: None,
+            t: None,
+            tpc: None,
+        })
+    }
+
+    fn token_pair(&self, payload: TokenPayload, access_exp: Option<i64>, refresh_exp: Option<i64>) -> Value {
+        let now = now_ms();
+        let access = TokenPayload {
+            e: Some(access_exp.unwrap_or(now + self.settings.auth.access_token_lifetime_ms)),
+            t: Some(TYPE_ACCESS),
+            ..payload.clone()
+        };
+        let refresh = TokenPayload {
+            e: Some(
+                refresh_exp
+                    .or(access_exp)
+                    .unwrap_or(now + self.settings.auth.refresh_token_lifetime_ms),
+            ),
+            t: Some(TYPE_REFRESH),
+            ..payload
+        };
+        json!({"accessToken": self.keys.sign(&access), "refreshToken": self.keys.sign(&refresh)})
+    }
+
+    /// `POST /token/refresh`: a new access token with the refresh token's claims.
+    pub async fn refresh(&self, body: &Value) -> Result<Value> {
+        let f = Fields::of(body)?;
+        let token = f.str("refreshToken")?.ok_or_else(ApiError::invalid_params)?;
+        let payload = match self.keys.verify(token, TYPE_REFRESH, now_ms()) {
+            Ok(p) => p,
+            Err(TokenError::WrongType) => return Err(ApiError::unauthorized_msg("Invalid token type")),
+            Err(TokenError::Expired) => return Err(ApiError::unauthorized_msg("Token has expired")),
+            Err(TokenError::Invalid) => return Err(ApiError::unauthorized().without_body()),
+        };
+        let user_id = payload.u.ok_or_else(|| ApiError::unauthorized().without_body())?;
+        match self.store.user_get(user_id).await? {
+            Some(u) if u.is_active() => {
+                let gap = self
+                    .store
+                    .config_i64("user.login.lastTimeout", DEFAULT_LAST_LOGIN_TIMEOUT_MS)
+                    .await?;
+                self.store.user_touch_last_login(u.id, now_ms(), gap).await?;
+            }
+            _ => return Err(ApiError::unauthorized().without_body()),
+        }
+        let access = TokenPayload {
+            e: Some(now_ms() + self.settings.auth.access_token_lifetime_ms),
+            t: Some(TYPE_ACCESS),
+            ..payload
+        };
+        Ok(json!({"accessToken": self.keys.sign(&access)}))
+    }
+
+    /// `POST /token/create`: a token pair with the requested claims. With `restrict_token_create`
+    /// (default) a non-admin may only mint tokens for itself within its own rights (pitfall P12).
+    pub async fn create_token(&self, principal: &Principal, body: &Value) -> Result<Value> {
+        let caller = principal.require(Action::ManageToken)?;
+        let f = Fields::of(body)?;
+        let user_id = f.i64("userId")?.ok_or_else(ApiError::invalid_params)?;
+        let actions: Vec<Value> = match f.nested("actions") {
+            None => vec![json!(1)],
+            Some(Value::Array(items)) => {
+                let mut ids = Vec::new();
+                for item in items {
+                    match item {
+                        Value::String(s) => {
+                            if let Some(id) = id_by_name(s.trim()) {
+                                ids.push(json!(id));
+                            }
+                        }
+                        Value::Number(n) if n.as_i64().is_some() => ids.push(json!(n.as_i64())),
+                        _ => {
+                            return Err(ApiError::bad_request(
+                                "Actions list should contain only Strings or Integers",
+                            ))
+                        }
+                    }
+                }
+                ids
+            }
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "Actions list should contain only Strings or Integers",
+                ))
+            }
+        };
+        let id_claim = |key: &str| -> Result<Option<Vec<Value>>> {
+            match f.nested(key) {
+                None => Ok(None),
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .map(|v| match v {
+                        Value::String(s) => Ok(json!(s.trim())),
+                        Value::Number(n) => Ok(json!(n.to_string())),
+                        _ => Err(ApiError::invalid_params()),
+                    })
+                    .collect::<Result<Vec<_>>>()
+                    .map(Some),
+                Some(_) => Err(ApiError::invalid_params()),
+            }
+        };
+        let n = id_claim("networkIds")?;
+        let dt = id_claim("deviceTypeIds")?;
+        let expiration = f.timestamp("expiration")?;
+        let refresh_expiration = f.timestamp("refreshExpiration")?;
+
+        let target = self
+            .store
+            .user_get(user_id)
+            .await?
+            .ok_or_else(|| ApiError::user_not_found(user_id))?;
+        if !target.is_active() {
+            return Err(ApiError::forbidden("User is locked or disabled"));
+        }
+        let payload = TokenPayload {
+            u: Some(user_id),
+            a: Some(actions),
+            n,
+            dt,
+            e: None,
+            t: None,
+            tpc: None,
+        };
+        if self.settings.auth.restrict_token_create && !caller.is_admin() {
+            self.check_within_own_rights(principal, caller, &payload, expiration)?;
+        }
+        Ok(self.token_pair(payload, expiration, refresh_expiration))
+    }
+
+    fn check_within_own_rights(
+        &self,
+        principal: &Principal,
+        caller: &User,
+        payload: &TokenPayload,
+        expiration: Option<i64>,
+    ) -> Result<()> {
+        if payload.u != Some(caller.id) {
+            return Err(ApiError::access_denied());
+        }
+        let ids = payload.action_ids().ok_or_else(ApiError::invalid_params)?;
+        let requested = ActionSet::from_claim(&ids).ok_or_else(ApiError::invalid_params)?;
+        let networks = IdSet::from_claim(payload.n.as_ref());
+        let device_types = match payload.dt.as_ref() {
+            None => principal.device_types.clone(),
+            Some(dt) => IdSet::from_claim(Some(dt)),
+        };
+        let within = requested.is_subset_of(&principal.actions)
+            && networks.is_subset_of(&principal.networks)
+            && device_types.is_subset_of(&principal.device_types);
+        // A client token can never outlive the refresh lifetime either.
+        let lifetime_ok = expiration.is_none_or(|e| e <= now_ms() + self.settings.auth.refresh_token_lifetime_ms);
+        if within && lifetime_ok {
+            Ok(())
+        } else {
+            Err(ApiError::access_denied())
+        }
+    }
+}

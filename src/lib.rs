@@ -1,0 +1,173 @@
+//! hivehub: a DeviceHive-compatible device hub in one process. `App::start` opens the store, seeds an
+//! empty database, starts the group-commit writer and binds the HTTP API; tests start it on port 0.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod hub;
+pub mod model;
+pub mod store;
+pub mod time;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::auth::jwt::{generate_secret, JwtKeys};
+use crate::config::Settings;
+use crate::error::StartupError;
+use crate::hub::{Bus, Hub};
+use crate::store::writer::Writer;
+use crate::store::Store;
+
+/// The DeviceHive API version the hub implements.
+pub const API_VERSION: &str = "3.5.0";
+
+/// A running hub.
+pub struct App {
+    pub http_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl App {
+    /// Opens the database, seeds it when empty, and starts serving on `settings.http.listen`.
+    pub async fn start(settings: Settings) -> Result<App, StartupError> {
+        let store = Store::open(&settings.database).await?;
+        let seeded = store
+            .seed_if_empty(&settings.auth.admin_login, &settings.auth.admin_password)
+            .await?;
+        if let Some(password) = seeded.generated_admin_password {
+            tracing::warn!(
+                login = %settings.auth.admin_login,
+                password = %password,
+                "first start: created the administrator with a generated password (shown only now; \
+                 set HIVEHUB__AUTH__ADMIN_PASSWORD to choose one)"
+            );
+        }
+        let secret = resolve_jwt_secret(&store, &settings.auth.jwt_secret).await?;
+        let listener = TcpListener::bind(&settings.http.listen)
+            .await
+            .map_err(|e| StartupError(format!("cannot listen on {}: {e}", settings.http.listen)))?;
+        let http_addr = listener.local_addr().map_err(|e| StartupError(e.to_string()))?;
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (writer_stop, writer_stop_rx) = watch::channel(false);
+        let bus = Arc::new(Bus::new());
+        let publish_bus = bus.clone();
+        let (writer, writer_task) = Writer::spawn(
+            store.clone(),
+            settings.database.batch_max_rows,
+            Box::new(move |rows| publish_bus.publish(rows)),
+            writer_stop_rx,
+        );
+        let retention = spawn_retention(
+            store.clone(),
+            settings.database.message_retention_secs,
+            shutdown_rx.clone(),
+        );
+        let hub = Arc::new(Hub {
+            store: store.clone(),
+            writer,
+            bus,
+            settings,
+            keys: JwtKeys::from_secret(&secret),
+            shutdown: shutdown_rx.clone(),
+        });
+        tracing::info!(%http_addr, "hivehub listening");
+
+        let mut stop = shutdown_rx;
+        let task = tokio::spawn(async move {
+            run(listener, hub, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+            // Every request has been answered, so nothing can queue more writes: flush and close.
+            let _ = writer_stop.send(true);
+            let _ = writer_task.await;
+            retention.abort();
+            store.close().await;
+            tracing::info!("hivehub stopped");
+        });
+        Ok(App {
+            http_addr,
+            shutdown,
+            task,
+        })
+    }
+
+    /// Stops accepting, finishes in-flight requests (long polls return at once), flushes pending
+    /// writes and closes the database.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Runs until `signal` completes, then shuts down gracefully.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) {
+        signal.await;
+        tracing::info!("shutting down");
+        self.shutdown().await;
+    }
+}
+
+/// Serves the HTTP API on `listener` until `shutdown` completes, then waits for in-flight requests.
+pub async fn run(listener: TcpListener, hub: Arc<Hub>, shutdown: impl Future<Output = ()> + Send + 'static) {
+    use tower::Layer;
+    let app = api::app(hub);
+    let service = axum::middleware::from_fn(api::edge).layer(app);
+    let make = axum::ServiceExt::<axum::extract::Request>::into_make_service(service);
+    if let Err(e) = axum::serve(listener, make).with_graceful_shutdown(shutdown).await {
+        tracing::error!(error = %e, "HTTP server failed");
+    }
+}
+
+/// §4.2: configured secret (then also stored), else the stored one, else a new one, stored.
+async fn resolve_jwt_secret(store: &Store, configured: &str) -> Result<String, StartupError> {
+    let to_startup = |e: crate::error::ApiError| StartupError(e.to_string());
+    if !configured.is_empty() {
+        store.config_put("jwt.secret", configured).await.map_err(to_startup)?;
+        return Ok(configured.to_string());
+    }
+    if let Some(c) = store.config_get("jwt.secret").await.map_err(to_startup)? {
+        if !c.value.is_empty() {
+            return Ok(c.value);
+        }
+    }
+    let secret = generate_secret();
+    store.config_put("jwt.secret", &secret).await.map_err(to_startup)?;
+    Ok(secret)
+}
+
+/// Deletes notifications and commands older than the retention period, hourly.
+fn spawn_retention(store: Store, retention_secs: u64, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if retention_secs == 0 {
+            return;
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let before = time::now_ms() - (retention_secs as i64) * 1000;
+            match (
+                store.notifications_expire(before).await,
+                store.commands_expire(before).await,
+            ) {
+                (Ok(n), Ok(c)) if n + c > 0 => {
+                    tracing::info!(notifications = n, commands = c, "retention: deleted old messages")
+                }
+                (Err(e), _) | (_, Err(e)) => tracing::warn!(error = %e, "retention failed"),
+                _ => {}
+            }
+        }
+    })
+}

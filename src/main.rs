@@ -1,0 +1,83 @@
+//! The `hivehub` command: `serve` runs the hub, `config` prints the commented default configuration.
+
+use clap::{Parser, Subcommand};
+use hivehub::config::{Settings, DEFAULT_CONFIG};
+use hivehub::App;
+
+#[derive(Parser)]
+#[command(
+    name = "hivehub",
+    version,
+    about = "A DeviceHive-compatible IoT device hub in one binary"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the hub (the default when no command is given).
+    Serve {
+        /// Configuration file (TOML). Default: ./broker.toml when present, else built-in defaults.
+        #[arg(long)]
+        config: Option<String>,
+    },
+    /// Print the commented default configuration.
+    Config,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve { config: None }) {
+        Command::Config => print!("{DEFAULT_CONFIG}"),
+        Command::Serve { config } => serve(config),
+    }
+}
+
+fn serve(config: Option<String>) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .init();
+    let settings = match Settings::load(config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("hivehub: bad configuration: {e}");
+            std::process::exit(2);
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    runtime.block_on(async move {
+        let app = match App::start(settings).await {
+            Ok(app) => app,
+            Err(e) => {
+                eprintln!("hivehub: cannot start: {e}");
+                std::process::exit(1);
+            }
+        };
+        app.run_until(shutdown_signal()).await;
+    });
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,103 @@
+//! Visibility scopes and message filters, rendered into SQL conditions. The same `MessageFilter` is
+//! matched in memory by the bus (`hub::bus`), so history queries and live delivery agree exactly.
+
+use sqlx::{QueryBuilder, Sqlite};
+
+use crate::auth::IdSet;
+
+/// Which devices a principal may see (CONTRACT.md §5.4).
+#[derive(Debug, Clone)]
+pub struct DeviceScope {
+    /// For non-admin users: only devices in networks assigned to this user (live join).
+    pub assigned_to_user: Option<i64>,
+    pub networks: IdSet,
+    pub device_types: IdSet,
+}
+
+impl DeviceScope {
+    pub fn everything() -> Self {
+        DeviceScope {
+            assigned_to_user: None,
+            networks: IdSet::All,
+            device_types: IdSet::All,
+        }
+    }
+    /// True when nothing can be visible (a list answers `[]` without asking the database).
+    pub fn is_nothing(&self) -> bool {
+        self.networks.is_empty() || self.device_types.is_empty()
+    }
+    pub(crate) fn push_conditions(&self, qb: &mut QueryBuilder<'_, Sqlite>, net_col: &str, type_col: &str) {
+        if let Some(user) = self.assigned_to_user {
+            qb.push(format!(
+                " AND {net_col} IN (SELECT network_id FROM user_network WHERE user_id = "
+            ));
+            qb.push_bind(user);
+            qb.push(")");
+        }
+        push_id_set(qb, net_col, &self.networks);
+        push_id_set(qb, type_col, &self.device_types);
+    }
+}
+
+pub(crate) fn push_id_set(qb: &mut QueryBuilder<'_, Sqlite>, col: &str, set: &IdSet) {
+    if let IdSet::Only(ids) = set {
+        if ids.is_empty() {
+            qb.push(" AND 0");
+            return;
+        }
+        qb.push(format!(" AND {col} IN ("));
+        let mut sep = qb.separated(", ");
+        for id in ids {
+            sep.push_bind(*id);
+        }
+        qb.push(")");
+    }
+}
+
+/// Which messages a poll or subscription wants (CONTRACT.md §11.2).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageFilter {
+    pub device_id: Option<String>,
+    pub networks: IdSet,
+    pub device_types: IdSet,
+    /// Exact message names; `None` = any.
+    pub names: Option<Vec<String>>,
+}
+
+impl MessageFilter {
+    /// In-memory twin of `push_conditions`.
+    pub fn matches(&self, device_id: &str, network_id: Option<i64>, device_type_id: Option<i64>, name: &str) -> bool {
+        if let Some(d) = &self.device_id {
+            if d != device_id {
+                return false;
+            }
+        }
+        if let Some(names) = &self.names {
+            if !names.iter().any(|n| n == name) {
+                return false;
+            }
+        }
+        self.networks.contains(network_id) && self.device_types.contains(device_type_id)
+    }
+
+    pub(crate) fn push_conditions(&self, qb: &mut QueryBuilder<'_, Sqlite>, name_col: &str) {
+        if let Some(d) = &self.device_id {
+            qb.push(" AND device_id = ");
+            qb.push_bind(d.clone());
+        }
+        push_id_set(qb, "network_id", &self.networks);
+        push_id_set(qb, "device_type_id", &self.device_types);
+        if let Some(names) = &self.names {
+            if names.is_empty() {
+                qb.push(" AND 0");
+            } else {
+                qb.push(format!(" AND {name_col} IN ("));
+                let mut sep = qb.separated(", ");
+                for n in names {
+                    sep.push_bind(n.clone());
+                }
+                qb.push(")");
+            }
+        }
+    }
+}

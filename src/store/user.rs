@@ -1,0 +1,308 @@
+//! Users and their network / device-type assignments.
+
+use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::{json_column, json_text, Store};
+use crate::error::Result;
+use crate::model::{DeviceType, Network, User};
+
+const COLUMNS: &str = "id, login, password_hash, password_salt, role, status, login_attempts, last_login, \
+                       data, intro_reviewed, all_device_types_available";
+
+fn user_from_row(r: &SqliteRow) -> User {
+    User {
+        id: r.get("id"),
+        login: r.get("login"),
+        password_hash: r.get("password_hash"),
+        password_salt: r.get("password_salt"),
+        role: r.get("role"),
+        status: r.get("status"),
+        login_attempts: r.get("login_attempts"),
+        last_login: r.get("last_login"),
+        data: json_column(r.get("data")),
+        intro_reviewed: r.get("intro_reviewed"),
+        all_device_types_available: r.get("all_device_types_available"),
+    }
+}
+
+pub(crate) fn group_from_row(r: &SqliteRow) -> Network {
+    Network {
+        id: r.get("id"),
+        name: r.get("name"),
+        description: r.get("description"),
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct UserListQuery {
+    pub login: Option<String>,
+    pub login_pattern: Option<String>,
+    pub role: Option<i64>,
+    pub status: Option<i64>,
+    /// `id` or `login`.
+    pub sort_field: Option<&'static str>,
+    pub descending: bool,
+    pub take: Option<i64>,
+    pub skip: Option<i64>,
+}
+
+impl UserListQuery {
+    fn push_where(&self, qb: &mut QueryBuilder<'_, Sqlite>) {
+        qb.push(" WHERE 1=1");
+        if let Some(p) = &self.login_pattern {
+            qb.push(" AND login LIKE ");
+            qb.push_bind(p.clone());
+        } else if let Some(l) = &self.login {
+            qb.push(" AND login = ");
+            qb.push_bind(l.clone());
+        }
+        if let Some(r) = self.role {
+            qb.push(" AND role = ");
+            qb.push_bind(r);
+        }
+        if let Some(s) = self.status {
+            qb.push(" AND status = ");
+            qb.push_bind(s);
+        }
+    }
+}
+
+/// Fields of a user insert/update that are written as given (the service layer validated them).
+#[derive(Debug, Clone, Default)]
+pub struct UserUpdate {
+    pub login: Option<String>,
+    /// (hash, salt)
+    pub password: Option<(String, String)>,
+    pub role: Option<i64>,
+    pub status: Option<i64>,
+    pub data: Option<serde_json::Value>,
+    pub intro_reviewed: Option<bool>,
+}
+
+impl Store {
+    pub async fn user_get(&self, id: i64) -> Result<Option<User>> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM dh_user WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(user_from_row))
+    }
+
+    pub async fn user_by_login(&self, login: &str) -> Result<Option<User>> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM dh_user WHERE login = ?"))
+            .bind(login)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(user_from_row))
+    }
+
+    pub async fn user_list(&self, q: &UserListQuery) -> Result<Vec<User>> {
+        let mut qb = QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM dh_user"));
+        q.push_where(&mut qb);
+        qb.push(format!(
+            " ORDER BY {} {}, id",
+            q.sort_field.unwrap_or("id"),
+            if q.descending { "DESC" } else { "ASC" }
+        ));
+        push_paging(&mut qb, q.take, q.skip);
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(user_from_row).collect())
+    }
+
+    pub async fn user_count(&self, q: &UserListQuery) -> Result<i64> {
+        let mut qb = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM dh_user");
+        q.push_where(&mut qb);
+        Ok(qb.build().fetch_one(&self.pool).await?.get(0))
+    }
+
+    pub async fn user_insert(&self, u: &User) -> Result<User> {
+        let id: i64 = sqlx::query(
+            "INSERT INTO dh_user (login, password_hash, password_salt, role, status, data, intro_reviewed, \
+             all_device_types_available) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(&u.login)
+        .bind(&u.password_hash)
+        .bind(&u.password_salt)
+        .bind(u.role)
+        .bind(u.status)
+        .bind(json_text(&u.data))
+        .bind(u.intro_reviewed)
+        .bind(u.all_device_types_available)
+        .fetch_one(&self.pool)
+        .await?
+        .get(0);
+        Ok(User { id, ..u.clone() })
+    }
+
+    /// Applies an update; `data` is always replaced (CONTRACT.md P10).
+    pub async fn user_update(&self, id: i64, up: &UserUpdate) -> Result<()> {
+        let mut qb = QueryBuilder::<Sqlite>::new("UPDATE dh_user SET entity_version = entity_version + 1, data = ");
+        qb.push_bind(json_text(&up.data));
+        if let Some(l) = &up.login {
+            qb.push(", login = ").push_bind(l.clone());
+        }
+        if let Some((h, s)) = &up.password {
+            qb.push(", password_hash = ").push_bind(h.clone());
+            qb.push(", password_salt = ").push_bind(s.clone());
+        }
+        if let Some(r) = up.role {
+            qb.push(", role = ").push_bind(r);
+        }
+        if let Some(s) = up.status {
+            qb.push(", status = ").push_bind(s);
+            qb.push(", login_attempts = 0");
+        }
+        if let Some(i) = up.intro_reviewed {
+            qb.push(", intro_reviewed = ").push_bind(i);
+        }
+        qb.push(" WHERE id = ").push_bind(id);
+        qb.build().execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn user_delete(&self, id: i64) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM dh_user WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// A successful password login: reset the failure counter, and set `last_login` when `now` is past
+    /// the throttle window.
+    pub async fn user_login_succeeded(&self, id: i64, now: i64, last_login_min_gap_ms: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE dh_user SET login_attempts = 0, last_login = CASE WHEN last_login IS NULL OR ? - last_login >= ? \
+             THEN ? ELSE last_login END WHERE id = ?",
+        )
+        .bind(now)
+        .bind(last_login_min_gap_ms)
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Sets `last_login` (token refresh, WS authenticate), throttled.
+    pub async fn user_touch_last_login(&self, id: i64, now: i64, min_gap_ms: i64) -> Result<()> {
+        sqlx::query("UPDATE dh_user SET last_login = ? WHERE id = ? AND (last_login IS NULL OR ? - last_login >= ?)")
+            .bind(now)
+            .bind(id)
+            .bind(now)
+            .bind(min_gap_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// A wrong password: count it, locking the account when the count reaches `max_attempts`.
+    pub async fn user_login_failed(&self, id: i64, max_attempts: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE dh_user SET \
+               status = CASE WHEN login_attempts + 1 >= ? THEN 1 ELSE status END, \
+               login_attempts = CASE WHEN login_attempts + 1 >= ? THEN 0 ELSE login_attempts + 1 END \
+             WHERE id = ?",
+        )
+        .bind(max_attempts)
+        .bind(max_attempts)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn user_set_all_device_types(&self, id: i64, all: bool) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE dh_user SET all_device_types_available = ? WHERE id = ?")
+            .bind(all)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if all {
+            sqlx::query("DELETE FROM user_device_type WHERE user_id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Networks assigned to a user, by id.
+    pub async fn user_networks(&self, user_id: i64) -> Result<Vec<Network>> {
+        let rows = sqlx::query(
+            "SELECT n.id, n.name, n.description FROM network n JOIN user_network un ON un.network_id = n.id \
+             WHERE un.user_id = ? ORDER BY n.id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(group_from_row).collect())
+    }
+
+    pub async fn user_network_ids(&self, user_id: i64) -> Result<Vec<i64>> {
+        let rows = sqlx::query("SELECT network_id FROM user_network WHERE user_id = ? ORDER BY network_id")
+            .bind(user_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    pub async fn user_assign_network(&self, user_id: i64, network_id: i64) -> Result<()> {
+        sqlx::query("INSERT OR IGNORE INTO user_network (user_id, network_id) VALUES (?, ?)")
+            .bind(user_id)
+            .bind(network_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn user_unassign_network(&self, user_id: i64, network_id: i64) -> Result<()> {
+        sqlx::query("DELETE FROM user_network WHERE user_id = ? AND network_id = ?")
+            .bind(user_id)
+            .bind(network_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Device types explicitly assigned to a user.
+    pub async fn user_device_types(&self, user_id: i64) -> Result<Vec<DeviceType>> {
+        let rows = sqlx::query(
+            "SELECT t.id, t.name, t.description FROM device_type t JOIN user_device_type ut \
+             ON ut.device_type_id = t.id WHERE ut.user_id = ? ORDER BY t.id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(group_from_row).collect())
+    }
+
+    pub async fn user_assign_device_type(&self, user_id: i64, device_type_id: i64) -> Result<()> {
+        sqlx::query("INSERT OR IGNORE INTO user_device_type (user_id, device_type_id) VALUES (?, ?)")
+            .bind(user_id)
+            .bind(device_type_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn user_unassign_device_type(&self, user_id: i64, device_type_id: i64) -> Result<()> {
+        sqlx::query("DELETE FROM user_device_type WHERE user_id = ? AND device_type_id = ?")
+            .bind(user_id)
+            .bind(device_type_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+/// `LIMIT`/`OFFSET` when given (SQLite needs a LIMIT for an OFFSET).
+pub(crate) fn push_paging(qb: &mut QueryBuilder<'_, Sqlite>, take: Option<i64>, skip: Option<i64>) {
+    if take.is_some() || skip.is_some() {
+        qb.push(" LIMIT ").push_bind(take.unwrap_or(-1));
+        qb.push(" OFFSET ").push_bind(skip.unwrap_or(0).max(0));
+    }
+}
