@@ -1,0 +1,4 @@
+//! Integration tests: the real hub on port 0 with a temporary database, over real HTTP.
+
+mod common;
+mod messages;
