@@ -12,6 +12,15 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub auth: AuthSettings,
     pub limits: LimitSettings,
+    pub websocket: WebSocketSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebSocketSettings {
+    pub max_message_bytes: usize,
+    pub max_subscriptions: usize,
+    pub queue_capacity: usize,
+    pub ping_interval_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,13 +1,16 @@
 //! HTTP transport: the REST router (under `/api/rest`, `/dh/rest`, and the token routes under
 //! `/auth/rest`), CORS, method override, and the JSON error format for everything axum itself refuses.
 
+pub mod actions;
 pub mod extract;
 pub mod rest;
+pub mod session;
+pub mod ws;
 
 use std::sync::Arc;
 
 use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -25,6 +28,11 @@ pub fn app(hub: Arc<Hub>) -> Router {
     }
     if prefix != "/auth/rest" {
         app = app.nest("/auth/rest", rest::auth_router());
+    }
+    let ws_path = hub.settings.http.websocket_path.clone();
+    app = app.route(&ws_path, axum::routing::get(ws::upgrade));
+    if ws_path != "/dh/websocket" {
+        app = app.route("/dh/websocket", axum::routing::get(ws::upgrade));
     }
     app.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -50,9 +58,11 @@ const CORS_HEADERS: [(&str, &str); 5] = [
     ),
 ];
 
-/// Runs before routing: applies `X-HTTP-Method-Override`, answers CORS preflights, and adds the CORS
+/// Runs before routing: drops a trailing `/` (so `GET {prefix}/` reaches the welcome route, and
+/// `/user/` is `/user`), applies `X-HTTP-Method-Override`, answers CORS preflights, and adds the CORS
 /// headers to every response.
 pub async fn edge(mut req: Request, next: Next) -> Response {
+    strip_trailing_slash(&mut req);
     if req.method() == Method::POST {
         let wanted = req
             .headers()
@@ -79,4 +89,25 @@ pub async fn edge(mut req: Request, next: Next) -> Response {
         headers.insert(HeaderName::from_static(name), HeaderValue::from_static(value));
     }
     response
+}
+
+fn strip_trailing_slash(req: &mut Request) {
+    let path = req.uri().path();
+    if path.len() <= 1 || !path.ends_with('/') {
+        return;
+    }
+    let trimmed = match path.trim_end_matches('/') {
+        "" => "/",
+        t => t,
+    };
+    let rewritten = match req.uri().query() {
+        Some(q) => format!("{trimmed}?{q}"),
+        None => trimmed.to_string(),
+    };
+    let mut parts = req.uri().clone().into_parts();
+    let Ok(pq) = rewritten.parse() else { return };
+    parts.path_and_query = Some(pq);
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
 }

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::auth::IdSet;
 use crate::model::{Command, Notification};
@@ -84,10 +84,25 @@ pub struct Delivery {
     pub events: Vec<Arc<Event>>,
 }
 
+/// Where a subscription's deliveries go. A session transport passes `overflow`, which the bus
+/// notifies when the queue is full — the subscriber is not keeping up and must be disconnected
+/// rather than allowed to grow the hub's memory.
+#[derive(Clone)]
+pub struct Sink {
+    pub tx: mpsc::Sender<Delivery>,
+    pub overflow: Option<Arc<Notify>>,
+}
+
+impl Sink {
+    pub fn new(tx: mpsc::Sender<Delivery>) -> Sink {
+        Sink { tx, overflow: None }
+    }
+}
+
 struct Subscription {
     kind: EventKind,
     filter: MessageFilter,
-    sink: mpsc::Sender<Delivery>,
+    sink: Sink,
 }
 
 /// Where a subscription is indexed: the narrowest key its filter pins down.
@@ -141,7 +156,7 @@ impl Bus {
     }
 
     /// Registers a subscription; matching commits are sent to `sink` from now on.
-    pub fn subscribe(&self, kind: EventKind, filter: MessageFilter, sink: mpsc::Sender<Delivery>) -> u64 {
+    pub fn subscribe(&self, kind: EventKind, filter: MessageFilter, sink: Sink) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         for key in index_keys(kind, &filter) {
@@ -168,12 +183,7 @@ impl Bus {
     }
 
     /// Like `subscribe`, but the subscription ends when the returned guard is dropped.
-    pub fn subscribe_scoped(
-        self: &Arc<Self>,
-        kind: EventKind,
-        filter: MessageFilter,
-        sink: mpsc::Sender<Delivery>,
-    ) -> SubscriptionGuard {
+    pub fn subscribe_scoped(self: &Arc<Self>, kind: EventKind, filter: MessageFilter, sink: Sink) -> SubscriptionGuard {
         let id = self.subscribe(kind, filter, sink);
         SubscriptionGuard { bus: self.clone(), id }
     }
@@ -217,12 +227,17 @@ impl Bus {
             }
         }
         for (id, events) in per_sub {
-            // A full queue means the subscriber is not keeping up; long polls only need the first
-            // delivery, and session transports watch their own queues.
-            let _ = reg.subs[&id].sink.try_send(Delivery {
+            let sink = &reg.subs[&id].sink;
+            let delivery = Delivery {
                 subscription_id: id,
                 events,
-            });
+            };
+            if let Err(mpsc::error::TrySendError::Full(_)) = sink.tx.try_send(delivery) {
+                // Long polls need only their first delivery; sessions are told to disconnect.
+                if let Some(overflow) = &sink.overflow {
+                    overflow.notify_one();
+                }
+            }
         }
     }
 }

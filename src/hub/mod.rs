@@ -91,6 +91,20 @@ impl Hub {
         }
     }
 
+    /// Sets the user's `lastLogin` (throttled by `user.login.lastTimeout`), e.g. on WS `authenticate`.
+    pub async fn touch_last_login(&self, user_id: i64) -> Result<()> {
+        let gap = self.store.config_i64("user.login.lastTimeout", 1000).await?;
+        self.store
+            .user_touch_last_login(user_id, crate::time::now_ms(), gap)
+            .await
+    }
+
+    /// Completes when the hub starts shutting down.
+    pub async fn shutting_down(&self) {
+        let mut rx = self.shutdown.clone();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
     pub fn max_take(&self) -> i64 {
         self.settings.limits.max_take.max(1)
     }

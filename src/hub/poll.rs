@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::bus::{Delivery, Event, EventKind};
+use super::bus::{Delivery, Event, EventKind, Sink};
 use super::fields::Fields;
 use super::Hub;
 use crate::auth::{Action, IdSet, Principal};
@@ -178,7 +178,7 @@ impl Hub {
         };
         let cursor = req.timestamp.unwrap_or_else(now_ms);
         let (tx, mut rx) = mpsc::channel::<Delivery>(4);
-        let _guard = self.bus.subscribe_scoped(req.kind, filter.clone(), tx);
+        let _guard = self.bus.subscribe_scoped(req.kind, filter.clone(), Sink::new(tx));
 
         let history: Vec<String> = match req.kind {
             EventKind::Notification => self
@@ -199,11 +199,10 @@ impl Hub {
         if !history.is_empty() || req.wait.is_zero() {
             return Ok(format!("[{}]", history.join(",")));
         }
-        let mut shutdown = self.shutdown.clone();
         let events: Vec<Arc<Event>> = tokio::select! {
             d = rx.recv() => d.map(|d| d.events).unwrap_or_default(),
             _ = tokio::time::sleep(req.wait) => vec![],
-            _ = shutdown.wait_for(|s| *s) => vec![],
+            _ = self.shutting_down() => vec![],
         };
         // Events of one commit share a cursor value; client-supplied timestamps may put some at or
         // before the cursor, which the history query would not return either.
@@ -230,7 +229,9 @@ impl Hub {
             names: None,
         };
         let (tx, mut rx) = mpsc::channel::<Delivery>(16);
-        let _guard = self.bus.subscribe_scoped(EventKind::CommandUpdate, filter, tx);
+        let _guard = self
+            .bus
+            .subscribe_scoped(EventKind::CommandUpdate, filter, Sink::new(tx));
         match self.store.command_get(device_id, command_id).await? {
             None => return Ok(None),
             Some(c) if c.is_updated => return Ok(Some(c)),
@@ -238,12 +239,11 @@ impl Hub {
             Some(_) => {}
         }
         let deadline = tokio::time::Instant::now() + wait;
-        let mut shutdown = self.shutdown.clone();
         loop {
             let delivery = tokio::select! {
                 d = rx.recv() => d,
                 _ = tokio::time::sleep_until(deadline) => None,
-                _ = shutdown.wait_for(|s| *s) => None,
+                _ = self.shutting_down() => None,
             };
             let Some(delivery) = delivery else { return Ok(None) };
             for ev in delivery.events {

@@ -1,4 +1,6 @@
 //! Integration tests: the real hub on port 0 with a temporary database, over real HTTP.
 
+mod admin;
 mod common;
 mod messages;
+mod ws;

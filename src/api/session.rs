@@ -1,0 +1,304 @@
+//! A client session of a message transport (WebSocket now, MQTT `dh/request` next): who it is
+//! authenticated as, its subscriptions, and the formatting of the pushes it receives. The transport
+//! owns the socket; the session owns the state the action table needs.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use serde_json::{json, Map, Value};
+use tokio::sync::{mpsc, Notify};
+
+use crate::auth::{Action, Principal};
+use crate::error::{ApiError, Result};
+use crate::hub::bus::{Delivery, EventKind, Sink};
+use crate::hub::fields::Fields;
+use crate::hub::Hub;
+
+/// Per-subscription state.
+struct SubState {
+    kind: EventKind,
+    /// `SubscriptionInfo` as `subscription/list` reports it.
+    info: Value,
+    /// (id, cursor) of messages already sent by the replay — live copies of them are skipped — and
+    /// the largest order key among them (see `order_key`).
+    replayed: Option<(HashSet<(i64, i64)>, i64)>,
+}
+
+pub struct Session {
+    hub: Arc<Hub>,
+    pub principal: Principal,
+    /// `Host` the client connected to (for `server/info`).
+    pub host: String,
+    subs: HashMap<u64, SubState>,
+    sink: Sink,
+    /// Pushes to send after the current response (history replay).
+    pending: Vec<String>,
+}
+
+impl Session {
+    /// A new anonymous session. Deliveries for its subscriptions arrive on the returned receiver;
+    /// `overflow` is notified when that queue is full.
+    pub fn new(hub: Arc<Hub>, host: String, queue: usize) -> (Session, mpsc::Receiver<Delivery>, Arc<Notify>) {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let overflow = Arc::new(Notify::new());
+        let sink = Sink {
+            tx,
+            overflow: Some(overflow.clone()),
+        };
+        let session = Session {
+            hub,
+            principal: Principal::anonymous(),
+            host,
+            subs: HashMap::new(),
+            sink,
+            pending: Vec::new(),
+        };
+        (session, rx, overflow)
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Pushes queued by the last action (sent after its response).
+    pub fn take_pending(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// `authenticate`: binds an access token's principal; a failure keeps the previous one.
+    pub async fn authenticate(&mut self, req: &Value) -> Result<Map<String, Value>> {
+        let token = Fields::of(req)?.str("token")?.ok_or_else(ApiError::unauthorized)?;
+        let principal = self.hub.principal_from_token(token).await.map_err(|e| match e {
+            crate::auth::jwt::TokenError::Expired => ApiError::unauthorized_msg("Token expired"),
+            _ => ApiError::unauthorized_msg("Invalid credentials"),
+        })?;
+        if let Some(user) = &principal.user {
+            self.hub.touch_last_login(user.id).await?;
+        }
+        self.principal = principal;
+        Ok(Map::new())
+    }
+
+    /// `notification/subscribe` and `command/subscribe`.
+    pub async fn subscribe(&mut self, kind: EventKind, req: &Value) -> Result<Map<String, Value>> {
+        let hub = self.hub.clone();
+        let action = if kind == EventKind::Notification {
+            Action::GetDeviceNotification
+        } else {
+            Action::GetDeviceCommand
+        };
+        self.principal.require(action)?;
+        let f = Fields::of(req)?;
+        if let Some(device_id) = f.text("deviceId")? {
+            hub.authorize_device(&self.principal, action, &device_id).await?;
+        } else if f.has("deviceId") && f.0.get("deviceId").is_some_and(|v| v == "") {
+            return Err(ApiError::bad_request("Device id is wrong or empty"));
+        }
+        let max = hub.settings.websocket.max_subscriptions;
+        if self.subs.len() >= max {
+            return Err(ApiError::forbidden(format!(
+                "Too many subscriptions: at most {max} per session"
+            )));
+        }
+        let mut poll = hub.poll_request(kind, None, req)?;
+        if kind != EventKind::Notification {
+            if f.bool("returnUpdatedCommands")?.unwrap_or(false) {
+                poll.kind = EventKind::CommandUpdate;
+            }
+            poll.limit = match f.i64("limit")? {
+                Some(l) if l < 0 => return Err(ApiError::bad_request("Limit can't be less than 0.")),
+                Some(l) if l > 0 => l.min(hub.max_take()) as usize,
+                _ => 20,
+            };
+        } else {
+            poll.limit = 100;
+        }
+        let filter = hub
+            .message_filter(&self.principal, action, &poll)
+            .await?
+            .ok_or_else(|| ApiError::forbidden("No access to any device type or network"))?;
+
+        // Live first, then history: nothing committed in between is lost; duplicates are skipped.
+        let id = hub.bus.subscribe(poll.kind, filter.clone(), self.sink.clone());
+        let info = json!({
+            "subscriptionId": id,
+            "type": if kind == EventKind::Notification { "notification" } else { "command" },
+            "deviceId": f.text("deviceId")?,
+            "networkIds": poll.network_ids,
+            "deviceTypeIds": poll.device_type_ids,
+            "names": poll.names,
+            "timestamp": poll.timestamp.map(crate::time::format_ms),
+        });
+        let mut state = SubState {
+            kind: poll.kind,
+            info,
+            replayed: None,
+        };
+        if let Some(ts) = poll.timestamp {
+            let replay = match poll.kind {
+                EventKind::Notification => hub
+                    .store
+                    .notifications_since(&filter, ts, poll.limit)
+                    .await
+                    .map(|v| v.iter().map(|n| (n.id, n.timestamp, json_of(n))).collect::<Vec<_>>()),
+                k => {
+                    let updated = k == EventKind::CommandUpdate;
+                    hub.store
+                        .commands_since(&filter, ts, poll.limit, updated)
+                        .await
+                        .map(|v| {
+                            v.iter()
+                                .map(|c| (c.id, if updated { c.last_updated } else { c.timestamp }, json_of(c)))
+                                .collect::<Vec<_>>()
+                        })
+                }
+            };
+            let replay = match replay {
+                Ok(r) => r,
+                Err(e) => {
+                    hub.bus.unsubscribe(id);
+                    return Err(e);
+                }
+            };
+            let mut seen = HashSet::new();
+            let mut max_key = i64::MIN;
+            for (mid, cursor, body) in replay {
+                seen.insert((mid, cursor));
+                max_key = max_key.max(order_key(poll.kind, mid, cursor));
+                self.pending.push(push_text(poll.kind, id, &body));
+            }
+            state.replayed = Some((seen, max_key));
+        }
+        self.subs.insert(id, state);
+        let mut out = Map::new();
+        out.insert("subscriptionId".into(), json!(id));
+        Ok(out)
+    }
+
+    /// `notification/unsubscribe` / `command/unsubscribe`: one subscription, or all of that type.
+    pub fn unsubscribe(&mut self, notification: bool, req: &Value) -> Result<Map<String, Value>> {
+        let action = if notification {
+            Action::GetDeviceNotification
+        } else {
+            Action::GetDeviceCommand
+        };
+        self.principal.require(action)?;
+        let is_type = |k: EventKind| (k == EventKind::Notification) == notification;
+        match Fields::of(req)?.i64("subscriptionId")? {
+            Some(id) => {
+                let id = id as u64;
+                match self.subs.get(&id) {
+                    Some(s) if is_type(s.kind) => {
+                        self.subs.remove(&id);
+                        self.hub.bus.unsubscribe(id);
+                    }
+                    _ => return Err(ApiError::not_found(format!("Subscription with id {id} was not found"))),
+                }
+            }
+            None => {
+                let ids: Vec<u64> = self
+                    .subs
+                    .iter()
+                    .filter(|(_, s)| is_type(s.kind))
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in ids {
+                    self.subs.remove(&id);
+                    self.hub.bus.unsubscribe(id);
+                }
+            }
+        }
+        Ok(Map::new())
+    }
+
+    /// `subscription/list`.
+    pub fn list(&self, req: &Value) -> Result<Map<String, Value>> {
+        let p = &self.principal;
+        p.user.as_ref().ok_or_else(ApiError::unauthorized)?;
+        let can_n = p.actions.contains(Action::GetDeviceNotification);
+        let can_c = p.actions.contains(Action::GetDeviceCommand);
+        if !can_n && !can_c {
+            return Err(ApiError::access_denied());
+        }
+        let wanted = Fields::of(req)?.text("type")?;
+        let mut subs: Vec<(&u64, &SubState)> = self
+            .subs
+            .iter()
+            .filter(|(_, s)| {
+                let n = s.kind == EventKind::Notification;
+                (if n { can_n } else { can_c })
+                    && wanted
+                        .as_deref()
+                        .is_none_or(|t| t == if n { "notification" } else { "command" })
+            })
+            .collect();
+        subs.sort_by_key(|(id, _)| **id);
+        let mut out = Map::new();
+        out.insert(
+            "subscriptions".into(),
+            Value::Array(subs.iter().map(|(_, s)| s.info.clone()).collect()),
+        );
+        Ok(out)
+    }
+
+    /// Formats a delivery as push messages, skipping messages the replay already sent.
+    pub fn pushes(&mut self, d: &Delivery) -> Vec<String> {
+        let Some(state) = self.subs.get_mut(&d.subscription_id) else {
+            return vec![];
+        };
+        let mut out = Vec::with_capacity(d.events.len());
+        let mut past_replay = false;
+        for ev in &d.events {
+            if let Some((seen, max_key)) = &state.replayed {
+                past_replay |= order_key(ev.kind, ev.id(), ev.cursor()) > *max_key;
+                if seen.contains(&(ev.id(), ev.cursor())) {
+                    continue;
+                }
+            }
+            out.push(push_text(ev.kind, d.subscription_id, &ev.json));
+        }
+        // Deliveries come in commit order: once one is from a commit after the replay's last row, no
+        // later one can repeat the replay.
+        if past_replay {
+            state.replayed = None;
+        }
+        out
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.subs.len()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for id in self.subs.keys() {
+            self.hub.bus.unsubscribe(*id);
+        }
+    }
+}
+
+fn json_of<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// `{"action":"notification/insert","subscriptionId":N,"notification":{...}}` around a message
+/// serialised once for every recipient.
+pub fn push_text(kind: EventKind, subscription_id: u64, message_json: &str) -> String {
+    let (action, key) = match kind {
+        EventKind::Notification => ("notification/insert", "notification"),
+        EventKind::CommandInsert => ("command/insert", "command"),
+        EventKind::CommandUpdate => ("command/update", "command"),
+    };
+    format!(r#"{{"action":"{action}","subscriptionId":{subscription_id},"{key}":{message_json}}}"#)
+}
+
+/// A key that grows with commit order: ids for inserts (one writer assigns them in commit order),
+/// `lastUpdated` for updates (always stamped by that writer).
+fn order_key(kind: EventKind, id: i64, cursor: i64) -> i64 {
+    if kind == EventKind::CommandUpdate {
+        cursor
+    } else {
+        id
+    }
+}

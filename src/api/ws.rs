@@ -1,0 +1,120 @@
+//! The WebSocket transport (§12): authenticates, decodes, dispatches to the shared action table and
+//! writes. Each session has a reader loop and a writer task joined by a bounded queue; a client that
+//! stops reading fills it and is disconnected with a logged reason instead of growing the hub's memory.
+//! Pings keep idle sessions alive and detect dead peers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::actions;
+use super::session::Session;
+use crate::hub::Hub;
+
+pub async fn upgrade(State(hub): State<Arc<Hub>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+    let host = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost")
+        .to_string();
+    let limit = hub.settings.websocket.max_message_bytes;
+    ws.max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| run_session(hub, socket, host))
+}
+
+/// Why a session ended, for the log.
+enum End {
+    ClientClosed,
+    NotReading,
+    Silent,
+    Shutdown,
+}
+
+async fn run_session(hub: Arc<Hub>, socket: WebSocket, host: String) {
+    let settings = hub.settings.websocket.clone();
+    let ping_every = Duration::from_secs(settings.ping_interval_secs.max(1));
+    let (mut ws_tx, mut ws_rx) = socket.split();
+    let (out_tx, mut out_rx) = mpsc::channel::<Message>(settings.queue_capacity.max(16));
+
+    let writer = tokio::spawn(async move {
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+        loop {
+            let msg = tokio::select! {
+                m = out_rx.recv() => match m { Some(m) => m, None => break },
+                _ = ping.tick() => Message::Ping(Default::default()),
+            };
+            let closing = matches!(msg, Message::Close(_));
+            if ws_tx.send(msg).await.is_err() || closing {
+                break;
+            }
+        }
+    });
+
+    let (mut session, mut deliveries, overflow) = Session::new(hub.clone(), host, settings.queue_capacity);
+    let mut last_heard = Instant::now();
+    let mut liveness = tokio::time::interval(ping_every);
+    let send = |text: String| out_tx.try_send(Message::Text(Utf8Bytes::from(text))).is_ok();
+
+    let end = loop {
+        tokio::select! {
+            frame = ws_rx.next() => {
+                last_heard = Instant::now();
+                let text = match frame {
+                    Some(Ok(Message::Text(t))) => t.to_string(),
+                    Some(Ok(Message::Binary(b))) => String::from_utf8_lossy(&b).into_owned(),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break End::ClientClosed,
+                };
+                let response = match serde_json::from_str::<Value>(&text) {
+                    Ok(request) => actions::handle(&mut session, &request).await,
+                    Err(_) => actions::handle(&mut session, &Value::Null).await,
+                };
+                if !send(response.to_string()) {
+                    break End::NotReading;
+                }
+                if !session.take_pending().into_iter().all(send) {
+                    break End::NotReading;
+                }
+            }
+            Some(delivery) = deliveries.recv() => {
+                if !session.pushes(&delivery).into_iter().all(send) {
+                    break End::NotReading;
+                }
+            }
+            _ = overflow.notified() => break End::NotReading,
+            _ = liveness.tick() => {
+                if last_heard.elapsed() > ping_every * 2 {
+                    break End::Silent;
+                }
+            }
+            _ = hub.shutting_down() => break End::Shutdown,
+        }
+    };
+    match end {
+        End::NotReading => tracing::warn!(
+            subscriptions = session.subscription_count(),
+            "closing WebSocket session: the client is not reading and its queue is full"
+        ),
+        End::Silent => tracing::info!("closing WebSocket session: no answer to pings"),
+        End::ClientClosed | End::Shutdown => {}
+    }
+    drop(session);
+    drop(deliveries);
+    if matches!(end, End::NotReading | End::Silent) {
+        // The client cannot be trusted to drain the queue; do not wait for it.
+        writer.abort();
+    } else {
+        let _ = out_tx.try_send(Message::Close(None));
+        drop(out_tx);
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    }
+}
