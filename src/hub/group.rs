@@ -168,7 +168,12 @@ impl Hub {
             .group_get(kind, id)
             .await?
             .ok_or_else(|| not_found(kind, id))?;
-        let name = f.str("name")?;
+        // A partial update: a missing or null name keeps the old one, but an empty one is invalid.
+        let name = match f.0.get("name") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(n)) => Some(n.as_str()),
+            Some(_) => return Err(ApiError::invalid_params()),
+        };
         let description = f.str("description")?;
         check_name_and_description(name, description)?;
         if let Some(n) = name {

@@ -151,7 +151,8 @@ impl Hub {
     }
 
     /// `POST /token/create`: a token pair with the requested claims. With `restrict_token_create`
-    /// (default) a non-admin may only mint tokens for itself within its own rights (pitfall P12).
+    /// (default) anyone but a full administrator token may only mint tokens for itself within its own
+    /// rights (pitfall P12).
     pub async fn create_token(&self, principal: &Principal, body: &Value) -> Result<Value> {
         let caller = principal.require(Action::ManageToken)?;
         let f = Fields::of(body)?;
@@ -220,8 +221,14 @@ impl Hub {
             t: None,
             tpc: None,
         };
-        if self.settings.auth.restrict_token_create && !caller.is_admin() {
-            self.check_within_own_rights(principal, caller, &payload, expiration)?;
+        // Only a full administrator token is exempt: an admin user holding a token limited to some
+        // actions or networks must not be able to mint itself an unlimited one.
+        let full_admin = caller.is_admin()
+            && principal.actions.is_admin_set()
+            && principal.networks.is_all()
+            && principal.device_types.is_all();
+        if self.settings.auth.restrict_token_create && !full_admin {
+            self.check_within_own_rights(principal, caller, &payload, expiration, refresh_expiration)?;
         }
         Ok(self.token_pair(payload, expiration, refresh_expiration))
     }
@@ -232,6 +239,7 @@ impl Hub {
         caller: &User,
         payload: &TokenPayload,
         expiration: Option<i64>,
+        refresh_expiration: Option<i64>,
     ) -> Result<()> {
         if payload.u != Some(caller.id) {
             return Err(ApiError::access_denied());
@@ -246,8 +254,9 @@ impl Hub {
         let within = requested.is_subset_of(&principal.actions)
             && networks.is_subset_of(&principal.networks)
             && device_types.is_subset_of(&principal.device_types);
-        // A client token can never outlive the refresh lifetime either.
-        let lifetime_ok = expiration.is_none_or(|e| e <= now_ms() + self.settings.auth.refresh_token_lifetime_ms);
+        // Neither token of the pair may outlive the refresh lifetime.
+        let latest = now_ms() + self.settings.auth.refresh_token_lifetime_ms;
+        let lifetime_ok = expiration.is_none_or(|e| e <= latest) && refresh_expiration.is_none_or(|e| e <= latest);
         if within && lifetime_ok {
             Ok(())
         } else {

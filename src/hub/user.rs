@@ -9,6 +9,7 @@ use crate::error::{ApiError, Result};
 use crate::model::{User, ROLE_ADMIN, ROLE_CLIENT, STATUS_ACTIVE, STATUS_DISABLED};
 use crate::store::{GroupKind, UserListQuery, UserUpdate};
 
+/// `^[\w@.-]+$` with Java's (ASCII) `\w`, 3..128 characters after trimming.
 fn validate_login(raw: &str) -> Result<String> {
     let login = raw.trim().to_string();
     let len = login.chars().count();
@@ -19,7 +20,7 @@ fn validate_login(raw: &str) -> Result<String> {
     }
     if !login
         .chars()
-        .all(|c| c.is_alphanumeric() || c == '_' || c == '@' || c == '.' || c == '-')
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '@' || c == '.' || c == '-')
     {
         return Err(ApiError::bad_request(
             "Login can contain only lowercase or uppercase letters, numbers, and some special symbols (_@.)",
