@@ -13,6 +13,33 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub limits: LimitSettings,
     pub websocket: WebSocketSettings,
+    pub mqtt: MqttSettings,
+}
+
+/// Who may use plain (non-`dh/`) MQTT topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlainTopics {
+    Open,
+    Authenticated,
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct MqttSettings {
+    pub enabled: bool,
+    pub listen: String,
+    pub allow_anonymous: bool,
+    pub plain_topics: PlainTopics,
+    pub max_connections: usize,
+    pub max_packet_bytes: usize,
+    pub max_client_id_len: usize,
+    pub connect_timeout_secs: u64,
+    pub write_timeout_secs: u64,
+    pub max_inflight: usize,
+    pub queue_capacity: usize,
+    pub router_segment_bytes: usize,
+    pub router_segment_count: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

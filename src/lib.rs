@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod hub;
 pub mod model;
+pub mod mqtt;
 pub mod store;
 pub mod time;
 
@@ -32,6 +33,8 @@ pub const API_VERSION: &str = "3.5.0";
 /// A running hub.
 pub struct App {
     pub http_addr: SocketAddr,
+    /// The MQTT listener, when `[mqtt] enabled`.
+    pub mqtt_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -81,6 +84,12 @@ impl App {
             shutdown: shutdown_rx.clone(),
         });
         tracing::info!(%http_addr, "hivehub listening");
+        let mqtt = if hub.settings.mqtt.enabled {
+            Some(mqtt::start(hub.clone()).await?)
+        } else {
+            None
+        };
+        let mqtt_addr = mqtt.as_ref().map(|(addr, _, _)| *addr);
 
         let mut stop = shutdown_rx;
         let task = tokio::spawn(async move {
@@ -88,6 +97,16 @@ impl App {
                 let _ = stop.wait_for(|s| *s).await;
             })
             .await;
+            if let Some((_, shared, accept)) = mqtt {
+                let _ = accept.await;
+                // MQTT connections close on the shutdown signal; let in-flight inserts finish.
+                for _ in 0..500 {
+                    if shared.connection_count() == 0 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
             // Every request has been answered, so nothing can queue more writes: flush and close.
             let _ = writer_stop.send(true);
             let _ = writer_task.await;
@@ -97,6 +116,7 @@ impl App {
         });
         Ok(App {
             http_addr,
+            mqtt_addr,
             shutdown,
             task,
         })

@@ -49,6 +49,7 @@ impl Reply {
 pub fn settings_for(dir: &TempDir) -> Settings {
     let mut s = Settings::defaults();
     s.http.listen = "127.0.0.1:0".into();
+    s.mqtt.listen = "127.0.0.1:0".into();
     s.database.url = format!("sqlite://{}/hub.db", dir.path().display());
     s.auth.admin_login = ADMIN_LOGIN.into();
     s.auth.admin_password = ADMIN_PASSWORD.into();

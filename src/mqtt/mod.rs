@@ -1,0 +1,114 @@
+//! The embedded MQTT broker. rumqttd's router does what it is good at — topic matching, fan-out,
+//! retained messages, QoS state for plain topics — while the hub owns the network edge
+//! (`connection.rs`): its own accept loop (TCP_NODELAY, no sleeps, a connection limit), small buffers,
+//! proper CONNACK codes, authentication against the hub's users and tokens, authorization of every
+//! SUBSCRIBE and PUBLISH, and the DeviceHive topics (`dh/...`), which never reach the router: requests
+//! go to the shared action table, event subscriptions to the hub's subscription engine, and device
+//! publishes are stored before they are acknowledged.
+
+pub mod codec;
+mod connection;
+pub mod topics;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
+use rumqttd::{Notification, Router};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::error::StartupError;
+use crate::hub::Hub;
+
+/// Opens a router link for a client: (client id, clean session) → link halves and the router's CONNACK.
+type LinkFactory = Box<dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), LinkError> + Send + Sync>;
+
+/// State shared by every MQTT connection.
+pub struct MqttShared {
+    hub: Arc<Hub>,
+    open_link: LinkFactory,
+    /// Live sessions by client id: (connection number, signal that closes it on takeover).
+    sessions: Mutex<HashMap<String, (u64, Arc<Notify>)>>,
+    next_connection: AtomicU64,
+    connections: AtomicUsize,
+    /// Publishes refused by authorization or validation.
+    pub dropped_publishes: AtomicU64,
+}
+
+impl MqttShared {
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+    pub fn dropped_publish_count(&self) -> u64 {
+        self.dropped_publishes.load(Ordering::Relaxed)
+    }
+}
+
+/// Starts the router and the listener; returns the bound address and the accept task.
+pub async fn start(hub: Arc<Hub>) -> Result<(SocketAddr, Arc<MqttShared>, JoinHandle<()>), StartupError> {
+    let settings = hub.settings.mqtt.clone();
+    let listener = TcpListener::bind(&settings.listen)
+        .await
+        .map_err(|e| StartupError(format!("cannot listen for MQTT on {}: {e}", settings.listen)))?;
+    let addr = listener.local_addr().map_err(|e| StartupError(e.to_string()))?;
+
+    // Small, bounded router memory: rumqttd's defaults allow ~1 GiB per filter.
+    let router_config = rumqttd::RouterConfig {
+        max_connections: settings.max_connections + 16,
+        max_outgoing_packet_count: settings.max_inflight as u64,
+        max_segment_size: settings.router_segment_bytes,
+        max_segment_count: settings.router_segment_count,
+        custom_segment: None,
+        initialized_filters: None,
+        shared_subscriptions_strategy: Default::default(),
+    };
+    let router_tx = Router::new(0, router_config).spawn();
+    let open_link: LinkFactory = Box::new(move |client_id, clean| {
+        LinkBuilder::new(client_id, router_tx.clone())
+            .clean_session(clean)
+            .build()
+    });
+    let shared = Arc::new(MqttShared {
+        hub: hub.clone(),
+        open_link,
+        sessions: Mutex::new(HashMap::new()),
+        next_connection: AtomicU64::new(1),
+        connections: AtomicUsize::new(0),
+        dropped_publishes: AtomicU64::new(0),
+    });
+    tracing::info!(%addr, "MQTT broker listening");
+    let accept_shared = shared.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = hub.shutting_down() => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: report and keep accepting.
+                    tracing::warn!(error = %e, "MQTT accept failed");
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+            };
+            let shared = accept_shared.clone();
+            if shared.connections.load(Ordering::Relaxed) >= settings.max_connections {
+                tracing::warn!(%peer, "MQTT connection refused: connection limit reached");
+                tokio::spawn(connection::refuse_busy(stream));
+                continue;
+            }
+            shared.connections.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                connection::run(shared.clone(), stream).await;
+                shared.connections.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+    });
+    Ok((addr, shared, task))
+}
