@@ -196,3 +196,10 @@ impl TestHub {
         (id, self.login(login, "client-pass-1").await)
     }
 }
+
+impl TestHub {
+    /// The embedded MQTT broker's address.
+    pub fn mqtt_addr(&self) -> std::net::SocketAddr {
+        self.app.as_ref().unwrap().mqtt_addr.expect("MQTT enabled")
+    }
+}

@@ -3,4 +3,5 @@
 mod admin;
 mod common;
 mod messages;
+mod mqtt;
 mod ws;
