@@ -13,6 +13,13 @@ use crate::store::{DeviceListQuery, GroupKind, NewNotification};
 
 pub const DEVICE_ADD: &str = "$device-add";
 pub const DEVICE_UPDATE: &str = "$device-update";
+pub const DEVICE_CONNECTED: &str = "$device-connected";
+pub const DEVICE_DISCONNECTED: &str = "$device-disconnected";
+
+/// Names only the hub may use; clients inserting them get 403 on every transport.
+pub fn is_server_notification(name: &str) -> bool {
+    [DEVICE_ADD, DEVICE_UPDATE, DEVICE_CONNECTED, DEVICE_DISCONNECTED].contains(&name)
+}
 
 /// Device ids: 1..48 of letters, digits and dashes.
 pub fn valid_device_id(id: &str) -> bool {
@@ -154,6 +161,16 @@ impl Hub {
                 Ok(new)
             }
         }
+    }
+
+    /// MQTT presence: when an MQTT session's client id is a device id, `$device-connected` /
+    /// `$device-disconnected` are stored and routed like the other server notifications.
+    pub async fn device_presence(&self, device_id: &str, connected: bool, parameters: Value) -> Result<()> {
+        let Some(device) = self.store.device_get(device_id).await? else {
+            return Ok(());
+        };
+        let name = if connected { DEVICE_CONNECTED } else { DEVICE_DISCONNECTED };
+        self.server_notification(&device, name, parameters).await
     }
 
     /// Stores and routes `$device-add` / `$device-update` with the device's network and type, so

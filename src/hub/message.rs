@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::device::{DEVICE_ADD, DEVICE_UPDATE};
+use super::device::is_server_notification;
 use super::fields::Fields;
 use super::Hub;
 use crate::auth::{Action, Principal};
@@ -76,7 +76,7 @@ impl Hub {
             .await?;
         let f = Fields::of(body)?;
         let name = name_field(f.text("notification")?, "Invalid request parameters")?;
-        if name == DEVICE_ADD || name == DEVICE_UPDATE {
+        if is_server_notification(&name) {
             return Err(ApiError::forbidden(
                 "It's forbidden to insert these special notifications: $device-update, $device-add.",
             ));

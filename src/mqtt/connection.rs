@@ -116,6 +116,10 @@ struct Conn {
     recent_set: HashSet<(EventKind, i64, i64)>,
     keepalive: Option<Duration>,
     will: Option<codec::Will>,
+    /// Clean session off: `dh/` subscriptions are stored, and owed commands replayed on reconnect.
+    persistent: bool,
+    /// Commands sent by the reconnect replay (live copies are skipped).
+    replayed: HashSet<i64>,
 }
 
 const RECENT_EVENTS: usize = 512;
@@ -201,10 +205,15 @@ pub async fn run(shared: Arc<MqttShared>, stream: TcpStream) {
             return;
         }
     };
-    let session_present = match Option::<rq::Packet>::from(ack) {
-        Some(rq::Packet::ConnAck(a, _)) => a.session_present,
-        _ => false,
-    };
+    drop(ack);
+    let now = crate::time::now_ms();
+    let user_id = principal.user_id();
+    let session_present = shared
+        .hub
+        .store
+        .mqtt_session_connected(&client_id, user_id, connect.clean_session, now)
+        .await
+        .unwrap_or(false);
     let (mut session, deliveries, overflow) = Session::new(shared.hub.clone(), String::new(), settings.queue_capacity);
     session.principal = principal;
     let mut conn = Conn {
@@ -230,13 +239,16 @@ pub async fn run(shared: Arc<MqttShared>, stream: TcpStream) {
         recent_set: HashSet::new(),
         keepalive: (connect.keep_alive > 0).then(|| Duration::from_millis(connect.keep_alive as u64 * 1500)),
         will: connect.will.clone(),
+        persistent: !connect.clean_session,
+        replayed: HashSet::new(),
     };
-    conn.queue(&Packet::ConnAck {
-        session_present,
-        code: connack::ACCEPTED,
-    });
+    conn.queue(&Packet::ConnAck { session_present, code: connack::ACCEPTED });
+    conn.presence(true, json!({"clientId": client_id, "cleanSession": connect.clean_session})).await;
     let end = match conn.flush().await {
-        Ok(()) => conn.serve().await,
+        Ok(()) => match conn.restore().await {
+            Ok(()) => conn.serve().await,
+            Err(e) => e,
+        },
         Err(e) => e,
     };
     conn.finish(end).await;
@@ -662,7 +674,7 @@ impl Conn {
                 }
                 continue;
             }
-            codes.push(Some(self.subscribe_dh(&filter, qos).await));
+            codes.push(Some(self.subscribe_dh(&filter, qos, false).await));
         }
         if plain.is_empty() {
             let codes = codes.into_iter().map(|c| c.unwrap_or(SUBACK_FAILURE)).collect();
@@ -675,7 +687,7 @@ impl Conn {
     }
 
     /// One `dh/` filter: its SUBACK code.
-    async fn subscribe_dh(&mut self, filter: &str, qos: u8) -> u8 {
+    async fn subscribe_dh(&mut self, filter: &str, qos: u8, restoring: bool) -> u8 {
         let authenticated = self.session.principal.is_authenticated();
         match topics::parse_filter(filter) {
             DhFilter::Response { action, client_id } => {
@@ -706,15 +718,14 @@ impl Conn {
                     Ok(out) => {
                         let id = out.get("subscriptionId").and_then(Value::as_u64).unwrap_or_default();
                         self.dh_by_id.insert(id, filter.to_string());
-                        self.dh_subs.insert(
-                            filter.to_string(),
-                            DhSub {
-                                id,
-                                qos,
-                                kind,
-                                private: private_to.is_some(),
-                            },
-                        );
+                        self.dh_subs.insert(filter.to_string(), DhSub { id, qos, kind, private: private_to.is_some() });
+                        if self.persistent && !restoring {
+                            let now = crate::time::now_ms();
+                            let stored = self.shared.hub.store.mqtt_subscription_put(&self.client_id, filter, qos, now);
+                            if let Err(e) = stored.await {
+                                tracing::warn!(client_id = %self.client_id, error = %e, "cannot store MQTT subscription");
+                            }
+                        }
                         qos
                     }
                     Err(e) => {
@@ -742,6 +753,9 @@ impl Conn {
                 self.response_topics.remove(&f);
                 if let Some(sub) = self.dh_subs.remove(&f) {
                     self.drop_engine_subscription(&sub);
+                    if self.persistent {
+                        let _ = self.shared.hub.store.mqtt_subscription_delete(&self.client_id, &f).await;
+                    }
                 }
             } else {
                 plain.push(f);
@@ -798,6 +812,70 @@ impl Conn {
         Ok(())
     }
 
+    /// A persistent session gets its stored `dh/` subscriptions back, then the commands it is owed:
+    /// created after it subscribed, not confirmed by `command/update`, not expired.
+    async fn restore(&mut self) -> Result<(), End> {
+        if !self.persistent || !self.session.principal.is_authenticated() {
+            return Ok(());
+        }
+        let hub = self.shared.hub.clone();
+        let stored = hub.store.mqtt_subscriptions(&self.client_id).await.unwrap_or_default();
+        for sub in stored {
+            if self.subscribe_dh(&sub.filter, sub.qos, true).await == SUBACK_FAILURE {
+                // The principal lost the right to it: forget it.
+                let _ = hub.store.mqtt_subscription_delete(&self.client_id, &sub.filter).await;
+                continue;
+            }
+            let DhFilter::Events { kind: EventKind::CommandInsert, request, private_to } = topics::parse_filter(&sub.filter)
+            else {
+                continue;
+            };
+            let Some(engine_id) = self.dh_subs.get(&sub.filter).map(|s| s.id) else { continue };
+            let Ok(poll) = hub.poll_request(EventKind::CommandInsert, None, &request) else { continue };
+            let filter = match hub.message_filter(&self.session.principal, crate::auth::Action::GetDeviceCommand, &poll).await {
+                Ok(Some(f)) => f,
+                _ => continue,
+            };
+            let now = crate::time::now_ms();
+            let owed = hub.store.commands_pending(&filter, sub.since, now, hub.max_take() as usize).await.unwrap_or_default();
+            for c in owed {
+                if !self.replayed.insert(c.id) {
+                    continue;
+                }
+                let json = serde_json::to_string(&c).unwrap_or_default();
+                let message = crate::hub::bus::Message::Command(Arc::new(c));
+                let mut topic = topics::message_topic(EventKind::CommandInsert, &message);
+                if private_to.is_some() {
+                    topic.push('@');
+                    topic.push_str(&self.client_id);
+                }
+                let payload = Bytes::from(push_text(EventKind::CommandInsert, engine_id, &json));
+                if !self.publish_from_hub(topic, payload, sub.qos) {
+                    return Err(End::NotReading);
+                }
+            }
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// `$device-connected` / `$device-disconnected` for a device whose id is this client id, when the
+    /// session's principal may see that device.
+    async fn presence(&self, connected: bool, parameters: Value) {
+        let hub = &self.shared.hub;
+        let principal = &self.session.principal;
+        if !principal.is_authenticated() {
+            return;
+        }
+        let Ok(Some(device)) = hub.store.device_get(&self.client_id).await else { return };
+        if !hub.device_visible(principal, &device).await.unwrap_or(false) {
+            return;
+        }
+        if let Err(e) = hub.device_presence(&device.id, connected, parameters).await {
+            tracing::debug!(client_id = %self.client_id, error = %e, "presence notification failed");
+        }
+    }
+
     /// Pushes one commit's matching messages, each once even when several filters match it.
     fn push(&mut self, d: Delivery) -> Result<(), End> {
         let Some(filter) = self.dh_by_id.get(&d.subscription_id) else {
@@ -809,6 +887,9 @@ impl Conn {
         let (qos, private) = (sub.qos, sub.private);
         for ev in &d.events {
             let key = (ev.kind, ev.id(), ev.cursor());
+            if ev.kind == EventKind::CommandInsert && self.replayed.contains(&ev.id()) {
+                continue;
+            }
             if !self.recent_set.insert(key) {
                 continue;
             }
@@ -837,6 +918,14 @@ impl Conn {
             End::Clean | End::Shutdown | End::TakenOver => {}
             ref other => tracing::info!(client_id = %self.client_id, reason = ?other, "MQTT connection closed"),
         }
+        let will = end != End::Clean && self.will.is_some();
+        let reason = end.reason();
+        let now = crate::time::now_ms();
+        if let Err(e) = self.shared.hub.store.mqtt_session_disconnected(&self.client_id, now, reason).await {
+            tracing::warn!(client_id = %self.client_id, error = %e, "cannot record MQTT disconnect");
+        }
+        let client_id = self.client_id.clone();
+        self.presence(false, json!({"clientId": client_id, "reason": reason, "will": will})).await;
         if end != End::Clean {
             if let Some(will) = self.will.take() {
                 let p = Publish {
@@ -861,6 +950,21 @@ impl Conn {
         };
         let _ = self.to_router(rq::Packet::Disconnect(bye, None)).await;
         let _ = self.writer.shutdown().await;
+    }
+}
+
+impl End {
+    /// How the disconnect is reported in presence records.
+    fn reason(&self) -> &'static str {
+        match self {
+            End::Clean => "disconnect",
+            End::Network => "connection-lost",
+            End::KeepAlive => "keepalive-timeout",
+            End::Protocol => "protocol-error",
+            End::NotReading => "not-reading",
+            End::TakenOver => "taken-over",
+            End::Shutdown => "shutdown",
+        }
     }
 }
 

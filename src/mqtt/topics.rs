@@ -150,13 +150,18 @@ pub fn parse_direct(topic: &str) -> Option<DirectPublish> {
 
 /// `dh/<kind>/<network>/<type>/<device>/<name>` of a committed message.
 pub fn event_topic(ev: &Event) -> String {
-    let kind = match ev.kind {
+    message_topic(ev.kind, &ev.message)
+}
+
+/// The concrete topic of a message pushed as `kind`.
+pub fn message_topic(kind: EventKind, message: &Message) -> String {
+    let kind = match kind {
         EventKind::Notification => "notification",
         EventKind::CommandInsert => "command",
         EventKind::CommandUpdate => "command_update",
     };
     let id = |v: Option<i64>| v.map(|i| i.to_string()).unwrap_or_default();
-    match &ev.message {
+    match message {
         Message::Notification(n) => format!(
             "dh/{kind}/{}/{}/{}/{}",
             id(n.network_id),

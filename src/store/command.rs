@@ -96,6 +96,20 @@ impl Store {
         }
     }
 
+    /// Commands owed to a persistent MQTT session: matching `filter`, created after `since`, not yet
+    /// confirmed by an update, and not past their `lifetime` at `now`; oldest first.
+    pub async fn commands_pending(&self, filter: &MessageFilter, since: i64, now: i64, limit: usize) -> Result<Vec<Command>> {
+        let mut qb = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {COLUMNS} FROM device_command WHERE is_updated = 0 AND timestamp > "
+        ));
+        qb.push_bind(since);
+        qb.push(" AND (lifetime IS NULL OR lifetime <= 0 OR timestamp + lifetime * 1000 > ").push_bind(now).push(")");
+        filter.push_conditions(&mut qb, "command");
+        qb.push(" ORDER BY timestamp, id LIMIT ").push_bind(limit as i64);
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(command_from_row).collect())
+    }
+
     async fn commands_page(
         &self,
         filter: &MessageFilter,

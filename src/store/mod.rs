@@ -5,6 +5,7 @@
 mod command;
 mod configuration;
 mod device;
+mod mqtt_session;
 mod network;
 mod notification;
 mod scope;
@@ -21,6 +22,7 @@ use sqlx::SqlitePool;
 
 pub use command::{CommandUpdate, NewCommand};
 pub use device::{DeviceListQuery, DeviceUpdate};
+pub use mqtt_session::StoredSubscription;
 pub use network::{GroupKind, GroupListQuery};
 pub use notification::{MessageQuery, NewNotification};
 pub use scope::{DeviceScope, MessageFilter};

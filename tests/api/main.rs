@@ -4,4 +4,5 @@ mod admin;
 mod common;
 mod messages;
 mod mqtt;
+mod mqtt_sessions;
 mod ws;

@@ -1,0 +1,193 @@
+//! MQTT sessions: persistent sessions get the commands they missed (from SQL, across restarts),
+//! presence notifications, last will, takeover.
+
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::common::{TestHub, ADMIN_LOGIN, ADMIN_PASSWORD};
+
+struct Device {
+    client: AsyncClient,
+    rx: mpsc::UnboundedReceiver<(String, Value)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn opts(hub: &TestHub, id: &str, clean: bool) -> MqttOptions {
+    let addr = hub.mqtt_addr();
+    let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    o.set_credentials(ADMIN_LOGIN, ADMIN_PASSWORD);
+    o.set_clean_session(clean);
+    o.set_keep_alive(Duration::from_secs(5));
+    o
+}
+
+/// Connects and returns the device plus the CONNACK's session-present flag.
+async fn connect(o: MqttOptions) -> (Device, bool) {
+    let (client, mut ev) = AsyncClient::new(o, 100);
+    let present = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ev.poll()).await.expect("CONNACK in time") {
+            Ok(Event::Incoming(Packet::ConnAck(a))) => break a.session_present,
+            Ok(_) => {}
+            Err(e) => panic!("connect failed: {e}"),
+        }
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        while let Ok(e) = ev.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = e {
+                let _ = tx.send((p.topic.clone(), serde_json::from_slice(&p.payload).unwrap_or(Value::Null)));
+            }
+        }
+    });
+    (Device { client, rx, task }, present)
+}
+
+impl Device {
+    async fn next(&mut self, d: Duration) -> Option<(String, Value)> {
+        tokio::time::timeout(d, self.rx.recv()).await.ok().flatten()
+    }
+    /// Command names received within `d`.
+    async fn commands(&mut self, d: Duration) -> Vec<String> {
+        let mut names = Vec::new();
+        while let Some((_, v)) = self.next(d).await {
+            names.push(v["command"]["command"].as_str().unwrap_or_default().to_string());
+        }
+        names
+    }
+    async fn disconnect(self) {
+        let _ = self.client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+    /// Drops the TCP connection without DISCONNECT.
+    fn crash(self) {
+        self.task.abort();
+    }
+}
+
+async fn command(hub: &TestHub, device: &str, name: &str, extra: Value) -> i64 {
+    let mut body = json!({"command": name});
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    hub.post(&hub.admin, &format!("/device/{device}/command"), body).await.expect(201)["id"].as_i64().unwrap()
+}
+
+#[tokio::test]
+async fn persistent_session_gets_missed_commands_also_after_restart() {
+    let hub = TestHub::start().await;
+    hub.device("dev-p", 1).await;
+    let (mut d, present) = connect(opts(&hub, "dev-p", false)).await;
+    assert!(!present, "first connection has no stored session");
+    d.client.subscribe("dh/command/+/+/dev-p/#", QoS::AtLeastOnce).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    command(&hub, "dev-p", "online", json!({})).await;
+    assert_eq!(d.commands(Duration::from_millis(800)).await, ["online"]);
+    let online_id = hub.get(&hub.admin, "/device/dev-p/command?command=online").await.expect(200)[0]["id"].clone();
+    hub.put(&hub.admin, &format!("/device/dev-p/command/{online_id}"), json!({"status": "done"})).await.expect(204);
+    d.disconnect().await;
+
+    // While offline: one plain command, one that expires, one confirmed before the device returns.
+    command(&hub, "dev-p", "missed", json!({})).await;
+    command(&hub, "dev-p", "expires", json!({"lifetime": 1})).await;
+    let confirmed = command(&hub, "dev-p", "confirmed", json!({})).await;
+    hub.put(&hub.admin, &format!("/device/dev-p/command/{confirmed}"), json!({"status": "done"})).await.expect(204);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+
+    let (mut d, present) = connect(opts(&hub, "dev-p", false)).await;
+    assert!(present, "the persistent session was stored");
+    assert_eq!(d.commands(Duration::from_millis(800)).await, ["missed"]);
+    // Live delivery still works on the restored subscription.
+    command(&hub, "dev-p", "live", json!({})).await;
+    assert_eq!(d.commands(Duration::from_millis(800)).await, ["live"]);
+    d.disconnect().await;
+
+    // The queue lives in SQL: a restart changes nothing.
+    command(&hub, "dev-p", "after-restart", json!({})).await;
+    let hub = hub.restart().await;
+    let (mut d, present) = connect(opts(&hub, "dev-p", false)).await;
+    assert!(present);
+    let mut got = d.commands(Duration::from_millis(800)).await;
+    got.sort();
+    // Unconfirmed commands are owed until the device confirms them.
+    assert_eq!(got, ["after-restart", "live", "missed"]);
+    for name in ["after-restart", "live", "missed"] {
+        let id = hub.get(&hub.admin, &format!("/device/dev-p/command?command={name}")).await.expect(200)[0]["id"].clone();
+        hub.put(&hub.admin, &format!("/device/dev-p/command/{id}"), json!({"status": "done"})).await.expect(204);
+    }
+    d.disconnect().await;
+    let (mut d, _) = connect(opts(&hub, "dev-p", false)).await;
+    assert_eq!(d.commands(Duration::from_millis(800)).await, Vec::<String>::new());
+    d.disconnect().await;
+
+    // A clean session forgets the stored subscriptions: no replay, nothing owed later.
+    command(&hub, "dev-p", "never", json!({})).await;
+    let (mut d, present) = connect(opts(&hub, "dev-p", true)).await;
+    assert!(!present);
+    assert_eq!(d.commands(Duration::from_millis(800)).await, Vec::<String>::new());
+    d.disconnect().await;
+    let (mut d, present) = connect(opts(&hub, "dev-p", false)).await;
+    assert!(!present);
+    assert_eq!(d.commands(Duration::from_millis(800)).await, Vec::<String>::new());
+    d.disconnect().await;
+}
+
+#[tokio::test]
+async fn presence_notifications_and_last_will() {
+    let hub = TestHub::start().await;
+    hub.device("dev-w", 1).await;
+    let (watcher, _) = connect(opts(&hub, "watcher", true)).await;
+    let mut watcher = watcher;
+    watcher.client.subscribe("status/#", QoS::AtLeastOnce).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let (d, _) = connect(opts(&hub, "dev-w", true)).await;
+    d.disconnect().await;
+    let mut o = opts(&hub, "dev-w", true);
+    o.set_last_will(rumqttc::LastWill::new("status/dev-w", "offline", QoS::AtLeastOnce, false));
+    let (d, _) = connect(o).await;
+    d.crash();
+    let (topic, payload) = watcher.next(Duration::from_secs(5)).await.expect("the last will is published");
+    assert_eq!(topic, "status/dev-w");
+    assert_eq!(payload, Value::Null, "payload `offline` is not JSON");
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let list = hub.get(&hub.admin, "/device/dev-w/notification?sortOrder=ASC&take=100").await.expect(200);
+    let presence: Vec<(String, Value)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["notification"].as_str().unwrap().starts_with("$device-") && n["notification"] != "$device-add")
+        .map(|n| (n["notification"].as_str().unwrap().to_string(), n["parameters"].clone()))
+        .collect();
+    assert_eq!(
+        presence,
+        vec![
+            ("$device-connected".to_string(), json!({"clientId": "dev-w", "cleanSession": true})),
+            ("$device-disconnected".to_string(), json!({"clientId": "dev-w", "reason": "disconnect", "will": false})),
+            ("$device-connected".to_string(), json!({"clientId": "dev-w", "cleanSession": true})),
+            ("$device-disconnected".to_string(), json!({"clientId": "dev-w", "reason": "connection-lost", "will": true})),
+        ]
+    );
+    // Clients may not forge them.
+    hub.post(&hub.admin, "/device/dev-w/notification", json!({"notification": "$device-connected"}))
+        .await
+        .expect_error(403, "It's forbidden to insert these special notifications: $device-update, $device-add.");
+}
+
+#[tokio::test]
+async fn a_second_connect_with_the_same_client_id_takes_over() {
+    let hub = TestHub::start().await;
+    let (mut first, _) = connect(opts(&hub, "twin", true)).await;
+    first.client.subscribe("t/#", QoS::AtLeastOnce).await.unwrap();
+    let (mut second, _) = connect(opts(&hub, "twin", true)).await;
+    second.client.subscribe("t/#", QoS::AtLeastOnce).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    second.client.publish("t/x", QoS::AtLeastOnce, false, "{}").await.unwrap();
+    assert_eq!(second.next(Duration::from_secs(5)).await.map(|(t, _)| t), Some("t/x".to_string()));
+    // The first connection was closed by the takeover and receives nothing.
+    assert_eq!(first.next(Duration::from_millis(500)).await, None);
+    assert!(first.task.is_finished() || tokio::time::timeout(Duration::from_secs(5), &mut first.task).await.is_ok());
+}
