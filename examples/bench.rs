@@ -37,14 +37,8 @@ const ADMIN_PASSWORD: &str = "bench-admin-pass-1";
 
 /// The scenarios, in the order `all` runs them. Add new ones here and in [`run_scenario`].
 const SCENARIOS: &[(&str, &str)] = &[
-    (
-        "inserts",
-        "concurrent REST notification inserts: throughput, latency, stored == acknowledged",
-    ),
-    (
-        "longpoll",
-        "long-poll wake-up latency: N pollers on one device, one insert at a time",
-    ),
+    ("inserts", "concurrent REST notification inserts: throughput, latency, stored == acknowledged"),
+    ("longpoll", "long-poll wake-up latency: N pollers on one device, one insert at a time"),
 ];
 
 #[derive(Parser, Debug, Clone)]
@@ -91,10 +85,7 @@ impl Config {
                 return Ok(v);
             }
             match std::env::var(env) {
-                Ok(s) => s
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("{env}={s:?} is not a valid number").into()),
+                Ok(s) => s.trim().parse().map_err(|_| format!("{env}={s:?} is not a valid number").into()),
                 Err(_) => Ok(default),
             }
         }
@@ -221,16 +212,7 @@ impl BenchHub {
         let root = format!("http://{}", app.http_addr);
         let base = format!("{root}/api/rest");
         let client = reqwest::Client::builder().pool_max_idle_per_host(16).build()?;
-        let mut hub = BenchHub {
-            app,
-            _dir: dir,
-            settings,
-            root,
-            base,
-            admin: String::new(),
-            network_id: 0,
-            client,
-        };
+        let mut hub = BenchHub { app, _dir: dir, settings, root, base, admin: String::new(), network_id: 0, client };
         let token = hub
             .call(
                 reqwest::Method::POST,
@@ -239,18 +221,9 @@ impl BenchHub {
                 Some(json!({"login": ADMIN_LOGIN, "password": ADMIN_PASSWORD})),
             )
             .await?;
-        hub.admin = token["accessToken"]
-            .as_str()
-            .ok_or("no accessToken in the login answer")?
-            .to_string();
-        let network = hub
-            .call(
-                reqwest::Method::POST,
-                Some(&hub.admin),
-                "/network",
-                Some(json!({"name": "bench"})),
-            )
-            .await?;
+        hub.admin = token["accessToken"].as_str().ok_or("no accessToken in the login answer")?.to_string();
+        let network =
+            hub.call(reqwest::Method::POST, Some(&hub.admin), "/network", Some(json!({"name": "bench"}))).await?;
         hub.network_id = network["id"].as_i64().ok_or("no id in the network answer")?;
         Ok(hub)
     }
@@ -290,14 +263,7 @@ impl BenchHub {
     /// Registers a device in the bench network.
     async fn device(&self, id: &str) -> BenchResult<()> {
         let body = json!({"name": id, "networkId": self.network_id});
-        self.call(
-            reqwest::Method::PUT,
-            Some(&self.admin),
-            &format!("/device/{id}"),
-            Some(body),
-        )
-        .await
-        .map(|_| ())
+        self.call(reqwest::Method::PUT, Some(&self.admin), &format!("/device/{id}"), Some(body)).await.map(|_| ())
     }
 
     /// Every stored id of the notifications named `name` of a device, through the REST query API
@@ -439,11 +405,7 @@ async fn scenario_inserts(hub: &BenchHub, config: &Config) -> BenchResult<()> {
         let url = hub.url(&format!("/device/{device}/notification"));
         let token = hub.admin.clone();
         tasks.push(tokio::spawn(async move {
-            let mut w = InsertWorker {
-                latencies_us: Vec::new(),
-                ids: Vec::new(),
-                failures: Failures::default(),
-            };
+            let mut w = InsertWorker { latencies_us: Vec::new(), ids: Vec::new(), failures: Failures::default() };
             let mut seq: u64 = 0;
             while Instant::now() < deadline {
                 seq += 1;
@@ -574,10 +536,7 @@ async fn scenario_longpoll(hub: &BenchHub, config: &Config) -> BenchResult<()> {
         return Err(format!("warm-up insert answered {}", first.status()).into());
     }
     let first: Value = first.json().await?;
-    let start_cursor = first["timestamp"]
-        .as_str()
-        .ok_or("no timestamp in the 201 answer")?
-        .to_string();
+    let start_cursor = first["timestamp"].as_str().ok_or("no timestamp in the 201 answer")?.to_string();
 
     let armed = Arc::new(Semaphore::new(0));
     let (report_tx, mut report_rx) = mpsc::unbounded_channel::<Result<PollReport, String>>();
@@ -619,14 +578,7 @@ async fn scenario_longpoll(hub: &BenchHub, config: &Config) -> BenchResult<()> {
                         }
                         let ids = list.iter().map(|n| n["id"].as_i64().unwrap_or(-1)).collect();
                         done += 1;
-                        if tx
-                            .send(Ok(PollReport {
-                                poller,
-                                received_at,
-                                ids,
-                            }))
-                            .is_err()
-                        {
+                        if tx.send(Ok(PollReport { poller, received_at, ids })).is_err() {
                             break;
                         }
                     }
@@ -669,9 +621,7 @@ async fn scenario_longpoll(hub: &BenchHub, config: &Config) -> BenchResult<()> {
             aborted = Some(format!("round {round}: insert answered {status}: {text}"));
             break;
         }
-        let id = serde_json::from_str::<Value>(&text)?["id"]
-            .as_i64()
-            .ok_or("201 without id")?;
+        let id = serde_json::from_str::<Value>(&text)?["id"].as_i64().ok_or("201 without id")?;
         insert_rtt.push(micros(acked - sent));
 
         let mut seen = vec![false; pollers];
@@ -689,25 +639,18 @@ async fn scenario_longpoll(hub: &BenchHub, config: &Config) -> BenchResult<()> {
                 }
                 Err(_) => {
                     let missing = seen.iter().filter(|s| !**s).count();
-                    aborted = Some(format!(
-                        "round {round}: {missing} pollers did not receive notification {id} within 40 s"
-                    ));
+                    aborted =
+                        Some(format!("round {round}: {missing} pollers did not receive notification {id} within 40 s"));
                     break 'rounds;
                 }
             };
             if std::mem::replace(&mut seen[report.poller], true) {
-                failures.add(
-                    "poller answered twice in one round",
-                    format!("poller {}", report.poller),
-                );
+                failures.add("poller answered twice in one round", format!("poller {}", report.poller));
             }
             if report.ids != [id] {
                 failures.add(
                     "poll answer is not exactly the round's notification",
-                    format!(
-                        "round {round}, poller {}: expected [{id}], got {:?}",
-                        report.poller, report.ids
-                    ),
+                    format!("round {round}, poller {}: expected [{id}], got {:?}", report.poller, report.ids),
                 );
             }
             from_send.push(signed_micros(report.received_at, sent));
@@ -728,10 +671,7 @@ async fn scenario_longpoll(hub: &BenchHub, config: &Config) -> BenchResult<()> {
         }
     }
     if empty_answers > 0 {
-        failures.add(
-            "empty poll answer (waitTimeout elapsed)",
-            format!("{empty_answers} in total"),
-        );
+        failures.add("empty poll answer (waitTimeout elapsed)", format!("{empty_answers} in total"));
     }
 
     let deliveries = from_send.len();
@@ -744,10 +684,7 @@ async fn scenario_longpoll(hub: &BenchHub, config: &Config) -> BenchResult<()> {
     failures.print("    ");
     println!("  wake-up latency from send: {}", summary_us(&mut from_send));
     println!("  wake-up latency from 201:  {}", summary_us(&mut from_ack));
-    println!(
-        "  insert round trip (writer, under {pollers} waiters): {}",
-        summary_us(&mut insert_rtt)
-    );
+    println!("  insert round trip (writer, under {pollers} waiters): {}", summary_us(&mut insert_rtt));
     println!("  fan-out spread per round:  {}", summary_us(&mut spread));
     match aborted {
         Some(reason) => Err(reason.into()),

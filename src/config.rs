@@ -92,11 +92,8 @@ impl Settings {
             config::Config::builder().add_source(config::File::from_str(DEFAULT_CONFIG, config::FileFormat::Toml));
         builder = match path {
             Some(p) => builder.add_source(config::File::with_name(p).format(config::FileFormat::Toml)),
-            None => builder.add_source(
-                config::File::with_name("broker.toml")
-                    .format(config::FileFormat::Toml)
-                    .required(false),
-            ),
+            None => builder
+                .add_source(config::File::with_name("broker.toml").format(config::FileFormat::Toml).required(false)),
         };
         Self::from_builder(builder)
     }
@@ -113,10 +110,7 @@ impl Settings {
     ) -> Result<Settings, config::ConfigError> {
         builder
             .add_source(
-                config::Environment::with_prefix("HIVEHUB")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .try_parsing(true),
+                config::Environment::with_prefix("HIVEHUB").prefix_separator("__").separator("__").try_parsing(true),
             )
             .build()?
             .try_deserialize()

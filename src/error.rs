@@ -17,11 +17,7 @@ pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            message: message.into(),
-            empty_body: false,
-        }
+        ApiError { status, message: message.into(), empty_body: false }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
@@ -109,12 +105,7 @@ impl IntoResponse for ApiError {
             return self.status.into_response();
         }
         let body = self.body_json();
-        (
-            self.status,
-            [(axum::http::header::CONTENT_TYPE, "application/json;charset=UTF-8")],
-            body,
-        )
-            .into_response()
+        (self.status, [(axum::http::header::CONTENT_TYPE, "application/json;charset=UTF-8")], body).into_response()
     }
 }
 

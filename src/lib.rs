@@ -43,9 +43,7 @@ impl App {
     /// Opens the database, seeds it when empty, and starts serving on `settings.http.listen`.
     pub async fn start(settings: Settings) -> Result<App, StartupError> {
         let store = Store::open(&settings.database).await?;
-        let seeded = store
-            .seed_if_empty(&settings.auth.admin_login, &settings.auth.admin_password)
-            .await?;
+        let seeded = store.seed_if_empty(&settings.auth.admin_login, &settings.auth.admin_password).await?;
         if let Some(password) = seeded.generated_admin_password {
             tracing::warn!(
                 login = %settings.auth.admin_login,
@@ -70,11 +68,7 @@ impl App {
             Box::new(move |rows| publish_bus.publish(rows)),
             writer_stop_rx,
         );
-        let retention = spawn_retention(
-            store.clone(),
-            settings.database.message_retention_secs,
-            shutdown_rx.clone(),
-        );
+        let retention = spawn_retention(store.clone(), settings.database.message_retention_secs, shutdown_rx.clone());
         let hub = Arc::new(Hub {
             store: store.clone(),
             writer,
@@ -84,11 +78,7 @@ impl App {
             shutdown: shutdown_rx.clone(),
         });
         tracing::info!(%http_addr, "hivehub listening");
-        let mqtt = if hub.settings.mqtt.enabled {
-            Some(mqtt::start(hub.clone()).await?)
-        } else {
-            None
-        };
+        let mqtt = if hub.settings.mqtt.enabled { Some(mqtt::start(hub.clone()).await?) } else { None };
         let mqtt_addr = mqtt.as_ref().map(|(addr, _, _)| *addr);
 
         let mut stop = shutdown_rx;
@@ -114,12 +104,7 @@ impl App {
             store.close().await;
             tracing::info!("hivehub stopped");
         });
-        Ok(App {
-            http_addr,
-            mqtt_addr,
-            shutdown,
-            task,
-        })
+        Ok(App { http_addr, mqtt_addr, shutdown, task })
     }
 
     /// Stops accepting, finishes in-flight requests (long polls return at once), flushes pending
@@ -178,10 +163,7 @@ fn spawn_retention(store: Store, retention_secs: u64, mut stop: watch::Receiver<
                 _ = stop.wait_for(|s| *s) => return,
             }
             let before = time::now_ms() - (retention_secs as i64) * 1000;
-            match (
-                store.notifications_expire(before).await,
-                store.commands_expire(before).await,
-            ) {
+            match (store.notifications_expire(before).await, store.commands_expire(before).await) {
                 (Ok(n), Ok(c)) if n + c > 0 => {
                     tracing::info!(notifications = n, commands = c, "retention: deleted old messages")
                 }

@@ -5,11 +5,7 @@ use hivehub::config::{Settings, DEFAULT_CONFIG};
 use hivehub::App;
 
 #[derive(Parser)]
-#[command(
-    name = "hivehub",
-    version,
-    about = "A DeviceHive-compatible IoT device hub in one binary"
-)]
+#[command(name = "hivehub", version, about = "A DeviceHive-compatible IoT device hub in one binary")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

@@ -37,12 +37,7 @@ pub fn parse(text: &str) -> Option<i64> {
         Some(b) => (b, true),
         None => (s, false),
     };
-    for fmt in [
-        "%Y-%m-%dT%H:%M:%S%.f",
-        "%Y-%m-%dT%H:%M:%S",
-        "%Y-%m-%dT%H:%M",
-        "%Y-%m-%d %H:%M:%S%.f",
-    ] {
+    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S%.f"] {
         if let Ok(t) = NaiveDateTime::parse_from_str(body, fmt) {
             return Some(t.and_utc().timestamp_millis());
         }
@@ -68,10 +63,9 @@ pub fn parse_json(value: &serde_json::Value) -> Result<Option<i64>, ApiError> {
     match value {
         serde_json::Value::Null => Ok(None),
         serde_json::Value::String(s) => parse_input(s).map(Some),
-        serde_json::Value::Number(n) => n
-            .as_i64()
-            .map(Some)
-            .ok_or_else(|| ApiError::bad_request("Unparseable timestamp")),
+        serde_json::Value::Number(n) => {
+            n.as_i64().map(Some).ok_or_else(|| ApiError::bad_request("Unparseable timestamp"))
+        }
         _ => Err(ApiError::bad_request("Unparseable timestamp")),
     }
 }

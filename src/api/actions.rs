@@ -16,14 +16,8 @@ use crate::time::{format_ms, now_ms};
 const WS_DEFAULT_TAKE: i64 = 20;
 
 /// Actions an unauthenticated session may call.
-const ANONYMOUS: [&str; 6] = [
-    "server/info",
-    "server/cacheInfo",
-    "cluster/info",
-    "authenticate",
-    "token",
-    "token/refresh",
-];
+const ANONYMOUS: [&str; 6] =
+    ["server/info", "server/cacheInfo", "cluster/info", "authenticate", "token", "token/refresh"];
 
 /// Success or error envelope around a payload.
 pub fn envelope(action: Option<&Value>, request_id: Option<&Value>, result: Result<Map<String, Value>>) -> Value {
@@ -55,19 +49,14 @@ pub async fn handle(session: &mut Session, request: &Value) -> Value {
     let action = obj.get("action");
     let result = match action.and_then(Value::as_str) {
         Some(name) => dispatch(session, name, request).await,
-        None => Err(ApiError::bad_request(
-            "'action' field could not be parsed to known endpoint",
-        )),
+        None => Err(ApiError::bad_request("'action' field could not be parsed to known endpoint")),
     };
     envelope(action, request_id, result)
 }
 
 fn one(key: &str, value: impl serde::Serialize) -> Result<Map<String, Value>> {
     let mut m = Map::new();
-    m.insert(
-        key.into(),
-        serde_json::to_value(value).map_err(|_| ApiError::internal())?,
-    );
+    m.insert(key.into(), serde_json::to_value(value).map_err(|_| ApiError::internal())?);
     Ok(m)
 }
 
@@ -77,15 +66,12 @@ fn empty() -> Result<Map<String, Value>> {
 
 /// A required string id field.
 fn required_text(f: &Fields, key: &str, message: &str) -> Result<String> {
-    f.text(key)?
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| ApiError::bad_request(message))
+    f.text(key)?.filter(|s| !s.is_empty()).ok_or_else(|| ApiError::bad_request(message))
 }
 
 /// A required integer id field (number or digit string).
 fn required_id(f: &Fields, key: &str, message: &str) -> Result<i64> {
-    f.i64_or(key, || ApiError::bad_request(message))?
-        .ok_or_else(|| ApiError::bad_request(message))
+    f.i64_or(key, || ApiError::bad_request(message))?.ok_or_else(|| ApiError::bad_request(message))
 }
 
 /// A required nested object; `null`/absent → `message`.
@@ -108,13 +94,7 @@ fn group_words(action: &str) -> Option<(GroupKind, &'static str, &'static str, &
     if action.starts_with("network/") {
         Some((GroupKind::Network, "network", "networks", "networkId", "Network"))
     } else if action.starts_with("devicetype/") {
-        Some((
-            GroupKind::DeviceType,
-            "deviceType",
-            "deviceTypes",
-            "deviceTypeId",
-            "Device type",
-        ))
+        Some((GroupKind::DeviceType, "deviceType", "deviceTypes", "deviceTypeId", "Device type"))
     } else {
         None
     }
@@ -142,10 +122,7 @@ pub async fn dispatch(session: &mut Session, action: &str, req: &Value) -> Resul
             json!({"serverTimestamp": format_ms(now_ms()),
                    "cacheStats": format!("messages stored in SQL; {} live subscriptions", hub.bus.subscription_count())}),
         ),
-        "cluster/info" => one(
-            "clusterInfo",
-            json!({"bootstrap.servers": null, "zookeeper.connect": null}),
-        ),
+        "cluster/info" => one("clusterInfo", json!({"bootstrap.servers": null, "zookeeper.connect": null})),
         "authenticate" => session.authenticate(req).await,
         "token" => into_map(hub.login(req).await?),
         "token/refresh" => {
@@ -168,10 +145,7 @@ pub async fn dispatch(session: &mut Session, action: &str, req: &Value) -> Resul
         }
         "configuration/put" => {
             let name = required_text(&f, "name", "Configuration name is wrong or empty")?;
-            one(
-                "configuration",
-                hub.config_put(&p, &name, f.text("value")?.as_deref()).await?,
-            )
+            one("configuration", hub.config_put(&p, &name, f.text("value")?.as_deref()).await?)
         }
         "configuration/delete" => {
             let name = required_text(&f, "name", "Configuration name is wrong or empty")?;
@@ -200,10 +174,7 @@ pub async fn dispatch(session: &mut Session, action: &str, req: &Value) -> Resul
             let device = required_text(&f, "deviceId", "Device id is wrong or empty")?;
             p.require(crate::auth::Action::GetDeviceNotification)?;
             existing_device(&hub, &device).await?;
-            one(
-                "notifications",
-                hub.notification_query(&p, &device, req, WS_DEFAULT_TAKE).await?,
-            )
+            one("notifications", hub.notification_query(&p, &device, req, WS_DEFAULT_TAKE).await?)
         }
         "notification/subscribe" => session.subscribe(EventKind::Notification, req).await,
         "notification/unsubscribe" => session.unsubscribe(true, req),
@@ -287,8 +258,7 @@ pub async fn dispatch(session: &mut Session, action: &str, req: &Value) -> Resul
         "user/assignNetwork" | "user/unassignNetwork" => {
             let id = required_id(&f, "userId", "User id is wrong or empty")?;
             let net = required_id(&f, "networkId", "Network id is wrong or empty")?;
-            hub.user_assign_network(&p, id, net, action == "user/assignNetwork")
-                .await?;
+            hub.user_assign_network(&p, id, net, action == "user/assignNetwork").await?;
             empty()
         }
         "user/getDeviceType" => {
@@ -303,14 +273,12 @@ pub async fn dispatch(session: &mut Session, action: &str, req: &Value) -> Resul
         "user/assignDeviceType" | "user/unassignDeviceType" => {
             let id = required_id(&f, "userId", "User id is wrong or empty")?;
             let t = required_id(&f, "deviceTypeId", "Device type id is wrong or empty")?;
-            hub.user_assign_device_type(&p, id, t, action == "user/assignDeviceType")
-                .await?;
+            hub.user_assign_device_type(&p, id, t, action == "user/assignDeviceType").await?;
             empty()
         }
         "user/allowAllDeviceTypes" | "user/disallowAllDeviceTypes" => {
             let id = required_id(&f, "userId", "User id is wrong or empty")?;
-            hub.user_allow_all_device_types(&p, id, action == "user/allowAllDeviceTypes")
-                .await?;
+            hub.user_allow_all_device_types(&p, id, action == "user/allowAllDeviceTypes").await?;
             empty()
         }
 
@@ -329,9 +297,7 @@ pub async fn dispatch(session: &mut Session, action: &str, req: &Value) -> Resul
                     "insert" => {
                         let body = required_object(&f, key, &required_message)?;
                         if body.get("id").is_some_and(|v| !v.is_null()) {
-                            return Err(ApiError::bad_request(
-                                "Invalid request parameters. Id cannot be specified.",
-                            ));
+                            return Err(ApiError::bad_request("Invalid request parameters. Id cannot be specified."));
                         }
                         one(key, json!({"id": hub.group_insert(kind, &p, body).await?}))
                     }
@@ -343,8 +309,7 @@ pub async fn dispatch(session: &mut Session, action: &str, req: &Value) -> Resul
                     }
                     "delete" => {
                         let id = required_id(&f, id_key, &id_message)?;
-                        hub.group_delete(kind, &p, id, f.bool("force")?.unwrap_or(false))
-                            .await?;
+                        hub.group_delete(kind, &p, id, f.bool("force")?.unwrap_or(false)).await?;
                         empty()
                     }
                     _ => Err(ApiError::bad_request(format!("Illegal argument: {action}"))),

@@ -28,10 +28,7 @@ impl FromRequestParts<Arc<Hub>> for Auth {
             return Err(ApiError::unauthorized());
         }
         let token = text[6..].trim();
-        hub.principal_from_token(token)
-            .await
-            .map(Auth)
-            .map_err(Hub::token_error_to_rest)
+        hub.principal_from_token(token).await.map(Auth).map_err(Hub::token_error_to_rest)
     }
 }
 
@@ -44,17 +41,12 @@ impl FromRequest<Arc<Hub>> for Body {
     async fn from_request(req: Request, hub: &Arc<Hub>) -> Result<Self, Self::Rejection> {
         let limit = hub.settings.limits.max_body_bytes;
         let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("Request body is larger than {limit} bytes"),
-            )
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("Request body is larger than {limit} bytes"))
         })?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Body(Value::Null));
         }
-        serde_json::from_slice(&bytes)
-            .map(Body)
-            .map_err(|_| ApiError::invalid_params())
+        serde_json::from_slice(&bytes).map(Body).map_err(|_| ApiError::invalid_params())
     }
 }
 

@@ -34,9 +34,7 @@ pub fn app(hub: Arc<Hub>) -> Router {
     if ws_path != "/dh/websocket" {
         app = app.route("/dh/websocket", axum::routing::get(ws::upgrade));
     }
-    app.fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(hub)
+    app.fallback(not_found).method_not_allowed_fallback(method_not_allowed).with_state(hub)
 }
 
 async fn not_found() -> ApiError {
@@ -52,10 +50,7 @@ const CORS_HEADERS: [(&str, &str); 5] = [
     ("access-control-allow-credentials", "true"),
     ("access-control-allow-methods", "OPTIONS, GET, POST, PUT, DELETE, HEAD"),
     ("access-control-max-age", "0"),
-    (
-        "access-control-allow-headers",
-        "Origin, Authorization, Accept, Content-Type, Auth-DeviceID, Auth-DeviceKey",
-    ),
+    ("access-control-allow-headers", "Origin, Authorization, Accept, Content-Type, Auth-DeviceID, Auth-DeviceKey"),
 ];
 
 /// Runs before routing: drops a trailing `/` (so `GET {prefix}/` reaches the welcome route, and
@@ -79,11 +74,8 @@ pub async fn edge(mut req: Request, next: Next) -> Response {
             }
         }
     }
-    let mut response = if req.method() == Method::OPTIONS {
-        StatusCode::OK.into_response()
-    } else {
-        next.run(req).await
-    };
+    let mut response =
+        if req.method() == Method::OPTIONS { StatusCode::OK.into_response() } else { next.run(req).await };
     let headers = response.headers_mut();
     for (name, value) in CORS_HEADERS {
         headers.insert(HeaderName::from_static(name), HeaderValue::from_static(value));

@@ -41,18 +41,9 @@ impl Session {
     pub fn new(hub: Arc<Hub>, host: String, queue: usize) -> (Session, mpsc::Receiver<Delivery>, Arc<Notify>) {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let overflow = Arc::new(Notify::new());
-        let sink = Sink {
-            tx,
-            overflow: Some(overflow.clone()),
-        };
-        let session = Session {
-            hub,
-            principal: Principal::anonymous(),
-            host,
-            subs: HashMap::new(),
-            sink,
-            pending: Vec::new(),
-        };
+        let sink = Sink { tx, overflow: Some(overflow.clone()) };
+        let session =
+            Session { hub, principal: Principal::anonymous(), host, subs: HashMap::new(), sink, pending: Vec::new() };
         (session, rx, overflow)
     }
 
@@ -82,11 +73,8 @@ impl Session {
     /// `notification/subscribe` and `command/subscribe`.
     pub async fn subscribe(&mut self, kind: EventKind, req: &Value) -> Result<Map<String, Value>> {
         let hub = self.hub.clone();
-        let action = if kind == EventKind::Notification {
-            Action::GetDeviceNotification
-        } else {
-            Action::GetDeviceCommand
-        };
+        let action =
+            if kind == EventKind::Notification { Action::GetDeviceNotification } else { Action::GetDeviceCommand };
         self.principal.require(action)?;
         let f = Fields::of(req)?;
         if let Some(device_id) = f.text("deviceId")? {
@@ -96,9 +84,7 @@ impl Session {
         }
         let max = hub.settings.websocket.max_subscriptions;
         if self.subs.len() >= max {
-            return Err(ApiError::forbidden(format!(
-                "Too many subscriptions: at most {max} per session"
-            )));
+            return Err(ApiError::forbidden(format!("Too many subscriptions: at most {max} per session")));
         }
         let mut poll = hub.poll_request(kind, None, req)?;
         if kind != EventKind::Notification {
@@ -129,11 +115,7 @@ impl Session {
             "names": poll.names,
             "timestamp": poll.timestamp.map(crate::time::format_ms),
         });
-        let mut state = SubState {
-            kind: poll.kind,
-            info,
-            replayed: None,
-        };
+        let mut state = SubState { kind: poll.kind, info, replayed: None };
         if let Some(ts) = poll.timestamp {
             let replay = match poll.kind {
                 EventKind::Notification => hub
@@ -143,14 +125,11 @@ impl Session {
                     .map(|v| v.iter().map(|n| (n.id, n.timestamp, json_of(n))).collect::<Vec<_>>()),
                 k => {
                     let updated = k == EventKind::CommandUpdate;
-                    hub.store
-                        .commands_since(&filter, ts, poll.limit, updated)
-                        .await
-                        .map(|v| {
-                            v.iter()
-                                .map(|c| (c.id, if updated { c.last_updated } else { c.timestamp }, json_of(c)))
-                                .collect::<Vec<_>>()
-                        })
+                    hub.store.commands_since(&filter, ts, poll.limit, updated).await.map(|v| {
+                        v.iter()
+                            .map(|c| (c.id, if updated { c.last_updated } else { c.timestamp }, json_of(c)))
+                            .collect::<Vec<_>>()
+                    })
                 }
             };
             let replay = match replay {
@@ -177,11 +156,7 @@ impl Session {
 
     /// `notification/unsubscribe` / `command/unsubscribe`: one subscription, or all of that type.
     pub fn unsubscribe(&mut self, notification: bool, req: &Value) -> Result<Map<String, Value>> {
-        let action = if notification {
-            Action::GetDeviceNotification
-        } else {
-            Action::GetDeviceCommand
-        };
+        let action = if notification { Action::GetDeviceNotification } else { Action::GetDeviceCommand };
         self.principal.require(action)?;
         let is_type = |k: EventKind| (k == EventKind::Notification) == notification;
         match Fields::of(req)?.i64("subscriptionId")? {
@@ -196,12 +171,7 @@ impl Session {
                 }
             }
             None => {
-                let ids: Vec<u64> = self
-                    .subs
-                    .iter()
-                    .filter(|(_, s)| is_type(s.kind))
-                    .map(|(id, _)| *id)
-                    .collect();
+                let ids: Vec<u64> = self.subs.iter().filter(|(_, s)| is_type(s.kind)).map(|(id, _)| *id).collect();
                 for id in ids {
                     self.subs.remove(&id);
                     self.hub.bus.unsubscribe(id);
@@ -227,17 +197,12 @@ impl Session {
             .filter(|(_, s)| {
                 let n = s.kind == EventKind::Notification;
                 (if n { can_n } else { can_c })
-                    && wanted
-                        .as_deref()
-                        .is_none_or(|t| t == if n { "notification" } else { "command" })
+                    && wanted.as_deref().is_none_or(|t| t == if n { "notification" } else { "command" })
             })
             .collect();
         subs.sort_by_key(|(id, _)| **id);
         let mut out = Map::new();
-        out.insert(
-            "subscriptions".into(),
-            Value::Array(subs.iter().map(|(_, s)| s.info.clone()).collect()),
-        );
+        out.insert("subscriptions".into(), Value::Array(subs.iter().map(|(_, s)| s.info.clone()).collect()));
         Ok(out)
     }
 

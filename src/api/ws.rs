@@ -20,15 +20,9 @@ use super::session::Session;
 use crate::hub::Hub;
 
 pub async fn upgrade(State(hub): State<Arc<Hub>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
-    let host = headers
-        .get("host")
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost")
-        .to_string();
+    let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("localhost").to_string();
     let limit = hub.settings.websocket.max_message_bytes;
-    ws.max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |socket| run_session(hub, socket, host))
+    ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| run_session(hub, socket, host))
 }
 
 /// Why a session ended, for the log.

@@ -53,10 +53,7 @@ pub const MAX_ACTION_ID: i64 = 18;
 
 /// Looks an action name up case-insensitively (`"*"` is Any).
 pub fn id_by_name(name: &str) -> Option<u8> {
-    NAMES
-        .iter()
-        .find(|(n, id)| *id != 1 && n.eq_ignore_ascii_case(name))
-        .map(|(_, id)| *id)
+    NAMES.iter().find(|(n, id)| *id != 1 && n.eq_ignore_ascii_case(name)).map(|(_, id)| *id)
 }
 
 /// Set of actions a principal may perform.

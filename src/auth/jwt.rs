@@ -74,17 +74,11 @@ impl JwtKeys {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.validate_exp = false;
         validation.required_spec_claims.clear();
-        JwtKeys {
-            encoding: EncodingKey::from_secret(&key),
-            decoding: DecodingKey::from_secret(&key),
-            validation,
-        }
+        JwtKeys { encoding: EncodingKey::from_secret(&key), decoding: DecodingKey::from_secret(&key), validation }
     }
 
     pub fn sign(&self, payload: &TokenPayload) -> String {
-        let claims = Claims {
-            payload: payload.clone(),
-        };
+        let claims = Claims { payload: payload.clone() };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing of a serialisable payload cannot fail")
     }
@@ -111,14 +105,9 @@ impl JwtKeys {
 /// trailing incomplete group is dropped — and uses the bytes as the HMAC key (§4.2).
 pub fn derive_key(secret: &str) -> Vec<u8> {
     use base64::Engine;
-    let mut clean: Vec<u8> = secret
-        .bytes()
-        .filter(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
-        .collect();
+    let mut clean: Vec<u8> = secret.bytes().filter(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/').collect();
     clean.truncate(clean.len() / 4 * 4);
-    base64::engine::general_purpose::STANDARD
-        .decode(&clean)
-        .unwrap_or_default()
+    base64::engine::general_purpose::STANDARD.decode(&clean).unwrap_or_default()
 }
 
 /// A random secret like the reference's (130 random bits in base-32).
@@ -153,10 +142,7 @@ mod tests {
         let token = keys.sign(&p);
         assert_eq!(keys.verify(&token, TYPE_ACCESS, 0).unwrap(), p);
         assert_eq!(keys.verify(&token, TYPE_REFRESH, 0), Err(TokenError::WrongType));
-        assert_eq!(
-            keys.verify(&token, TYPE_ACCESS, 3_000_000_000_000),
-            Err(TokenError::Expired)
-        );
+        assert_eq!(keys.verify(&token, TYPE_ACCESS, 3_000_000_000_000), Err(TokenError::Expired));
         let other = JwtKeys::from_secret("another-secret");
         assert_eq!(other.verify(&token, TYPE_ACCESS, 0), Err(TokenError::Invalid));
     }

@@ -40,11 +40,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub fn generate() -> String {
     use rand::distributions::Alphanumeric;
     use rand::Rng;
-    rand::thread_rng()
-        .sample_iter(&Alphanumeric)
-        .take(24)
-        .map(char::from)
-        .collect()
+    rand::thread_rng().sample_iter(&Alphanumeric).take(24).map(char::from).collect()
 }
 
 #[cfg(test)]

@@ -78,12 +78,7 @@ pub struct Principal {
 
 impl Principal {
     pub fn anonymous() -> Principal {
-        Principal {
-            user: None,
-            actions: ActionSet::empty(),
-            networks: IdSet::none(),
-            device_types: IdSet::none(),
-        }
+        Principal { user: None, actions: ActionSet::empty(), networks: IdSet::none(), device_types: IdSet::none() }
     }
 
     /// The rights of a token (§5.2) for its (freshly loaded, active) user.
@@ -91,25 +86,12 @@ impl Principal {
         let ids = payload.action_ids().ok_or_else(ApiError::unauthorized)?;
         let actions = ActionSet::from_claim(&ids).ok_or_else(ApiError::unauthorized)?;
         let networks = IdSet::from_claim(payload.n.as_ref());
-        let mut device_types = if user.all_device_types_available {
-            IdSet::All
-        } else {
-            IdSet::none()
-        };
+        let mut device_types = if user.all_device_types_available { IdSet::All } else { IdSet::none() };
         if let Some(dt) = payload.dt.as_ref() {
             let claim = IdSet::from_claim(Some(dt));
-            device_types = if claim.is_all() || user.all_device_types_available {
-                IdSet::All
-            } else {
-                claim
-            };
+            device_types = if claim.is_all() || user.all_device_types_available { IdSet::All } else { claim };
         }
-        Ok(Principal {
-            user: Some(Arc::new(user)),
-            actions,
-            networks,
-            device_types,
-        })
+        Ok(Principal { user: Some(Arc::new(user)), actions, networks, device_types })
     }
 
     pub fn is_authenticated(&self) -> bool {

@@ -149,10 +149,7 @@ impl Bus {
         // Subscription ids look like the reference's (epoch millis * 1000 + counter) and stay below
         // 2^53 so JavaScript clients read them exactly.
         let start = (crate::time::now_ms() as u64) * 1000;
-        Bus {
-            registry: Mutex::new(Registry::default()),
-            next_id: AtomicU64::new(start),
-        }
+        Bus { registry: Mutex::new(Registry::default()), next_id: AtomicU64::new(start) }
     }
 
     /// Registers a subscription; matching commits are sent to `sink` from now on.
@@ -228,10 +225,7 @@ impl Bus {
         }
         for (id, events) in per_sub {
             let sink = &reg.subs[&id].sink;
-            let delivery = Delivery {
-                subscription_id: id,
-                events,
-            };
+            let delivery = Delivery { subscription_id: id, events };
             if let Err(mpsc::error::TrySendError::Full(_)) = sink.tx.try_send(delivery) {
                 // Long polls need only their first delivery; sessions are told to disconnect.
                 if let Some(overflow) = &sink.overflow {

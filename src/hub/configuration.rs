@@ -37,9 +37,7 @@ impl Hub {
     pub async fn config_delete(&self, principal: &Principal, name: &str) -> Result<()> {
         principal.require(Action::ManageConfiguration)?;
         if !self.store.config_delete(name).await? {
-            return Err(ApiError::not_found(format!(
-                "Requested config with name = {name} not found in the database"
-            )));
+            return Err(ApiError::not_found(format!("Requested config with name = {name} not found in the database")));
         }
         Ok(())
     }

@@ -75,9 +75,7 @@ impl Hub {
     pub async fn device_save(&self, principal: &Principal, id: &str, body: &Value) -> Result<Device> {
         let user = principal.require(Action::RegisterDevice)?;
         if !valid_device_id(id) {
-            return Err(ApiError::bad_request(
-                "Device Id can only contain letters, digits and dashes.",
-            ));
+            return Err(ApiError::bad_request("Device Id can only contain letters, digits and dashes."));
         }
         if !body.is_object() {
             return Err(ApiError::invalid_params());
@@ -103,9 +101,7 @@ impl Hub {
                 }
                 n
             }
-            None => *assigned
-                .first()
-                .ok_or_else(|| ApiError::forbidden("No access to network!"))?,
+            None => *assigned.first().ok_or_else(|| ApiError::forbidden("No access to network!"))?,
         };
         let device_type_id = match given_type {
             Some(t) => {
@@ -156,8 +152,7 @@ impl Hub {
                     is_blocked: is_blocked.unwrap_or(old.is_blocked),
                 };
                 self.store.device_update(&new).await?;
-                self.server_notification(&new, DEVICE_UPDATE, changed_properties(&old, &new))
-                    .await?;
+                self.server_notification(&new, DEVICE_UPDATE, changed_properties(&old, &new)).await?;
                 Ok(new)
             }
         }

@@ -67,10 +67,9 @@ impl Hub {
         let user = principal.user.as_ref()?;
         let (ids, assigned) = match kind {
             GroupKind::Network => (principal.networks.clone(), !user.is_admin()),
-            GroupKind::DeviceType => (
-                principal.device_types.clone(),
-                !user.is_admin() && !user.all_device_types_available,
-            ),
+            GroupKind::DeviceType => {
+                (principal.device_types.clone(), !user.is_admin() && !user.all_device_types_available)
+            }
         };
         if ids.is_empty() {
             return None;
@@ -119,11 +118,7 @@ impl Hub {
     /// One group with its visible devices.
     pub async fn group_get(&self, kind: GroupKind, principal: &Principal, id: i64) -> Result<Value> {
         self.require_group(kind, principal, words(kind).get, id)?;
-        let group = self
-            .store
-            .group_get(kind, id)
-            .await?
-            .ok_or_else(|| not_found(kind, id))?;
+        let group = self.store.group_get(kind, id).await?.ok_or_else(|| not_found(kind, id))?;
         if let Some((Some(user), _)) = self.group_visibility(kind, principal) {
             let q = GroupListQuery {
                 assigned_to_user: Some(user),
@@ -134,10 +129,7 @@ impl Hub {
                 return Err(not_found(kind, id));
             }
         }
-        let devices = self
-            .store
-            .devices_in_group(kind, id, &self.device_scope(principal))
-            .await?;
+        let devices = self.store.devices_in_group(kind, id, &self.device_scope(principal)).await?;
         let devices: Vec<Value> = devices.iter().map(Device::nested_view).collect();
         Ok(json!({"id": group.id, "name": group.name, "description": group.description, "devices": devices}))
     }
@@ -163,11 +155,7 @@ impl Hub {
     pub async fn group_update(&self, kind: GroupKind, principal: &Principal, id: i64, body: &Value) -> Result<()> {
         self.require_group(kind, principal, words(kind).manage, id)?;
         let f = Fields::of(body)?;
-        let mut group = self
-            .store
-            .group_get(kind, id)
-            .await?
-            .ok_or_else(|| not_found(kind, id))?;
+        let mut group = self.store.group_get(kind, id).await?.ok_or_else(|| not_found(kind, id))?;
         // A partial update: a missing or null name keeps the old one, but an empty one is invalid.
         let name = match f.0.get("name") {
             None | Some(Value::Null) => None,
@@ -190,15 +178,9 @@ impl Hub {
 
     pub async fn group_delete(&self, kind: GroupKind, principal: &Principal, id: i64, force: bool) -> Result<()> {
         self.require_group(kind, principal, words(kind).manage, id)?;
-        self.store
-            .group_get(kind, id)
-            .await?
-            .ok_or_else(|| not_found(kind, id))?;
+        self.store.group_get(kind, id).await?.ok_or_else(|| not_found(kind, id))?;
         if !force {
-            let devices = self
-                .store
-                .devices_in_group(kind, id, &crate::store::DeviceScope::everything())
-                .await?;
+            let devices = self.store.devices_in_group(kind, id, &crate::store::DeviceScope::everything()).await?;
             if !devices.is_empty() {
                 let ids: Vec<&str> = devices.iter().map(|d| d.id.as_str()).collect();
                 return Err(ApiError::bad_request(format!(

@@ -71,9 +71,7 @@ impl Hub {
         device_id: &str,
         body: &Value,
     ) -> Result<Arc<Notification>> {
-        let device = self
-            .authorize_device(principal, Action::CreateDeviceNotification, device_id)
-            .await?;
+        let device = self.authorize_device(principal, Action::CreateDeviceNotification, device_id).await?;
         let f = Fields::of(body)?;
         let name = name_field(f.text("notification")?, "Invalid request parameters")?;
         if is_server_notification(&name) {
@@ -99,8 +97,7 @@ impl Hub {
     }
 
     pub async fn notification_get(&self, principal: &Principal, device_id: &str, id: i64) -> Result<Notification> {
-        self.authorize_device(principal, Action::GetDeviceNotification, device_id)
-            .await?;
+        self.authorize_device(principal, Action::GetDeviceNotification, device_id).await?;
         self.store
             .notification_get(device_id, id)
             .await?
@@ -114,16 +111,13 @@ impl Hub {
         params: &Value,
         default_take: i64,
     ) -> Result<Vec<Notification>> {
-        self.authorize_device(principal, Action::GetDeviceNotification, device_id)
-            .await?;
+        self.authorize_device(principal, Action::GetDeviceNotification, device_id).await?;
         let q = self.message_query(device_id, params, "notification", false, default_take)?;
         self.store.notification_query(&q).await
     }
 
     pub async fn command_insert(&self, principal: &Principal, device_id: &str, body: &Value) -> Result<Arc<Command>> {
-        let device = self
-            .authorize_device(principal, Action::CreateDeviceCommand, device_id)
-            .await?;
+        let device = self.authorize_device(principal, Action::CreateDeviceCommand, device_id).await?;
         let f = Fields::of(body)?;
         let name = name_field(f.text("command")?, "Command is required")?;
         let lifetime = f.i64("lifetime")?;
@@ -156,8 +150,7 @@ impl Hub {
         id: i64,
         updated_only: bool,
     ) -> Result<Command> {
-        self.authorize_device(principal, Action::GetDeviceCommand, device_id)
-            .await?;
+        self.authorize_device(principal, Action::GetDeviceCommand, device_id).await?;
         match self.store.command_get(device_id, id).await? {
             Some(c) if !updated_only || c.is_updated => Ok(c),
             _ => Err(ApiError::command_not_found(id)),
@@ -171,8 +164,7 @@ impl Hub {
         params: &Value,
         default_take: i64,
     ) -> Result<Vec<Command>> {
-        self.authorize_device(principal, Action::GetDeviceCommand, device_id)
-            .await?;
+        self.authorize_device(principal, Action::GetDeviceCommand, device_id).await?;
         let q = self.message_query(device_id, params, "command", true, default_take)?;
         self.store.command_query(&q).await
     }
@@ -186,20 +178,15 @@ impl Hub {
         id: i64,
         body: &Value,
     ) -> Result<Arc<Command>> {
-        self.authorize_device(principal, Action::UpdateDeviceCommand, device_id)
-            .await?;
+        self.authorize_device(principal, Action::UpdateDeviceCommand, device_id).await?;
         let f = Fields::of(body)?;
         let status = f.text("status")?;
         if status.as_ref().is_some_and(|s| s.chars().count() > 128) {
             return Err(ApiError::invalid_params());
         }
         let result = f.object("result")?;
-        let op = WriteOp::CommandUpdate(CommandUpdate {
-            device_id: device_id.to_string(),
-            command_id: id,
-            status,
-            result,
-        });
+        let op =
+            WriteOp::CommandUpdate(CommandUpdate { device_id: device_id.to_string(), command_id: id, status, result });
         match self.writer.write(op).await? {
             Written::CommandUpdated(c) => Ok(c),
             _ => Err(ApiError::internal()),

@@ -94,9 +94,7 @@ impl Hub {
     /// Sets the user's `lastLogin` (throttled by `user.login.lastTimeout`), e.g. on WS `authenticate`.
     pub async fn touch_last_login(&self, user_id: i64) -> Result<()> {
         let gap = self.store.config_i64("user.login.lastTimeout", 1000).await?;
-        self.store
-            .user_touch_last_login(user_id, crate::time::now_ms(), gap)
-            .await
+        self.store.user_touch_last_login(user_id, crate::time::now_ms(), gap).await
     }
 
     /// Completes when the hub starts shutting down.

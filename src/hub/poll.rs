@@ -37,12 +37,8 @@ impl Hub {
     pub fn wait_timeout(&self, f: &Fields) -> Result<Duration> {
         let max = self.settings.limits.max_wait_timeout_secs as i64;
         match f.i64("waitTimeout")? {
-            None => Ok(Duration::from_secs(
-                self.settings.limits.default_wait_timeout_secs.min(max as u64),
-            )),
-            Some(t) if t > max => Err(ApiError::bad_request(format!(
-                "Timeout can't be more than {max} seconds. "
-            ))),
+            None => Ok(Duration::from_secs(self.settings.limits.default_wait_timeout_secs.min(max as u64))),
+            Some(t) if t > max => Err(ApiError::bad_request(format!("Timeout can't be more than {max} seconds. "))),
             Some(t) if t < 0 => Err(ApiError::bad_request("Timeout can't be less than 0 seconds. ")),
             Some(t) => Ok(Duration::from_secs(t as u64)),
         }
@@ -107,11 +103,7 @@ impl Hub {
             Some(ids) => {
                 let mut missing = Vec::new();
                 for id in ids {
-                    let exists = self
-                        .store
-                        .group_get(crate::store::GroupKind::Network, *id)
-                        .await?
-                        .is_some();
+                    let exists = self.store.group_get(crate::store::GroupKind::Network, *id).await?.is_some();
                     if !exists || !visible_networks.contains(Some(*id)) {
                         missing.push(*id);
                     }
@@ -134,11 +126,7 @@ impl Hub {
             Some(ids) => {
                 let mut missing = Vec::new();
                 for id in ids {
-                    let exists = self
-                        .store
-                        .group_get(crate::store::GroupKind::DeviceType, *id)
-                        .await?
-                        .is_some();
+                    let exists = self.store.group_get(crate::store::GroupKind::DeviceType, *id).await?.is_some();
                     if !exists || !principal.device_types.contains(Some(*id)) {
                         missing.push(*id);
                     }
@@ -159,12 +147,7 @@ impl Hub {
         if networks.is_empty() || device_types.is_empty() {
             return Ok(None);
         }
-        Ok(Some(MessageFilter {
-            device_id: None,
-            networks,
-            device_types,
-            names: req.names.clone(),
-        }))
+        Ok(Some(MessageFilter { device_id: None, networks, device_types, names: req.names.clone() }))
     }
 
     /// Runs a poll and returns the messages as a JSON array text (full views, oldest first).
@@ -220,8 +203,7 @@ impl Hub {
         command_id: i64,
         wait: Duration,
     ) -> Result<Option<Command>> {
-        self.authorize_device(principal, Action::GetDeviceCommand, device_id)
-            .await?;
+        self.authorize_device(principal, Action::GetDeviceCommand, device_id).await?;
         let filter = MessageFilter {
             device_id: Some(device_id.to_string()),
             networks: IdSet::All,
@@ -229,9 +211,7 @@ impl Hub {
             names: None,
         };
         let (tx, mut rx) = mpsc::channel::<Delivery>(16);
-        let _guard = self
-            .bus
-            .subscribe_scoped(EventKind::CommandUpdate, filter, Sink::new(tx));
+        let _guard = self.bus.subscribe_scoped(EventKind::CommandUpdate, filter, Sink::new(tx));
         match self.store.command_get(device_id, command_id).await? {
             None => return Ok(None),
             Some(c) if c.is_updated => return Ok(Some(c)),

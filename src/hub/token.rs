@@ -41,9 +41,7 @@ impl Hub {
         let login = f.str("login")?.unwrap_or("").trim().to_string();
         let pass = f.str("password")?.unwrap_or("");
         if login.is_empty() || pass.is_empty() {
-            return Err(ApiError::bad_request(
-                "Invalid or empty authorization request parameters",
-            ));
+            return Err(ApiError::bad_request("Invalid or empty authorization request parameters"));
         }
         let user = self.store.user_by_login(&login).await?.ok_or_else(|| {
             ApiError::unauthorized_msg(format!("User with login = {login} not found or bad password"))
@@ -52,17 +50,11 @@ impl Hub {
             return Err(ApiError::unauthorized_msg("User is locked or disabled"));
         }
         if !password::verify(pass, &user.password_hash, &user.password_salt) {
-            let max = self
-                .store
-                .config_i64("user.login.maxAttempts", DEFAULT_MAX_LOGIN_ATTEMPTS)
-                .await?;
+            let max = self.store.config_i64("user.login.maxAttempts", DEFAULT_MAX_LOGIN_ATTEMPTS).await?;
             self.store.user_login_failed(user.id, max.max(1)).await?;
             return Err(ApiError::unauthorized_msg("Invalid credentials"));
         }
-        let gap = self
-            .store
-            .config_i64("user.login.lastTimeout", DEFAULT_LAST_LOGIN_TIMEOUT_MS)
-            .await?;
+        let gap = self.store.config_i64("user.login.lastTimeout", DEFAULT_LAST_LOGIN_TIMEOUT_MS).await?;
         self.store.user_login_succeeded(user.id, now_ms(), gap).await?;
         let payload = self.login_payload(&user).await?;
         Ok(self.token_pair(payload, None, None))
@@ -78,12 +70,7 @@ impl Hub {
             let types = if user.all_device_types_available {
                 vec![json!("*")]
             } else {
-                self.store
-                    .user_device_types(user.id)
-                    .await?
-                    .iter()
-                    .map(|t| json!(t.id.to_string()))
-                    .collect()
+                self.store.user_device_types(user.id).await?.iter().map(|t| json!(t.id.to_string())).collect()
             };
             (
                 CLIENT_ACTIONS.iter().map(|i| json!(i)).collect(),
@@ -91,15 +78,7 @@ impl Hub {
                 types,
             )
         };
-        Ok(TokenPayload {
-            u: Some(user.id),
-            a: Some(a),
-            n: Some(n),
-            dt: Some(dt),
-            e: None,
-            t: None,
-            tpc: None,
-        })
+        Ok(TokenPayload { u: Some(user.id), a: Some(a), n: Some(n), dt: Some(dt), e: None, t: None, tpc: None })
     }
 
     fn token_pair(&self, payload: TokenPayload, access_exp: Option<i64>, refresh_exp: Option<i64>) -> Value {
@@ -110,11 +89,7 @@ impl Hub {
             ..payload.clone()
         };
         let refresh = TokenPayload {
-            e: Some(
-                refresh_exp
-                    .or(access_exp)
-                    .unwrap_or(now + self.settings.auth.refresh_token_lifetime_ms),
-            ),
+            e: Some(refresh_exp.or(access_exp).unwrap_or(now + self.settings.auth.refresh_token_lifetime_ms)),
             t: Some(TYPE_REFRESH),
             ..payload
         };
@@ -134,10 +109,7 @@ impl Hub {
         let user_id = payload.u.ok_or_else(|| ApiError::unauthorized().without_body())?;
         match self.store.user_get(user_id).await? {
             Some(u) if u.is_active() => {
-                let gap = self
-                    .store
-                    .config_i64("user.login.lastTimeout", DEFAULT_LAST_LOGIN_TIMEOUT_MS)
-                    .await?;
+                let gap = self.store.config_i64("user.login.lastTimeout", DEFAULT_LAST_LOGIN_TIMEOUT_MS).await?;
                 self.store.user_touch_last_login(u.id, now_ms(), gap).await?;
             }
             _ => return Err(ApiError::unauthorized().without_body()),
@@ -169,20 +141,12 @@ impl Hub {
                             }
                         }
                         Value::Number(n) if n.as_i64().is_some() => ids.push(json!(n.as_i64())),
-                        _ => {
-                            return Err(ApiError::bad_request(
-                                "Actions list should contain only Strings or Integers",
-                            ))
-                        }
+                        _ => return Err(ApiError::bad_request("Actions list should contain only Strings or Integers")),
                     }
                 }
                 ids
             }
-            Some(_) => {
-                return Err(ApiError::bad_request(
-                    "Actions list should contain only Strings or Integers",
-                ))
-            }
+            Some(_) => return Err(ApiError::bad_request("Actions list should contain only Strings or Integers")),
         };
         let id_claim = |key: &str| -> Result<Option<Vec<Value>>> {
             match f.nested(key) {
@@ -204,23 +168,11 @@ impl Hub {
         let expiration = f.timestamp("expiration")?;
         let refresh_expiration = f.timestamp("refreshExpiration")?;
 
-        let target = self
-            .store
-            .user_get(user_id)
-            .await?
-            .ok_or_else(|| ApiError::user_not_found(user_id))?;
+        let target = self.store.user_get(user_id).await?.ok_or_else(|| ApiError::user_not_found(user_id))?;
         if !target.is_active() {
             return Err(ApiError::forbidden("User is locked or disabled"));
         }
-        let payload = TokenPayload {
-            u: Some(user_id),
-            a: Some(actions),
-            n,
-            dt,
-            e: None,
-            t: None,
-            tpc: None,
-        };
+        let payload = TokenPayload { u: Some(user_id), a: Some(actions), n, dt, e: None, t: None, tpc: None };
         // Only a full administrator token is exempt: an admin user holding a token limited to some
         // actions or networks must not be able to mint itself an unlimited one.
         let full_admin = caller.is_admin()

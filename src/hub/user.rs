@@ -18,10 +18,7 @@ fn validate_login(raw: &str) -> Result<String> {
             "Field cannot be empty. The length of login should be from 3 to 128 symbols.",
         ));
     }
-    if !login
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '@' || c == '.' || c == '-')
-    {
+    if !login.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '@' || c == '.' || c == '-') {
         return Err(ApiError::bad_request(
             "Login can contain only lowercase or uppercase letters, numbers, and some special symbols (_@.)",
         ));
@@ -31,9 +28,7 @@ fn validate_login(raw: &str) -> Result<String> {
 
 fn validate_password(p: &str) -> Result<(String, String)> {
     if !(6..=128).contains(&p.chars().count()) {
-        return Err(ApiError::bad_request(
-            "Password can contain only from 6 to 128 symbols!",
-        ));
+        return Err(ApiError::bad_request("Password can contain only from 6 to 128 symbols!"));
     }
     Ok(password::hash(p))
 }
@@ -67,10 +62,7 @@ pub(crate) fn user_list_query(f: &Fields, max_take: i64) -> Result<UserListQuery
 
 impl Hub {
     async fn user_or_404(&self, id: i64) -> Result<User> {
-        self.store
-            .user_get(id)
-            .await?
-            .ok_or_else(|| ApiError::user_not_found(id))
+        self.store.user_get(id).await?.ok_or_else(|| ApiError::user_not_found(id))
     }
 
     pub async fn user_list(&self, principal: &Principal, params: &Value) -> Result<Vec<Value>> {
@@ -94,11 +86,7 @@ impl Hub {
 
     pub async fn user_current(&self, principal: &Principal) -> Result<Value> {
         let me = principal.require(Action::GetCurrentUser)?;
-        let user = self
-            .store
-            .user_get(me.id)
-            .await?
-            .ok_or_else(|| ApiError::conflict("Can not get current user."))?;
+        let user = self.store.user_get(me.id).await?.ok_or_else(|| ApiError::conflict("Can not get current user."))?;
         Ok(user.published_view(&self.store.user_networks(user.id).await?))
     }
 
@@ -126,10 +114,7 @@ impl Hub {
             intro_reviewed: f.bool("introReviewed")?.unwrap_or(false),
             all_device_types_available: f.bool("allDeviceTypesAvailable")?.unwrap_or(true),
         };
-        self.store
-            .user_insert(&user)
-            .await
-            .map_err(|e| if e.code() == 409 { login_taken() } else { e })
+        self.store.user_insert(&user).await.map_err(|e| if e.code() == 409 { login_taken() } else { e })
     }
 
     pub async fn user_update(&self, principal: &Principal, id: i64, body: &Value) -> Result<()> {
@@ -149,10 +134,7 @@ impl Hub {
 
     async fn apply_user_update(&self, id: i64, body: &Value, admin: bool) -> Result<()> {
         let f = Fields::of(body)?;
-        let mut up = UserUpdate {
-            data: f.object("data")?,
-            ..Default::default()
-        };
+        let mut up = UserUpdate { data: f.object("data")?, ..Default::default() };
         if let Some(login) = f.str("login")? {
             let login = validate_login(login)?;
             if let Some(other) = self.store.user_by_login(&login).await? {
@@ -170,10 +152,7 @@ impl Hub {
             up.status = parse_status(&f)?;
         }
         up.intro_reviewed = f.bool("introReviewed")?;
-        self.store
-            .user_update(id, &up)
-            .await
-            .map_err(|e| if e.code() == 409 { login_taken() } else { e })
+        self.store.user_update(id, &up).await.map_err(|e| if e.code() == 409 { login_taken() } else { e })
     }
 
     pub async fn user_delete(&self, principal: &Principal, id: i64) -> Result<()> {
@@ -194,9 +173,7 @@ impl Hub {
         self.user_or_404(user_id).await?;
         let networks = self.store.user_networks(user_id).await?;
         let n = networks.into_iter().find(|n| n.id == network_id).ok_or_else(|| {
-            ApiError::not_found(format!(
-                "Network with id {network_id} for user with id {user_id} was not found"
-            ))
+            ApiError::not_found(format!("Network with id {network_id} for user with id {user_id} was not found"))
         })?;
         Ok(json!({"network": n}))
     }
@@ -225,9 +202,7 @@ impl Hub {
         principal.require(Action::ManageDeviceType)?;
         let user = self.user_or_404(user_id).await?;
         let types = if user.all_device_types_available {
-            self.store
-                .group_list(GroupKind::DeviceType, &Default::default())
-                .await?
+            self.store.group_list(GroupKind::DeviceType, &Default::default()).await?
         } else {
             self.store.user_device_types(user_id).await?
         };
@@ -240,16 +215,10 @@ impl Hub {
         let found = if user.all_device_types_available {
             self.store.group_get(GroupKind::DeviceType, type_id).await?
         } else {
-            self.store
-                .user_device_types(user_id)
-                .await?
-                .into_iter()
-                .find(|t| t.id == type_id)
+            self.store.user_device_types(user_id).await?.into_iter().find(|t| t.id == type_id)
         };
         let t = found.ok_or_else(|| {
-            ApiError::not_found(format!(
-                "Device type with id {type_id} for user with id {user_id} not found"
-            ))
+            ApiError::not_found(format!("Device type with id {type_id} for user with id {user_id} not found"))
         })?;
         Ok(json!({"deviceType": t}))
     }
@@ -268,9 +237,7 @@ impl Hub {
             .await?
             .ok_or_else(|| ApiError::device_type_not_found(type_id))?;
         if user.all_device_types_available {
-            return Err(ApiError::forbidden(
-                "Cannot assign device type to user with all device types allowed",
-            ));
+            return Err(ApiError::forbidden("Cannot assign device type to user with all device types allowed"));
         }
         if assign {
             self.store.user_assign_device_type(user_id, type_id).await

@@ -147,10 +147,7 @@ fn parse(first: u8, mut b: Bytes) -> Result<Packet, DecodeError> {
         1 => Packet::Connect(Box::new(parse_connect(&mut b)?)),
         2 => {
             need(&b, 2)?;
-            Packet::ConnAck {
-                session_present: b.get_u8() & 1 == 1,
-                code: b.get_u8(),
-            }
+            Packet::ConnAck { session_present: b.get_u8() & 1 == 1, code: b.get_u8() }
         }
         3 => {
             let qos = (flags >> 1) & 3;
@@ -162,14 +159,7 @@ fn parse(first: u8, mut b: Bytes) -> Result<Packet, DecodeError> {
             if qos > 0 && pkid == 0 {
                 return Err(DecodeError::Malformed("packet id 0"));
             }
-            Packet::Publish(Publish {
-                dup: flags & 8 != 0,
-                qos,
-                retain: flags & 1 != 0,
-                topic,
-                pkid,
-                payload: b,
-            })
+            Packet::Publish(Publish { dup: flags & 8 != 0, qos, retain: flags & 1 != 0, topic, pkid, payload: b })
         }
         4 => Packet::PubAck(u16_of(&mut b)?),
         5 => Packet::PubRec(u16_of(&mut b)?),
@@ -194,10 +184,7 @@ fn parse(first: u8, mut b: Bytes) -> Result<Packet, DecodeError> {
         }
         9 => {
             let pkid = u16_of(&mut b)?;
-            Packet::SubAck {
-                pkid,
-                codes: b.to_vec(),
-            }
+            Packet::SubAck { pkid, codes: b.to_vec() }
         }
         10 => {
             let pkid = u16_of(&mut b)?;
@@ -241,12 +228,7 @@ fn parse_connect(b: &mut Bytes) -> Result<Connect, DecodeError> {
         if qos == 3 {
             return Err(DecodeError::Malformed("will QoS"));
         }
-        Some(Will {
-            topic,
-            payload,
-            qos,
-            retain: flags & 0x20 != 0,
-        })
+        Some(Will { topic, payload, qos, retain: flags & 0x20 != 0 })
     } else {
         None
     };
@@ -341,11 +323,7 @@ pub fn encode(packet: &Packet, out: &mut BytesMut) {
         }
         Packet::Connect(c) => {
             let mut body = BytesMut::new();
-            let (name, level): (&[u8], u8) = if c.protocol_level == 3 {
-                (b"MQIsdp", 3)
-            } else {
-                (b"MQTT", 4)
-            };
+            let (name, level): (&[u8], u8) = if c.protocol_level == 3 { (b"MQIsdp", 3) } else { (b"MQTT", 4) };
             put_str(&mut body, name);
             body.put_u8(level);
             let mut flags = 0u8;
@@ -450,25 +428,10 @@ mod tests {
             pkid: 0,
             payload: Bytes::new(),
         }));
-        round_trip(Packet::Subscribe {
-            pkid: 3,
-            filters: vec![("dh/notification/#".into(), 1), ("x".into(), 0)],
-        });
-        round_trip(Packet::SubAck {
-            pkid: 3,
-            codes: vec![1, SUBACK_FAILURE],
-        });
-        round_trip(Packet::Unsubscribe {
-            pkid: 4,
-            filters: vec!["x".into()],
-        });
-        for p in [
-            Packet::PubAck(1),
-            Packet::UnsubAck(2),
-            Packet::PingReq,
-            Packet::PingResp,
-            Packet::Disconnect,
-        ] {
+        round_trip(Packet::Subscribe { pkid: 3, filters: vec![("dh/notification/#".into(), 1), ("x".into(), 0)] });
+        round_trip(Packet::SubAck { pkid: 3, codes: vec![1, SUBACK_FAILURE] });
+        round_trip(Packet::Unsubscribe { pkid: 4, filters: vec!["x".into()] });
+        for p in [Packet::PubAck(1), Packet::UnsubAck(2), Packet::PingReq, Packet::PingResp, Packet::Disconnect] {
             round_trip(p);
         }
     }

@@ -44,10 +44,7 @@ pub async fn refuse_busy(mut stream: TcpStream) {
                 Ok(Some(Packet::Connect(_))) => {
                     let mut out = BytesMut::new();
                     codec::encode(
-                        &Packet::ConnAck {
-                            session_present: false,
-                            code: connack::SERVER_UNAVAILABLE,
-                        },
+                        &Packet::ConnAck { session_present: false, code: connack::SERVER_UNAVAILABLE },
                         &mut out,
                     );
                     let _ = stream.write_all(&out).await;
@@ -150,10 +147,7 @@ pub async fn run(shared: Arc<MqttShared>, stream: TcpStream) {
         Ok(Err(DecodeError::UnsupportedProtocol(_))) => {
             let _ = write_packet(
                 &mut writer,
-                &Packet::ConnAck {
-                    session_present: false,
-                    code: connack::UNACCEPTABLE_PROTOCOL,
-                },
+                &Packet::ConnAck { session_present: false, code: connack::UNACCEPTABLE_PROTOCOL },
             )
             .await;
             return;
@@ -161,10 +155,7 @@ pub async fn run(shared: Arc<MqttShared>, stream: TcpStream) {
         _ => return,
     };
 
-    let refuse = |code: u8| Packet::ConnAck {
-        session_present: false,
-        code,
-    };
+    let refuse = |code: u8| Packet::ConnAck { session_present: false, code };
     let client_id = match client_id_for(&connect, settings.max_client_id_len) {
         Some(id) => id,
         None => {
@@ -208,12 +199,8 @@ pub async fn run(shared: Arc<MqttShared>, stream: TcpStream) {
     drop(ack);
     let now = crate::time::now_ms();
     let user_id = principal.user_id();
-    let session_present = shared
-        .hub
-        .store
-        .mqtt_session_connected(&client_id, user_id, connect.clean_session, now)
-        .await
-        .unwrap_or(false);
+    let session_present =
+        shared.hub.store.mqtt_session_connected(&client_id, user_id, connect.clean_session, now).await.unwrap_or(false);
     let (mut session, deliveries, overflow) = Session::new(shared.hub.clone(), String::new(), settings.queue_capacity);
     session.principal = principal;
     let mut conn = Conn {
@@ -283,15 +270,11 @@ fn client_id_for(connect: &Connect, max_len: usize) -> Option<String> {
 /// CONNECT credentials: login/password of a hub user, or an access JWT as the password.
 async fn authenticate(shared: &MqttShared, connect: &Connect) -> Result<Principal, u8> {
     let hub = &shared.hub;
-    let password = connect
-        .password
-        .as_ref()
-        .map(|p| String::from_utf8_lossy(p).into_owned());
+    let password = connect.password.as_ref().map(|p| String::from_utf8_lossy(p).into_owned());
     match (&connect.username, password) {
-        (_, Some(pw)) if looks_like_jwt(&pw) => hub
-            .principal_from_token(&pw)
-            .await
-            .map_err(|_| connack::BAD_USERNAME_OR_PASSWORD),
+        (_, Some(pw)) if looks_like_jwt(&pw) => {
+            hub.principal_from_token(&pw).await.map_err(|_| connack::BAD_USERNAME_OR_PASSWORD)
+        }
         (Some(login), Some(pw)) => {
             let tokens = hub.login(&json!({"login": login, "password": pw})).await.map_err(|e| {
                 if e.message == "User is locked or disabled" {
@@ -301,9 +284,7 @@ async fn authenticate(shared: &MqttShared, connect: &Connect) -> Result<Principa
                 }
             })?;
             let access = tokens["accessToken"].as_str().unwrap_or_default();
-            hub.principal_from_token(access)
-                .await
-                .map_err(|_| connack::NOT_AUTHORIZED)
+            hub.principal_from_token(access).await.map_err(|_| connack::NOT_AUTHORIZED)
         }
         (Some(_), None) | (None, Some(_)) => Err(connack::BAD_USERNAME_OR_PASSWORD),
         (None, None) if hub.settings.mqtt.allow_anonymous => Ok(Principal::anonymous()),
@@ -411,14 +392,7 @@ impl Conn {
         } else {
             0
         };
-        self.queue(&Packet::Publish(Publish {
-            dup: false,
-            qos,
-            retain: false,
-            topic,
-            pkid,
-            payload,
-        }));
+        self.queue(&Packet::Publish(Publish { dup: false, qos, retain: false, topic, pkid, payload }));
         true
     }
 
@@ -480,10 +454,7 @@ impl Conn {
             Packet::PubAck(pkid) => {
                 match self.inflight.remove(&pkid) {
                     Some(Origin::Router(router_pkid)) => {
-                        let ack = rq::PubAck {
-                            pkid: router_pkid,
-                            reason: rq::PubAckReason::Success,
-                        };
+                        let ack = rq::PubAck { pkid: router_pkid, reason: rq::PubAckReason::Success };
                         self.to_router(rq::Packet::PubAck(ack, None)).await?;
                     }
                     Some(Origin::Hub) | None => {}
@@ -491,10 +462,7 @@ impl Conn {
                 Ok(())
             }
             Packet::PubRel(pkid) => {
-                let rel = rq::PubRel {
-                    pkid,
-                    reason: rq::PubRelReason::Success,
-                };
+                let rel = rq::PubRel { pkid, reason: rq::PubRelReason::Success };
                 self.to_router(rq::Packet::PubRel(rel, None)).await
             }
             Packet::PubRec(_) | Packet::PubComp(_) => Ok(()),
@@ -612,9 +580,7 @@ impl Conn {
                         body["notification"] = json!(n);
                     }
                 }
-                hub.notification_insert(&principal, &target.device_id, &body)
-                    .await
-                    .map(|_| ())
+                hub.notification_insert(&principal, &target.device_id, &body).await.map(|_| ())
             }
             EventKind::CommandInsert => {
                 if body.get("command").is_none_or(Value::is_null) {
@@ -622,20 +588,12 @@ impl Conn {
                         body["command"] = json!(n);
                     }
                 }
-                hub.command_insert(&principal, &target.device_id, &body)
-                    .await
-                    .map(|_| ())
+                hub.command_insert(&principal, &target.device_id, &body).await.map(|_| ())
             }
             EventKind::CommandUpdate => {
-                let id = body
-                    .get("id")
-                    .or_else(|| body.get("commandId"))
-                    .and_then(crate::hub::fields::as_i64);
+                let id = body.get("id").or_else(|| body.get("commandId")).and_then(crate::hub::fields::as_i64);
                 match id {
-                    Some(id) => hub
-                        .command_update(&principal, &target.device_id, id, &body)
-                        .await
-                        .map(|_| ()),
+                    Some(id) => hub.command_update(&principal, &target.device_id, id, &body).await.map(|_| ()),
                     None => Err(crate::error::ApiError::bad_request("Command id is wrong or empty")),
                 }
             }
@@ -659,11 +617,7 @@ impl Conn {
                 if self.plain_allowed() && rq::valid_filter(&filter) {
                     plain.push(rq::Filter {
                         path: filter,
-                        qos: if qos == 1 {
-                            rq::QoS::AtLeastOnce
-                        } else {
-                            rq::QoS::AtMostOnce
-                        },
+                        qos: if qos == 1 { rq::QoS::AtLeastOnce } else { rq::QoS::AtMostOnce },
                         nolocal: false,
                         preserve_retain: false,
                         retain_forward_rule: rq::RetainForwardRule::OnEverySubscribe,
@@ -682,8 +636,7 @@ impl Conn {
             return Ok(());
         }
         self.pending_subacks.insert(pkid, codes);
-        self.to_router(rq::Packet::Subscribe(rq::Subscribe { pkid, filters: plain }, None))
-            .await
+        self.to_router(rq::Packet::Subscribe(rq::Subscribe { pkid, filters: plain }, None)).await
     }
 
     /// One `dh/` filter: its SUBACK code.
@@ -698,22 +651,14 @@ impl Conn {
                 self.response_topics.insert(filter.to_string(), qos);
                 qos
             }
-            DhFilter::Events {
-                kind,
-                request,
-                private_to,
-            } => {
+            DhFilter::Events { kind, request, private_to } => {
                 if !authenticated || private_to.as_ref().is_some_and(|c| *c != self.client_id) {
                     return SUBACK_FAILURE;
                 }
                 if let Some(old) = self.dh_subs.remove(filter) {
                     self.drop_engine_subscription(&old);
                 }
-                let wire_kind = if kind == EventKind::CommandUpdate {
-                    EventKind::CommandInsert
-                } else {
-                    kind
-                };
+                let wire_kind = if kind == EventKind::CommandUpdate { EventKind::CommandInsert } else { kind };
                 match self.session.subscribe(wire_kind, &request).await {
                     Ok(out) => {
                         let id = out.get("subscriptionId").and_then(Value::as_u64).unwrap_or_default();
@@ -741,9 +686,7 @@ impl Conn {
     fn drop_engine_subscription(&mut self, sub: &DhSub) {
         self.dh_by_id.remove(&sub.id);
         let notification = sub.kind == EventKind::Notification;
-        let _ = self
-            .session
-            .unsubscribe(notification, &json!({"subscriptionId": sub.id}));
+        let _ = self.session.unsubscribe(notification, &json!({"subscriptionId": sub.id}));
     }
 
     async fn on_unsubscribe(&mut self, pkid: u16, filters: Vec<String>) -> Result<(), End> {
@@ -765,8 +708,7 @@ impl Conn {
             self.queue(&Packet::UnsubAck(pkid));
             return Ok(());
         }
-        self.to_router(rq::Packet::Unsubscribe(rq::Unsubscribe { pkid, filters: plain }, None))
-            .await
+        self.to_router(rq::Packet::Unsubscribe(rq::Unsubscribe { pkid, filters: plain }, None)).await
     }
 
     /// What the router sends this client: publishes on plain topics and acknowledgements.
@@ -826,18 +768,21 @@ impl Conn {
                 let _ = hub.store.mqtt_subscription_delete(&self.client_id, &sub.filter).await;
                 continue;
             }
-            let DhFilter::Events { kind: EventKind::CommandInsert, request, private_to } = topics::parse_filter(&sub.filter)
+            let DhFilter::Events { kind: EventKind::CommandInsert, request, private_to } =
+                topics::parse_filter(&sub.filter)
             else {
                 continue;
             };
             let Some(engine_id) = self.dh_subs.get(&sub.filter).map(|s| s.id) else { continue };
             let Ok(poll) = hub.poll_request(EventKind::CommandInsert, None, &request) else { continue };
-            let filter = match hub.message_filter(&self.session.principal, crate::auth::Action::GetDeviceCommand, &poll).await {
-                Ok(Some(f)) => f,
-                _ => continue,
-            };
+            let filter =
+                match hub.message_filter(&self.session.principal, crate::auth::Action::GetDeviceCommand, &poll).await {
+                    Ok(Some(f)) => f,
+                    _ => continue,
+                };
             let now = crate::time::now_ms();
-            let owed = hub.store.commands_pending(&filter, sub.since, now, hub.max_take() as usize).await.unwrap_or_default();
+            let owed =
+                hub.store.commands_pending(&filter, sub.since, now, hub.max_take() as usize).await.unwrap_or_default();
             for c in owed {
                 if !self.replayed.insert(c.id) {
                     continue;
@@ -939,15 +884,11 @@ impl Conn {
                 if p.topic.starts_with("dh/") {
                     self.on_direct_publish(&Publish { qos: 0, ..p }).await;
                 } else if self.plain_allowed() {
-                    let _ = self
-                        .to_router(rq::Packet::Publish(to_router(&Publish { qos: 0, ..p }), None))
-                        .await;
+                    let _ = self.to_router(rq::Packet::Publish(to_router(&Publish { qos: 0, ..p }), None)).await;
                 }
             }
         }
-        let bye = rq::Disconnect {
-            reason_code: rq::DisconnectReasonCode::NormalDisconnection,
-        };
+        let bye = rq::Disconnect { reason_code: rq::DisconnectReasonCode::NormalDisconnection };
         let _ = self.to_router(rq::Packet::Disconnect(bye, None)).await;
         let _ = self.writer.shutdown().await;
     }

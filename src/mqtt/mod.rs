@@ -67,11 +67,8 @@ pub async fn start(hub: Arc<Hub>) -> Result<(SocketAddr, Arc<MqttShared>, JoinHa
         shared_subscriptions_strategy: Default::default(),
     };
     let router_tx = Router::new(0, router_config).spawn();
-    let open_link: LinkFactory = Box::new(move |client_id, clean| {
-        LinkBuilder::new(client_id, router_tx.clone())
-            .clean_session(clean)
-            .build()
-    });
+    let open_link: LinkFactory =
+        Box::new(move |client_id, clean| LinkBuilder::new(client_id, router_tx.clone()).clean_session(clean).build());
     let shared = Arc::new(MqttShared {
         hub: hub.clone(),
         open_link,

@@ -11,11 +11,7 @@ pub enum DhFilter {
     /// `dh/response/<action>@<clientId>`.
     Response { action: String, client_id: String },
     /// `dh/notification|command|command_update/<net>/<type>/<device>/<name>[@clientId]`.
-    Events {
-        kind: EventKind,
-        request: Value,
-        private_to: Option<String>,
-    },
+    Events { kind: EventKind, request: Value, private_to: Option<String> },
     /// `dh/request` and anything else under `dh/`: not subscribable.
     Forbidden,
 }
@@ -52,10 +48,9 @@ pub fn parse_filter(filter: &str) -> DhFilter {
     };
     if let Some(resp) = rest.strip_prefix("response/") {
         return match split_private(resp) {
-            (action, Some(client)) if !action.is_empty() && !action.contains(['+', '#']) => DhFilter::Response {
-                action: action.to_string(),
-                client_id: client.to_string(),
-            },
+            (action, Some(client)) if !action.is_empty() && !action.contains(['+', '#']) => {
+                DhFilter::Response { action: action.to_string(), client_id: client.to_string() }
+            }
             _ => DhFilter::Forbidden,
         };
     }
@@ -106,11 +101,7 @@ pub fn parse_filter(filter: &str) -> DhFilter {
     if kind == EventKind::CommandUpdate {
         req.insert("returnUpdatedCommands".into(), json!(true));
     }
-    DhFilter::Events {
-        kind,
-        request: Value::Object(req),
-        private_to: private_to.map(str::to_string),
-    }
+    DhFilter::Events { kind, request: Value::Object(req), private_to: private_to.map(str::to_string) }
 }
 
 /// A publish to an event topic (§13.5): which insert it is, for which device.
@@ -162,21 +153,11 @@ pub fn message_topic(kind: EventKind, message: &Message) -> String {
     };
     let id = |v: Option<i64>| v.map(|i| i.to_string()).unwrap_or_default();
     match message {
-        Message::Notification(n) => format!(
-            "dh/{kind}/{}/{}/{}/{}",
-            id(n.network_id),
-            id(n.device_type_id),
-            n.device_id,
-            n.notification
-        ),
+        Message::Notification(n) => {
+            format!("dh/{kind}/{}/{}/{}/{}", id(n.network_id), id(n.device_type_id), n.device_id, n.notification)
+        }
         Message::Command(c) => {
-            format!(
-                "dh/{kind}/{}/{}/{}/{}",
-                id(c.network_id),
-                id(c.device_type_id),
-                c.device_id,
-                c.command
-            )
+            format!("dh/{kind}/{}/{}/{}/{}", id(c.network_id), id(c.device_type_id), c.device_id, c.command)
         }
     }
 }
@@ -197,11 +178,7 @@ mod tests {
         );
         assert_eq!(
             parse_filter("dh/command/5/+/+/#"),
-            DhFilter::Events {
-                kind: EventKind::CommandInsert,
-                request: json!({"networkIds": [5]}),
-                private_to: None
-            }
+            DhFilter::Events { kind: EventKind::CommandInsert, request: json!({"networkIds": [5]}), private_to: None }
         );
         assert_eq!(
             parse_filter("dh/command_update/#@c1"),
@@ -213,10 +190,7 @@ mod tests {
         );
         assert_eq!(
             parse_filter("dh/response/device/list@c1"),
-            DhFilter::Response {
-                action: "device/list".into(),
-                client_id: "c1".into()
-            }
+            DhFilter::Response { action: "device/list".into(), client_id: "c1".into() }
         );
         for bad in [
             "dh/request",

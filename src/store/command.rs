@@ -56,13 +56,11 @@ pub struct CommandUpdate {
 
 impl Store {
     pub async fn command_get(&self, device_id: &str, id: i64) -> Result<Option<Command>> {
-        let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM device_command WHERE id = ? AND device_id = ?"
-        ))
-        .bind(id)
-        .bind(device_id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM device_command WHERE id = ? AND device_id = ?"))
+            .bind(id)
+            .bind(device_id)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.as_ref().map(command_from_row))
     }
 
@@ -83,9 +81,7 @@ impl Store {
         updated: bool,
     ) -> Result<Vec<Command>> {
         let cursor = move |c: &Command| if updated { c.last_updated } else { c.timestamp };
-        let page = self
-            .commands_page(filter, after, None, Some(limit + 1), updated)
-            .await?;
+        let page = self.commands_page(filter, after, None, Some(limit + 1), updated).await?;
         match trim_to_whole_millis(page, limit, cursor) {
             Some(rows) => Ok(rows),
             None => {
@@ -98,7 +94,13 @@ impl Store {
 
     /// Commands owed to a persistent MQTT session: matching `filter`, created after `since`, not yet
     /// confirmed by an update, and not past their `lifetime` at `now`; oldest first.
-    pub async fn commands_pending(&self, filter: &MessageFilter, since: i64, now: i64, limit: usize) -> Result<Vec<Command>> {
+    pub async fn commands_pending(
+        &self,
+        filter: &MessageFilter,
+        since: i64,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<Command>> {
         let mut qb = QueryBuilder::<Sqlite>::new(format!(
             "SELECT {COLUMNS} FROM device_command WHERE is_updated = 0 AND timestamp > "
         ));

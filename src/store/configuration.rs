@@ -12,11 +12,7 @@ impl Store {
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.map(|r| Configuration {
-            name: r.get(0),
-            value: r.get(1),
-            entity_version: r.get(2),
-        }))
+        Ok(row.map(|r| Configuration { name: r.get(0), value: r.get(1), entity_version: r.get(2) }))
     }
 
     /// Creates or updates an entry and returns it.
@@ -30,27 +26,16 @@ impl Store {
         .bind(value)
         .fetch_one(&self.pool)
         .await?;
-        Ok(Configuration {
-            name: r.get(0),
-            value: r.get(1),
-            entity_version: r.get(2),
-        })
+        Ok(Configuration { name: r.get(0), value: r.get(1), entity_version: r.get(2) })
     }
 
     pub async fn config_delete(&self, name: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM configuration WHERE name = ?")
-            .bind(name)
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query("DELETE FROM configuration WHERE name = ?").bind(name).execute(&self.pool).await?;
         Ok(done.rows_affected() > 0)
     }
 
     /// A numeric configuration value, or `default` when missing or not a number.
     pub async fn config_i64(&self, name: &str, default: i64) -> Result<i64> {
-        Ok(self
-            .config_get(name)
-            .await?
-            .and_then(|c| c.value.trim().parse().ok())
-            .unwrap_or(default))
+        Ok(self.config_get(name).await?.and_then(|c| c.value.trim().parse().ok()).unwrap_or(default))
     }
 }

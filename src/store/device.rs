@@ -97,10 +97,8 @@ impl Store {
 
     /// Devices in a network or of a device type, within a scope.
     pub async fn devices_in_group(&self, kind: GroupKind, group_id: i64, scope: &DeviceScope) -> Result<Vec<Device>> {
-        let mut qb = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {COLUMNS} FROM device d WHERE d.{} = ",
-            kind.device_column()
-        ));
+        let mut qb =
+            QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM device d WHERE d.{} = ", kind.device_column()));
         qb.push_bind(group_id);
         scope.push_conditions(&mut qb, "d.network_id", "d.device_type_id");
         qb.push(" ORDER BY d.id");
@@ -142,10 +140,7 @@ impl Store {
     /// Deletes a device and its messages. Messages go in bounded batches so a device with a long
     /// history does not hold the write lock for one long transaction.
     pub async fn device_delete(&self, device_id: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM device WHERE device_id = ?")
-            .bind(device_id)
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query("DELETE FROM device WHERE device_id = ?").bind(device_id).execute(&self.pool).await?;
         for table in ["device_notification", "device_command"] {
             loop {
                 let n = sqlx::query(&format!(

@@ -86,8 +86,7 @@ impl Store {
 
 /// Parses a JSON TEXT column.
 pub(crate) fn json_column(text: Option<String>) -> Option<serde_json::Value> {
-    text.and_then(|t| serde_json::from_str(&t).ok())
-        .filter(|v: &serde_json::Value| !v.is_null())
+    text.and_then(|t| serde_json::from_str(&t).ok()).filter(|v: &serde_json::Value| !v.is_null())
 }
 
 /// Serialises an optional JSON document for a TEXT column.

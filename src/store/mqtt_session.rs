@@ -16,7 +16,13 @@ pub struct StoredSubscription {
 impl Store {
     /// Records a connection. A clean session forgets what a previous persistent one stored; returns
     /// whether a persistent session existed (MQTT's "session present").
-    pub async fn mqtt_session_connected(&self, client_id: &str, user_id: Option<i64>, clean: bool, now: i64) -> Result<bool> {
+    pub async fn mqtt_session_connected(
+        &self,
+        client_id: &str,
+        user_id: Option<i64>,
+        clean: bool,
+        now: i64,
+    ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let previous: Option<bool> = sqlx::query("SELECT clean FROM mqtt_session WHERE client_id = ?")
             .bind(client_id)

@@ -74,24 +74,18 @@ impl GroupListQuery {
 
 impl Store {
     pub async fn group_get(&self, kind: GroupKind, id: i64) -> Result<Option<Network>> {
-        let row = sqlx::query(&format!(
-            "SELECT id, name, description FROM {} WHERE id = ?",
-            kind.table()
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(&format!("SELECT id, name, description FROM {} WHERE id = ?", kind.table()))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.as_ref().map(group_from_row))
     }
 
     pub async fn group_by_name(&self, kind: GroupKind, name: &str) -> Result<Option<Network>> {
-        let row = sqlx::query(&format!(
-            "SELECT id, name, description FROM {} WHERE name = ?",
-            kind.table()
-        ))
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(&format!("SELECT id, name, description FROM {} WHERE name = ?", kind.table()))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.as_ref().map(group_from_row))
     }
 
@@ -122,14 +116,11 @@ impl Store {
     }
 
     pub async fn group_insert(&self, kind: GroupKind, name: &str, description: Option<&str>) -> Result<i64> {
-        let row = sqlx::query(&format!(
-            "INSERT INTO {} (name, description) VALUES (?, ?) RETURNING id",
-            kind.table()
-        ))
-        .bind(name)
-        .bind(description)
-        .fetch_one(&self.pool)
-        .await?;
+        let row = sqlx::query(&format!("INSERT INTO {} (name, description) VALUES (?, ?) RETURNING id", kind.table()))
+            .bind(name)
+            .bind(description)
+            .fetch_one(&self.pool)
+            .await?;
         Ok(row.get(0))
     }
 
@@ -159,10 +150,7 @@ impl Store {
         for d in &devices {
             self.device_delete(d).await?;
         }
-        sqlx::query(&format!("DELETE FROM {} WHERE id = ?", kind.table()))
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(&format!("DELETE FROM {} WHERE id = ?", kind.table())).bind(id).execute(&self.pool).await?;
         Ok(())
     }
 }

@@ -77,11 +77,7 @@ impl MessageQuery {
             qb.push(" AND status = ").push_bind(s.clone());
         }
         let dir = if self.descending { "DESC" } else { "ASC" };
-        let sort = if self.sort_field == "timestamp" {
-            time_col
-        } else {
-            self.sort_field
-        };
+        let sort = if self.sort_field == "timestamp" { time_col } else { self.sort_field };
         qb.push(format!(" ORDER BY {sort} {dir}, {time_col} {dir}, id {dir} LIMIT "));
         qb.push_bind(self.take).push(" OFFSET ").push_bind(self.skip);
     }
@@ -109,13 +105,11 @@ pub(crate) fn trim_to_whole_millis<T>(mut rows: Vec<T>, limit: usize, cursor: im
 
 impl Store {
     pub async fn notification_get(&self, device_id: &str, id: i64) -> Result<Option<Notification>> {
-        let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM device_notification WHERE id = ? AND device_id = ?"
-        ))
-        .bind(id)
-        .bind(device_id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM device_notification WHERE id = ? AND device_id = ?"))
+            .bind(id)
+            .bind(device_id)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.as_ref().map(notification_from_row))
     }
 

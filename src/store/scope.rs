@@ -16,11 +16,7 @@ pub struct DeviceScope {
 
 impl DeviceScope {
     pub fn everything() -> Self {
-        DeviceScope {
-            assigned_to_user: None,
-            networks: IdSet::All,
-            device_types: IdSet::All,
-        }
+        DeviceScope { assigned_to_user: None, networks: IdSet::All, device_types: IdSet::All }
     }
     /// True when nothing can be visible (a list answers `[]` without asking the database).
     pub fn is_nothing(&self) -> bool {
@@ -28,9 +24,7 @@ impl DeviceScope {
     }
     pub(crate) fn push_conditions(&self, qb: &mut QueryBuilder<'_, Sqlite>, net_col: &str, type_col: &str) {
         if let Some(user) = self.assigned_to_user {
-            qb.push(format!(
-                " AND {net_col} IN (SELECT network_id FROM user_network WHERE user_id = "
-            ));
+            qb.push(format!(" AND {net_col} IN (SELECT network_id FROM user_network WHERE user_id = "));
             qb.push_bind(user);
             qb.push(")");
         }

@@ -26,14 +26,9 @@ const DEVICE_TYPES: [(&str, &str); 8] = [
 impl Store {
     /// Seeds an empty database; a no-op when any user exists.
     pub async fn seed_if_empty(&self, admin_login: &str, admin_password: &str) -> Result<SeedOutcome, StartupError> {
-        let users: i64 = sqlx::query("SELECT COUNT(*) FROM dh_user")
-            .fetch_one(&self.pool)
-            .await?
-            .get(0);
+        let users: i64 = sqlx::query("SELECT COUNT(*) FROM dh_user").fetch_one(&self.pool).await?.get(0);
         if users > 0 {
-            return Ok(SeedOutcome {
-                generated_admin_password: None,
-            });
+            return Ok(SeedOutcome { generated_admin_password: None });
         }
         let (password, generated) = if admin_password.is_empty() {
             let p = password::generate();
@@ -71,18 +66,12 @@ impl Store {
         )
         .execute(&mut *tx)
         .await?;
-        sqlx::query("INSERT INTO user_network (user_id, network_id) VALUES (1, 1)")
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("INSERT INTO user_device_type (user_id, device_type_id) VALUES (1, 1)")
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("INSERT INTO user_network (user_id, network_id) VALUES (1, 1)").execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO user_device_type (user_id, device_type_id) VALUES (1, 1)").execute(&mut *tx).await?;
         sqlx::query("INSERT INTO configuration (name, value) VALUES ('user.login.lastTimeout', '1000')")
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(SeedOutcome {
-            generated_admin_password: generated,
-        })
+        Ok(SeedOutcome { generated_admin_password: generated })
     }
 }

@@ -27,11 +27,7 @@ fn user_from_row(r: &SqliteRow) -> User {
 }
 
 pub(crate) fn group_from_row(r: &SqliteRow) -> Network {
-    Network {
-        id: r.get("id"),
-        name: r.get("name"),
-        description: r.get("description"),
-    }
+    Network { id: r.get("id"), name: r.get("name"), description: r.get("description") }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -162,10 +158,7 @@ impl Store {
     }
 
     pub async fn user_delete(&self, id: i64) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM dh_user WHERE id = ?")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query("DELETE FROM dh_user WHERE id = ?").bind(id).execute(&self.pool).await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -221,10 +214,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         if all {
-            sqlx::query("DELETE FROM user_device_type WHERE user_id = ?")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query("DELETE FROM user_device_type WHERE user_id = ?").bind(id).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -125,12 +125,10 @@ async fn commit_batch(store: &Store, jobs: &[Job], ts: i64) -> Vec<Result<Writte
     let mut results = Vec::with_capacity(jobs.len());
     for job in jobs {
         let r = match &job.op {
-            WriteOp::Notification(n) => notification::insert(&mut tx, n, ts)
-                .await
-                .map(|n| Written::Notification(Arc::new(n))),
-            WriteOp::Command(c) => command::insert(&mut tx, c, ts)
-                .await
-                .map(|c| Written::Command(Arc::new(c))),
+            WriteOp::Notification(n) => {
+                notification::insert(&mut tx, n, ts).await.map(|n| Written::Notification(Arc::new(n)))
+            }
+            WriteOp::Command(c) => command::insert(&mut tx, c, ts).await.map(|c| Written::Command(Arc::new(c))),
             WriteOp::CommandUpdate(u) => match command::update(&mut tx, u, ts).await {
                 Ok(Some(c)) => Ok(Written::CommandUpdated(Arc::new(c))),
                 Ok(None) => Err(ApiError::command_not_found(u.command_id)),

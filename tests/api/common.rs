@@ -37,12 +37,7 @@ impl Reply {
     /// Asserts a contract error: status plus `{"error": status, "message": message}`.
     pub fn expect_error(self, status: u16, message: &str) {
         assert_eq!(self.status.as_u16(), status, "unexpected status; body: {}", self.text);
-        assert_eq!(
-            self.body,
-            json!({"error": status, "message": message}),
-            "body: {}",
-            self.text
-        );
+        assert_eq!(self.body, json!({"error": status, "message": message}), "body: {}", self.text);
     }
 }
 
@@ -74,14 +69,7 @@ impl TestHub {
         let root = format!("http://{}", app.http_addr);
         let base = format!("{root}/api/rest");
         let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
-        let mut hub = TestHub {
-            app: Some(app),
-            dir,
-            base,
-            root,
-            client,
-            admin: String::new(),
-        };
+        let mut hub = TestHub { app: Some(app), dir, base, root, client, admin: String::new() };
         hub.admin = hub.login(ADMIN_LOGIN, ADMIN_PASSWORD).await;
         hub
     }
@@ -104,11 +92,7 @@ impl TestHub {
     }
 
     pub async fn request(&self, method: Method, token: Option<&str>, path: &str, body: Option<Value>) -> Reply {
-        let url = if path.starts_with("http") {
-            path.to_string()
-        } else {
-            self.url(path)
-        };
+        let url = if path.starts_with("http") { path.to_string() } else { self.url(path) };
         let mut rb = self.client.request(method, url);
         if let Some(t) = token {
             rb = rb.bearer_auth(t);
@@ -121,12 +105,7 @@ impl TestHub {
         let headers = resp.headers().clone();
         let text = resp.text().await.unwrap_or_default();
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Reply {
-            status,
-            headers,
-            body,
-            text,
-        }
+        Reply { status, headers, body, text }
     }
 
     pub async fn get(&self, token: &str, path: &str) -> Reply {
@@ -145,12 +124,7 @@ impl TestHub {
     /// Logs in and returns the access token.
     pub async fn login(&self, login: &str, password: &str) -> String {
         let body = self
-            .request(
-                Method::POST,
-                None,
-                "/token",
-                Some(json!({"login": login, "password": password})),
-            )
+            .request(Method::POST, None, "/token", Some(json!({"login": login, "password": password})))
             .await
             .expect(201);
         body["accessToken"].as_str().expect("accessToken").to_string()
@@ -158,40 +132,24 @@ impl TestHub {
 
     /// Creates a network (as admin) and returns its id.
     pub async fn network(&self, name: &str) -> i64 {
-        self.post(&self.admin, "/network", json!({"name": name}))
-            .await
-            .expect(201)["id"]
-            .as_i64()
-            .unwrap()
+        self.post(&self.admin, "/network", json!({"name": name})).await.expect(201)["id"].as_i64().unwrap()
     }
 
     /// Registers a device (as admin).
     pub async fn device(&self, id: &str, network_id: i64) {
-        self.put(
-            &self.admin,
-            &format!("/device/{id}"),
-            json!({"name": id, "networkId": network_id}),
-        )
-        .await
-        .expect(204);
+        self.put(&self.admin, &format!("/device/{id}"), json!({"name": id, "networkId": network_id})).await.expect(204);
     }
 
     /// Creates a client user assigned to `networks`, and returns (user id, access token).
     pub async fn client_user(&self, login: &str, networks: &[i64]) -> (i64, String) {
         let id = self
-            .post(
-                &self.admin,
-                "/user",
-                json!({"login": login, "password": "client-pass-1", "role": 1}),
-            )
+            .post(&self.admin, "/user", json!({"login": login, "password": "client-pass-1", "role": 1}))
             .await
             .expect(201)["id"]
             .as_i64()
             .unwrap();
         for n in networks {
-            self.put(&self.admin, &format!("/user/{id}/network/{n}"), json!({}))
-                .await
-                .expect(204);
+            self.put(&self.admin, &format!("/user/{id}/network/{n}"), json!({})).await.expect(204);
         }
         (id, self.login(login, "client-pass-1").await)
     }

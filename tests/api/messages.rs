@@ -9,19 +9,11 @@ use serde_json::{json, Value};
 use crate::common::TestHub;
 
 fn ids(list: &Value) -> Vec<i64> {
-    list.as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_i64().unwrap())
-        .collect()
+    list.as_array().unwrap().iter().map(|m| m["id"].as_i64().unwrap()).collect()
 }
 
 fn names(list: &Value, key: &str) -> Vec<String> {
-    list.as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m[key].as_str().unwrap().to_string())
-        .collect()
+    list.as_array().unwrap().iter().map(|m| m[key].as_str().unwrap().to_string()).collect()
 }
 
 #[tokio::test]
@@ -36,22 +28,15 @@ async fn device_registration_defaults_updates_and_server_notifications() {
         json!({"id": "dev-1", "name": "first", "data": null, "networkId": 1, "deviceTypeId": 1, "isBlocked": false})
     );
     // Update: data replaced (absent → null), other fields partial.
-    hub.put(a, "/device/dev-1", json!({"data": {"fw": 2}, "isBlocked": true}))
-        .await
-        .expect(204);
-    hub.put(a, "/device/dev-1", json!({"name": "renamed"}))
-        .await
-        .expect(204);
+    hub.put(a, "/device/dev-1", json!({"data": {"fw": 2}, "isBlocked": true})).await.expect(204);
+    hub.put(a, "/device/dev-1", json!({"name": "renamed"})).await.expect(204);
     let d = hub.get(a, "/device/dev-1").await.expect(200);
     assert_eq!(d["name"], "renamed");
     assert_eq!(d["data"], Value::Null);
     assert_eq!(d["isBlocked"], true);
 
     let list = hub.get(a, "/device/dev-1/notification?sortOrder=ASC").await.expect(200);
-    assert_eq!(
-        names(&list, "notification"),
-        ["$device-add", "$device-update", "$device-update"]
-    );
+    assert_eq!(names(&list, "notification"), ["$device-add", "$device-update", "$device-update"]);
     let l = list.as_array().unwrap();
     assert_eq!(l[0]["parameters"]["name"], "first");
     assert_eq!(l[0]["networkId"], 1);
@@ -63,9 +48,7 @@ async fn device_registration_defaults_updates_and_server_notifications() {
     hub.put(a, "/device/bad_id!", json!({"name": "x"}))
         .await
         .expect_error(400, "Device Id can only contain letters, digits and dashes.");
-    hub.put(a, "/device/no-name", json!({}))
-        .await
-        .expect_error(400, "Invalid request parameters");
+    hub.put(a, "/device/no-name", json!({})).await.expect_error(400, "Invalid request parameters");
     hub.put(a, "/device/x1", json!({"name": "x", "networkId": 999}))
         .await
         .expect_error(400, "Invalid request parameters");
@@ -82,12 +65,8 @@ async fn device_registration_defaults_updates_and_server_notifications() {
 
     // Delete removes the device and its messages.
     hub.delete(a, "/device/dev-1").await.expect(204);
-    hub.get(a, "/device/dev-1")
-        .await
-        .expect_error(404, "Device with such deviceId = dev-1 not found");
-    hub.delete(a, "/device/dev-1")
-        .await
-        .expect_error(404, "Device with such deviceId = dev-1 not found");
+    hub.get(a, "/device/dev-1").await.expect_error(404, "Device with such deviceId = dev-1 not found");
+    hub.delete(a, "/device/dev-1").await.expect_error(404, "Device with such deviceId = dev-1 not found");
     hub.put(a, "/device/dev-1", json!({"name": "again"})).await.expect(204);
     let list = hub.get(a, "/device/dev-1/notification").await.expect(200);
     assert_eq!(names(&list, "notification"), ["$device-add"]);
@@ -98,45 +77,23 @@ async fn device_list_filters_and_sorting() {
     let hub = TestHub::start().await;
     let a = &hub.admin;
     let n2 = hub.network("second").await;
-    hub.put(a, "/device/b-dev", json!({"name": "bravo", "networkId": n2}))
-        .await
-        .expect(204);
-    hub.put(a, "/device/c-dev", json!({"name": "charlie", "networkId": 1}))
-        .await
-        .expect(204);
+    hub.put(a, "/device/b-dev", json!({"name": "bravo", "networkId": n2})).await.expect(204);
+    hub.put(a, "/device/c-dev", json!({"name": "charlie", "networkId": 1})).await.expect(204);
     let all = hub.get(a, "/device?sortField=name&sortOrder=DESC").await.expect(200);
     assert_eq!(names(&all, "name"), ["charlie", "bravo", "Sample Device"]);
     let by_net = hub.get(a, &format!("/device?networkId={n2}")).await.expect(200);
     assert_eq!(names(&by_net, "id"), ["b-dev"]);
     let by_net_name = hub.get(a, "/device?networkName=second").await.expect(200);
     assert_eq!(names(&by_net_name, "id"), ["b-dev"]);
-    let pattern = hub
-        .get(a, "/device?namePattern=%25ar%25&sortField=name")
-        .await
-        .expect(200);
+    let pattern = hub.get(a, "/device?namePattern=%25ar%25&sortField=name").await.expect(200);
     assert_eq!(names(&pattern, "name"), ["charlie"]);
     let page = hub.get(a, "/device?sortField=name&take=1&skip=1").await.expect(200);
     assert_eq!(names(&page, "name"), ["bravo"]);
-    assert_eq!(
-        hub.get(a, "/device/count?networkName=second").await.expect(200),
-        json!({"count": 1})
-    );
-    hub.get(a, "/device?sortField=bogus")
-        .await
-        .expect_error(400, "Invalid request parameters");
-    hub.get(a, "/device?sortOrder=sideways")
-        .await
-        .expect_error(400, "Unparseable sort order : sideways");
+    assert_eq!(hub.get(a, "/device/count?networkName=second").await.expect(200), json!({"count": 1}));
+    hub.get(a, "/device?sortField=bogus").await.expect_error(400, "Invalid request parameters");
+    hub.get(a, "/device?sortOrder=sideways").await.expect_error(400, "Unparseable sort order : sideways");
     // Empty query parameters are ignored.
-    assert_eq!(
-        hub.get(a, "/device?name=&networkId=")
-            .await
-            .expect(200)
-            .as_array()
-            .unwrap()
-            .len(),
-        3
-    );
+    assert_eq!(hub.get(a, "/device?name=&networkId=").await.expect(200).as_array().unwrap().len(), 3);
 }
 
 #[tokio::test]
@@ -144,13 +101,7 @@ async fn notifications_insert_get_and_query() {
     let hub = TestHub::start().await;
     let a = &hub.admin;
     hub.device("d1", 1).await;
-    let r = hub
-        .post(
-            a,
-            "/device/d1/notification",
-            json!({"notification": "temp", "parameters": {"t": 21.5}}),
-        )
-        .await;
+    let r = hub.post(a, "/device/d1/notification", json!({"notification": "temp", "parameters": {"t": 21.5}})).await;
     let location = r.headers.get("location").unwrap().to_str().unwrap().to_string();
     let body = r.expect(201);
     let id = body["id"].as_i64().unwrap();
@@ -165,103 +116,46 @@ async fn notifications_insert_get_and_query() {
         json!({"id": id, "notification": "temp", "deviceId": "d1", "networkId": 1, "deviceTypeId": 1,
                "timestamp": ts, "parameters": {"t": 21.5}})
     );
-    hub.get(a, "/device/d1/notification/999999")
-        .await
-        .expect_error(404, "Requested notification not found");
+    hub.get(a, "/device/d1/notification/999999").await.expect_error(404, "Requested notification not found");
 
     // Client-supplied timestamps are kept; queries range exclusively and sort.
-    for (name, t) in [
-        ("a", "2020-01-01T00:00:01.000"),
-        ("b", "2020-01-01T00:00:02.000"),
-        ("c", "2020-01-01T00:00:03.000"),
-    ] {
-        hub.post(
-            a,
-            "/device/d1/notification",
-            json!({"notification": name, "timestamp": t}),
-        )
-        .await
-        .expect(201);
+    for (name, t) in
+        [("a", "2020-01-01T00:00:01.000"), ("b", "2020-01-01T00:00:02.000"), ("c", "2020-01-01T00:00:03.000")]
+    {
+        hub.post(a, "/device/d1/notification", json!({"notification": name, "timestamp": t})).await.expect(201);
     }
     let q = hub
-        .get(
-            a,
-            "/device/d1/notification?start=2020-01-01T00:00:01.000&end=2020-01-01T00:00:03.000",
-        )
+        .get(a, "/device/d1/notification?start=2020-01-01T00:00:01.000&end=2020-01-01T00:00:03.000")
         .await
         .expect(200);
     assert_eq!(names(&q, "notification"), ["b"]);
-    let q = hub
-        .get(a, "/device/d1/notification?end=2021-01-01&sortOrder=ASC&take=2")
-        .await
-        .expect(200);
+    let q = hub.get(a, "/device/d1/notification?end=2021-01-01&sortOrder=ASC&take=2").await.expect(200);
     assert_eq!(names(&q, "notification"), ["a", "b"]);
-    let q = hub
-        .get(a, "/device/d1/notification?end=2021-01-01&skip=1")
-        .await
-        .expect(200);
+    let q = hub.get(a, "/device/d1/notification?end=2021-01-01&skip=1").await.expect(200);
     assert_eq!(names(&q, "notification"), ["b", "a"]);
     let q = hub.get(a, "/device/d1/notification?notification=c").await.expect(200);
     assert_eq!(names(&q, "notification"), ["c"]);
-    let q = hub
-        .get(
-            a,
-            "/device/d1/notification?sortField=notification&sortOrder=asc&end=2021-01-01",
-        )
-        .await
-        .expect(200);
+    let q = hub.get(a, "/device/d1/notification?sortField=notification&sortOrder=asc&end=2021-01-01").await.expect(200);
     assert_eq!(names(&q, "notification"), ["a", "b", "c"]);
-    hub.get(a, "/device/d1/notification?start=yesterday")
-        .await
-        .expect_error(400, "Unparseable timestamp");
+    hub.get(a, "/device/d1/notification?start=yesterday").await.expect_error(400, "Unparseable timestamp");
 
     // Bad input changes nothing.
-    let before = hub
-        .get(a, "/device/d1/notification?take=1000")
-        .await
-        .expect(200)
-        .as_array()
-        .unwrap()
-        .len();
+    let before = hub.get(a, "/device/d1/notification?take=1000").await.expect(200).as_array().unwrap().len();
     hub.post(a, "/device/d1/notification", json!({"parameters": {}}))
         .await
         .expect_error(400, "Invalid request parameters");
-    hub.post(
-        a,
-        "/device/d1/notification",
-        json!({"notification": "x", "parameters": [1]}),
-    )
-    .await
-    .expect_error(400, "'parameters' must be JSON Object!");
-    hub.post(
-        a,
-        "/device/d1/notification",
-        json!({"notification": "x", "timestamp": "soon"}),
-    )
-    .await
-    .expect_error(400, "Unparseable timestamp");
+    hub.post(a, "/device/d1/notification", json!({"notification": "x", "parameters": [1]}))
+        .await
+        .expect_error(400, "'parameters' must be JSON Object!");
+    hub.post(a, "/device/d1/notification", json!({"notification": "x", "timestamp": "soon"}))
+        .await
+        .expect_error(400, "Unparseable timestamp");
     hub.post(a, "/device/d1/notification", json!({"notification": "$device-add"}))
         .await
-        .expect_error(
-            403,
-            "It's forbidden to insert these special notifications: $device-update, $device-add.",
-        );
-    let r = hub
-        .client
-        .post(hub.url("/device/d1/notification"))
-        .bearer_auth(a)
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
+        .expect_error(403, "It's forbidden to insert these special notifications: $device-update, $device-add.");
+    let r = hub.client.post(hub.url("/device/d1/notification")).bearer_auth(a).body("{not json").send().await.unwrap();
     assert_eq!(r.status().as_u16(), 400);
-    let after = hub
-        .get(a, "/device/d1/notification?take=1000")
-        .await
-        .expect(200)
-        .as_array()
-        .unwrap()
-        .len();
+    let after = hub.get(a, "/device/d1/notification?take=1000").await.expect(200).as_array().unwrap().len();
     assert_eq!(before, after);
     hub.post(a, "/device/nope/notification", json!({"notification": "x"}))
         .await
@@ -274,11 +168,7 @@ async fn commands_insert_update_get_and_query() {
     let a = &hub.admin;
     hub.device("d1", 1).await;
     let r = hub
-        .post(
-            a,
-            "/device/d1/command",
-            json!({"command": "reboot", "parameters": {"delay": 1}, "lifetime": 30}),
-        )
+        .post(a, "/device/d1/command", json!({"command": "reboot", "parameters": {"delay": 1}, "lifetime": 30}))
         .await;
     let body = r.expect(201);
     let id = body["id"].as_i64().unwrap();
@@ -287,9 +177,7 @@ async fn commands_insert_update_get_and_query() {
     assert_eq!(body["userId"], 1);
     assert_eq!(body["timestamp"], body["lastUpdated"]);
 
-    hub.post(a, "/device/d1/command", json!({"parameters": {}}))
-        .await
-        .expect_error(400, "Command is required");
+    hub.post(a, "/device/d1/command", json!({"parameters": {}})).await.expect_error(400, "Command is required");
     hub.post(a, "/device/d1/command", json!({"command": "x", "result": "done"}))
         .await
         .expect_error(400, "'parameters' must be JSON Object!");
@@ -298,17 +186,10 @@ async fn commands_insert_update_get_and_query() {
     hub.get(a, &format!("/device/d1/command/{id}?returnUpdatedCommands=true"))
         .await
         .expect_error(404, &format!("Command with id = {id} not found"));
-    hub.put(
-        a,
-        &format!("/device/d1/command/{id}"),
-        json!({"status": "done", "result": {"ok": true}}),
-    )
-    .await
-    .expect(204);
-    let c = hub
-        .get(a, &format!("/device/d1/command/{id}?returnUpdatedCommands=true"))
+    hub.put(a, &format!("/device/d1/command/{id}"), json!({"status": "done", "result": {"ok": true}}))
         .await
-        .expect(200);
+        .expect(204);
+    let c = hub.get(a, &format!("/device/d1/command/{id}?returnUpdatedCommands=true")).await.expect(200);
     assert_eq!(c["status"], "done");
     assert_eq!(c["result"], json!({"ok": true}));
     assert_eq!(c["parameters"], json!({"delay": 1}));
@@ -316,33 +197,21 @@ async fn commands_insert_update_get_and_query() {
     assert!(c.get("isUpdated").is_none());
     assert!(c["lastUpdated"].as_str().unwrap() > c["timestamp"].as_str().unwrap());
     // A partial update keeps the other field.
-    hub.put(a, &format!("/device/d1/command/{id}"), json!({"status": "again"}))
-        .await
-        .expect(204);
+    hub.put(a, &format!("/device/d1/command/{id}"), json!({"status": "again"})).await.expect(204);
     let c = hub.get(a, &format!("/device/d1/command/{id}")).await.expect(200);
-    assert_eq!(
-        (c["status"].as_str(), &c["result"]),
-        (Some("again"), &json!({"ok": true}))
-    );
+    assert_eq!((c["status"].as_str(), &c["result"]), (Some("again"), &json!({"ok": true})));
 
     hub.put(a, "/device/d1/command/999999", json!({"status": "x"}))
         .await
         .expect_error(404, "Command with id = 999999 not found");
-    hub.delete(a, &format!("/device/d1/command/{id}"))
-        .await
-        .expect_error(405, "HTTP 405 Method Not Allowed");
+    hub.delete(a, &format!("/device/d1/command/{id}")).await.expect_error(405, "HTTP 405 Method Not Allowed");
 
-    hub.post(a, "/device/d1/command", json!({"command": "other", "status": "queued"}))
-        .await
-        .expect(201);
+    hub.post(a, "/device/d1/command", json!({"command": "other", "status": "queued"})).await.expect(201);
     let q = hub.get(a, "/device/d1/command?status=queued").await.expect(200);
     assert_eq!(names(&q, "command"), ["other"]);
     let q = hub.get(a, "/device/d1/command?command=reboot").await.expect(200);
     assert_eq!(ids(&q), [id]);
-    let q = hub
-        .get(a, "/device/d1/command?sortField=command&sortOrder=ASC")
-        .await
-        .expect(200);
+    let q = hub.get(a, "/device/d1/command?sortField=command&sortOrder=ASC").await.expect(200);
     assert_eq!(names(&q, "command"), ["other", "reboot"]);
 }
 
@@ -351,51 +220,27 @@ async fn long_poll_history_wakeup_and_timeout() {
     let hub = TestHub::start().await;
     let a = hub.admin.clone();
     hub.device("d1", 1).await;
-    let first = hub
-        .post(&a, "/device/d1/notification", json!({"notification": "n1"}))
-        .await
-        .expect(201);
+    let first = hub.post(&a, "/device/d1/notification", json!({"notification": "n1"})).await.expect(201);
     let t0 = first["timestamp"].as_str().unwrap().to_string();
 
     // History after a cursor is returned at once; the cursor is exclusive.
-    let p = hub
-        .get(&a, "/device/d1/notification/poll?timestamp=2000-01-01&waitTimeout=30")
-        .await
-        .expect(200);
+    let p = hub.get(&a, "/device/d1/notification/poll?timestamp=2000-01-01&waitTimeout=30").await.expect(200);
     assert_eq!(names(&p, "notification"), ["$device-add", "n1"]);
-    let p = hub
-        .get(
-            &a,
-            &format!("/device/d1/notification/poll?timestamp={t0}&waitTimeout=0"),
-        )
-        .await
-        .expect(200);
+    let p = hub.get(&a, &format!("/device/d1/notification/poll?timestamp={t0}&waitTimeout=0")).await.expect(200);
     assert_eq!(p, json!([]));
 
     // Nothing new: returns [] after waitTimeout.
-    let p = hub
-        .get(
-            &a,
-            &format!("/device/d1/notification/poll?timestamp={t0}&waitTimeout=1"),
-        )
-        .await
-        .expect(200);
+    let p = hub.get(&a, &format!("/device/d1/notification/poll?timestamp={t0}&waitTimeout=1")).await.expect(200);
     assert_eq!(p, json!([]));
 
     // A waiting poll is completed by the insert (its timeout is far away).
     let poll_url = format!("/device/d1/notification/poll?timestamp={t0}&waitTimeout=60&names=wake");
     let (polled, _) = tokio::join!(hub.get(&a, &poll_url), async {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        hub.post(&a, "/device/d1/notification", json!({"notification": "ignored"}))
+        hub.post(&a, "/device/d1/notification", json!({"notification": "ignored"})).await.expect(201);
+        hub.post(&a, "/device/d1/notification", json!({"notification": "wake", "parameters": {"x": 1}}))
             .await
             .expect(201);
-        hub.post(
-            &a,
-            "/device/d1/notification",
-            json!({"notification": "wake", "parameters": {"x": 1}}),
-        )
-        .await
-        .expect(201);
     });
     let polled = polled.expect(200);
     assert_eq!(names(&polled, "notification"), ["wake"]);
@@ -404,9 +249,7 @@ async fn long_poll_history_wakeup_and_timeout() {
     // Poll without timestamp only sees future messages.
     let (polled, _) = tokio::join!(hub.get(&a, "/device/notification/poll?waitTimeout=60"), async {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        hub.post(&a, "/device/d1/notification", json!({"notification": "future"}))
-            .await
-            .expect(201);
+        hub.post(&a, "/device/d1/notification", json!({"notification": "future"})).await.expect(201);
     });
     assert_eq!(names(&polled.expect(200), "notification"), ["future"]);
 
@@ -416,12 +259,8 @@ async fn long_poll_history_wakeup_and_timeout() {
     hub.get(&a, "/device/d1/notification/poll?waitTimeout=-1")
         .await
         .expect_error(400, "Timeout can't be less than 0 seconds. ");
-    hub.get(&a, "/device/d1/command/poll?limit=-1")
-        .await
-        .expect_error(400, "Limit can't be less than 0.");
-    hub.get(&a, "/device/d1/notification/poll?waitTimeout=x")
-        .await
-        .expect_error(400, "Invalid request parameters");
+    hub.get(&a, "/device/d1/command/poll?limit=-1").await.expect_error(400, "Limit can't be less than 0.");
+    hub.get(&a, "/device/d1/notification/poll?waitTimeout=x").await.expect_error(400, "Invalid request parameters");
 }
 
 #[tokio::test]
@@ -440,28 +279,15 @@ async fn poll_many_across_devices_and_networks() {
         )
         .await
         .expect(201);
-        hub.post(
-            &a,
-            &format!("/device/{d}/command"),
-            json!({"command": "c", "timestamp": "2030-01-01T00:00:00.000"}),
-        )
-        .await
-        .expect(201);
+        hub.post(&a, &format!("/device/{d}/command"), json!({"command": "c", "timestamp": "2030-01-01T00:00:00.000"}))
+            .await
+            .expect(201);
     }
     let cursor = "2029-12-31T23:59:59.999";
-    let p = hub
-        .get(
-            &a,
-            &format!("/device/notification/poll?timestamp={cursor}&waitTimeout=0"),
-        )
-        .await
-        .expect(200);
+    let p = hub.get(&a, &format!("/device/notification/poll?timestamp={cursor}&waitTimeout=0")).await.expect(200);
     assert_eq!(names(&p, "deviceId"), ["d2", "d3"]);
     let p = hub
-        .get(
-            &a,
-            &format!("/device/notification/poll?timestamp={cursor}&networkIds={n3}&waitTimeout=0"),
-        )
+        .get(&a, &format!("/device/notification/poll?timestamp={cursor}&networkIds={n3}&waitTimeout=0"))
         .await
         .expect(200);
     assert_eq!(names(&p, "deviceId"), ["d3"]);
@@ -474,20 +300,11 @@ async fn poll_many_across_devices_and_networks() {
         .expect(200);
     assert_eq!(names(&p, "deviceId"), ["d2"]);
     let p = hub
-        .get(
-            &a,
-            &format!("/device/command/poll?timestamp={cursor}&deviceTypeIds=1&waitTimeout=0"),
-        )
+        .get(&a, &format!("/device/command/poll?timestamp={cursor}&deviceTypeIds=1&waitTimeout=0"))
         .await
         .expect(200);
     assert_eq!(names(&p, "deviceId"), ["d2", "d3"]);
-    let p = hub
-        .get(
-            &a,
-            &format!("/device/command/poll?timestamp={cursor}&names=zzz&waitTimeout=0"),
-        )
-        .await
-        .expect(200);
+    let p = hub.get(&a, &format!("/device/command/poll?timestamp={cursor}&names=zzz&waitTimeout=0")).await.expect(200);
     assert_eq!(p, json!([]));
     // Admins get 404 for unknown networks and devices.
     hub.get(&a, "/device/notification/poll?networkIds=4242&waitTimeout=0")
@@ -505,9 +322,7 @@ async fn poll_many_across_devices_and_networks() {
     let (polled, _) = tokio::join!(hub.get(&a, &url), async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         hub.device("d-late", n3).await;
-        hub.post(&a, "/device/d-late/notification", json!({"notification": "late"}))
-            .await
-            .expect(201);
+        hub.post(&a, "/device/d-late/notification", json!({"notification": "late"})).await.expect(201);
     });
     assert_eq!(names(&polled.expect(200), "deviceId"), ["d-late"]);
 }
@@ -520,22 +335,16 @@ async fn command_poll_updates_and_wait() {
     // New commands wake a command poll.
     let (polled, _) = tokio::join!(hub.get(&a, "/device/d1/command/poll?waitTimeout=60"), async {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        hub.post(&a, "/device/d1/command", json!({"command": "go"}))
-            .await
-            .expect(201);
+        hub.post(&a, "/device/d1/command", json!({"command": "go"})).await.expect(201);
     });
     let polled = polled.expect(200);
     assert_eq!(names(&polled, "command"), ["go"]);
     let id = polled[0]["id"].as_i64().unwrap();
 
     // Wait: 204 on timeout or waitTimeout=0, then the updated command.
-    let r = hub
-        .get(&a, &format!("/device/d1/command/{id}/poll?waitTimeout=0"))
-        .await;
+    let r = hub.get(&a, &format!("/device/d1/command/{id}/poll?waitTimeout=0")).await;
     assert_eq!(r.status.as_u16(), 204);
-    let r = hub
-        .get(&a, &format!("/device/d1/command/{id}/poll?waitTimeout=1"))
-        .await;
+    let r = hub.get(&a, &format!("/device/d1/command/{id}/poll?waitTimeout=1")).await;
     assert_eq!(r.status.as_u16(), 204);
     let r = hub.get(&a, "/device/d1/command/999999/poll?waitTimeout=0").await;
     assert_eq!(r.status.as_u16(), 204);
@@ -545,46 +354,26 @@ async fn command_poll_updates_and_wait() {
     let (waited, updated_poll, _) = tokio::join!(hub.get(&a, &wait_url), hub.get(&a, upd_url), async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         // A new command does not complete a returnUpdatedCommands poll; the update does.
-        hub.post(&a, "/device/d1/command", json!({"command": "other"}))
-            .await
-            .expect(201);
-        hub.put(
-            &a,
-            &format!("/device/d1/command/{id}"),
-            json!({"status": "ok", "result": {"v": 1}}),
-        )
-        .await
-        .expect(204);
+        hub.post(&a, "/device/d1/command", json!({"command": "other"})).await.expect(201);
+        hub.put(&a, &format!("/device/d1/command/{id}"), json!({"status": "ok", "result": {"v": 1}})).await.expect(204);
     });
     let waited = waited.expect(200);
-    assert_eq!(
-        (waited["id"].as_i64(), waited["status"].as_str()),
-        (Some(id), Some("ok"))
-    );
+    assert_eq!((waited["id"].as_i64(), waited["status"].as_str()), (Some(id), Some("ok")));
     let updated_poll = updated_poll.expect(200);
     assert_eq!(ids(&updated_poll), [id]);
     assert_eq!(updated_poll[0]["result"], json!({"v": 1}));
 
     // Already updated: wait answers at once; update history uses lastUpdated as the cursor.
-    let r = hub
-        .get(&a, &format!("/device/d1/command/{id}/poll?waitTimeout=0"))
-        .await
-        .expect(200);
+    let r = hub.get(&a, &format!("/device/d1/command/{id}/poll?waitTimeout=0")).await.expect(200);
     assert_eq!(r["status"], "ok");
     let p = hub
-        .get(
-            &a,
-            "/device/d1/command/poll?returnUpdatedCommands=true&timestamp=2000-01-01&waitTimeout=0",
-        )
+        .get(&a, "/device/d1/command/poll?returnUpdatedCommands=true&timestamp=2000-01-01&waitTimeout=0")
         .await
         .expect(200);
     assert_eq!(ids(&p), [id]);
     let last = p[0]["lastUpdated"].as_str().unwrap();
     let p = hub
-        .get(
-            &a,
-            &format!("/device/d1/command/poll?returnUpdatedCommands=true&timestamp={last}&waitTimeout=0"),
-        )
+        .get(&a, &format!("/device/d1/command/poll?returnUpdatedCommands=true&timestamp={last}&waitTimeout=0"))
         .await
         .expect(200);
     assert_eq!(p, json!([]));
@@ -603,10 +392,7 @@ async fn chained_poll_cursors_never_skip_or_repeat() {
     for w in 0..4 {
         hub.device(&format!("hammer-{w}"), 1).await;
     }
-    let start = hub.get(&a, "/info").await.expect(200)["serverTimestamp"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let start = hub.get(&a, "/info").await.expect(200)["serverTimestamp"].as_str().unwrap().to_string();
 
     let mut pollers = Vec::new();
     for p in 0..POLLERS {
@@ -642,10 +428,7 @@ async fn chained_poll_cursors_never_skip_or_repeat() {
             let mut ids = Vec::new();
             for i in 0..PER_WRITER {
                 let body = json!({"notification": "hammer", "parameters": {"w": w, "i": i}});
-                let r = hub
-                    .post(&a, &format!("/device/hammer-{}/notification", w % 4), body)
-                    .await
-                    .expect(201);
+                let r = hub.post(&a, &format!("/device/hammer-{}/notification", w % 4), body).await.expect(201);
                 ids.push(r["id"].as_i64().unwrap());
             }
             ids
@@ -679,40 +462,23 @@ async fn limited_history_pages_never_split_a_millisecond() {
     hub.device("d1", 1).await;
     // Five commands share one client-supplied millisecond, three share the next.
     for i in 0..5 {
-        hub.post(
-            &a,
-            "/device/d1/command",
-            json!({"command": format!("a{i}"), "timestamp": "2030-01-01T00:00:00.001"}),
-        )
-        .await
-        .expect(201);
+        hub.post(&a, "/device/d1/command", json!({"command": format!("a{i}"), "timestamp": "2030-01-01T00:00:00.001"}))
+            .await
+            .expect(201);
     }
     for i in 0..3 {
-        hub.post(
-            &a,
-            "/device/d1/command",
-            json!({"command": format!("b{i}"), "timestamp": "2030-01-01T00:00:00.002"}),
-        )
-        .await
-        .expect(201);
+        hub.post(&a, "/device/d1/command", json!({"command": format!("b{i}"), "timestamp": "2030-01-01T00:00:00.002"}))
+            .await
+            .expect(201);
     }
     let base = "/device/d1/command/poll?waitTimeout=0";
     // limit 6 would cut the second millisecond: the page stops after the first.
-    let p = hub
-        .get(&a, &format!("{base}&timestamp=2030-01-01T00:00:00.000&limit=6"))
-        .await
-        .expect(200);
+    let p = hub.get(&a, &format!("{base}&timestamp=2030-01-01T00:00:00.000&limit=6")).await.expect(200);
     assert_eq!(p.as_array().unwrap().len(), 5);
     // limit 3 is smaller than one millisecond's rows: the whole millisecond comes anyway.
-    let p = hub
-        .get(&a, &format!("{base}&timestamp=2030-01-01T00:00:00.000&limit=3"))
-        .await
-        .expect(200);
+    let p = hub.get(&a, &format!("{base}&timestamp=2030-01-01T00:00:00.000&limit=3")).await.expect(200);
     assert_eq!(p.as_array().unwrap().len(), 5);
-    let p = hub
-        .get(&a, &format!("{base}&timestamp=2030-01-01T00:00:00.001&limit=3"))
-        .await
-        .expect(200);
+    let p = hub.get(&a, &format!("{base}&timestamp=2030-01-01T00:00:00.001&limit=3")).await.expect(200);
     assert_eq!(names(&p, "command"), ["b0", "b1", "b2"]);
 }
 
@@ -725,19 +491,11 @@ async fn client_of_network_a_cannot_reach_network_b() {
     let net_b = hub.network("net-b").await;
     hub.device("dev-a", net_a).await;
     hub.device("dev-b", net_b).await;
-    hub.post(
-        &a,
-        "/device/dev-b/notification",
-        json!({"notification": "secret", "timestamp": "2030-01-01"}),
-    )
-    .await
-    .expect(201);
+    hub.post(&a, "/device/dev-b/notification", json!({"notification": "secret", "timestamp": "2030-01-01"}))
+        .await
+        .expect(201);
     let cb = hub
-        .post(
-            &a,
-            "/device/dev-b/command",
-            json!({"command": "secret", "timestamp": "2030-01-01"}),
-        )
+        .post(&a, "/device/dev-b/command", json!({"command": "secret", "timestamp": "2030-01-01"}))
         .await
         .expect(201);
     let cmd_b = cb["id"].as_i64().unwrap();
@@ -746,10 +504,7 @@ async fn client_of_network_a_cannot_reach_network_b() {
     // Lists and counts.
     assert_eq!(names(&hub.get(&c, "/device").await.expect(200), "id"), ["dev-a"]);
     assert_eq!(hub.get(&c, "/device/count").await.expect(200), json!({"count": 1}));
-    assert_eq!(
-        hub.get(&c, &format!("/device?networkId={net_b}")).await.expect(200),
-        json!([])
-    );
+    assert_eq!(hub.get(&c, &format!("/device?networkId={net_b}")).await.expect(200), json!([]));
     let nets = hub.get(&c, "/network").await.expect(200);
     assert_eq!(ids(&nets), [net_a]);
     assert_eq!(hub.get(&c, "/network/count").await.expect(200), json!({"count": 1}));
@@ -775,52 +530,32 @@ async fn client_of_network_a_cannot_reach_network_b() {
     hub.post(&c, "/device/dev-b/notification", json!({"notification": "x"}))
         .await
         .expect_error(403, "Access is denied");
-    hub.post(&c, "/device/dev-b/command", json!({"command": "x"}))
+    hub.post(&c, "/device/dev-b/command", json!({"command": "x"})).await.expect_error(403, "Access is denied");
+    hub.put(&c, &format!("/device/dev-b/command/{cmd_b}"), json!({"status": "pwned"}))
         .await
         .expect_error(403, "Access is denied");
-    hub.put(
-        &c,
-        &format!("/device/dev-b/command/{cmd_b}"),
-        json!({"status": "pwned"}),
-    )
-    .await
-    .expect_error(403, "Access is denied");
-    hub.put(&c, "/device/dev-b", json!({"name": "pwned"}))
-        .await
-        .expect_error(403, "No access to device");
+    hub.put(&c, "/device/dev-b", json!({"name": "pwned"})).await.expect_error(403, "No access to device");
     hub.put(&c, "/device/new-in-b", json!({"name": "x", "networkId": net_b}))
         .await
         .expect_error(403, "No access to network!");
-    hub.delete(&c, "/device/dev-b")
-        .await
-        .expect_error(403, "Access is denied");
+    hub.delete(&c, "/device/dev-b").await.expect_error(403, "Access is denied");
     let still = hub.get(&a, &format!("/device/dev-b/command/{cmd_b}")).await.expect(200);
     assert_eq!(still["status"], Value::Null);
     assert_eq!(hub.get(&a, "/device/dev-b").await.expect(200)["name"], "dev-b");
 
     // Unfiltered polls never return B's messages, not from history and not live.
-    let p = hub
-        .get(&c, "/device/notification/poll?timestamp=2000-01-01&waitTimeout=0")
-        .await
-        .expect(200);
+    let p = hub.get(&c, "/device/notification/poll?timestamp=2000-01-01&waitTimeout=0").await.expect(200);
     assert!(names(&p, "deviceId").iter().all(|d| d == "dev-a"), "{p}");
-    let p = hub
-        .get(&c, "/device/command/poll?timestamp=2000-01-01&waitTimeout=0")
-        .await
-        .expect(200);
+    let p = hub.get(&c, "/device/command/poll?timestamp=2000-01-01&waitTimeout=0").await.expect(200);
     assert!(names(&p, "deviceId").iter().all(|d| d == "dev-a"), "{p}");
     let (polled, _) = tokio::join!(hub.get(&c, "/device/notification/poll?waitTimeout=2"), async {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        hub.post(&a, "/device/dev-b/notification", json!({"notification": "live-secret"}))
-            .await
-            .expect(201);
+        hub.post(&a, "/device/dev-b/notification", json!({"notification": "live-secret"})).await.expect(201);
     });
     assert_eq!(polled.expect(200), json!([]));
 
     // The client works normally inside network A.
-    hub.post(&c, "/device/dev-a/notification", json!({"notification": "mine"}))
-        .await
-        .expect(201);
+    hub.post(&c, "/device/dev-a/notification", json!({"notification": "mine"})).await.expect(201);
     hub.put(&c, "/device/dev-a2", json!({"name": "mine"})).await.expect(204);
     assert_eq!(hub.get(&c, "/device/dev-a2").await.expect(200)["networkId"], net_a);
 
@@ -845,34 +580,20 @@ async fn action_lists_restrict_admins_too() {
         .expect(201);
     let limited = t["accessToken"].as_str().unwrap();
     hub.get(limited, "/device/d1").await.expect(200);
-    hub.get(limited, "/device/d1/notification")
-        .await
-        .expect_error(403, "Access is denied");
+    hub.get(limited, "/device/d1/notification").await.expect_error(403, "Access is denied");
     hub.post(limited, "/device/d1/notification", json!({"notification": "x"}))
         .await
         .expect_error(403, "Access is denied");
-    hub.get(limited, "/device/notification/poll?waitTimeout=0")
-        .await
-        .expect_error(403, "Access is denied");
-    hub.post(limited, "/network", json!({"name": "x"}))
-        .await
-        .expect_error(403, "Access is denied");
+    hub.get(limited, "/device/notification/poll?waitTimeout=0").await.expect_error(403, "Access is denied");
+    hub.post(limited, "/network", json!({"name": "x"})).await.expect_error(403, "Access is denied");
     // Network scope restricts an admin's token: unknown device → 403 instead of 404.
     let t = hub
-        .post(
-            &a,
-            "/token/create",
-            json!({"userId": 1, "actions": ["*"], "networkIds": ["1"], "deviceTypeIds": ["*"]}),
-        )
+        .post(&a, "/token/create", json!({"userId": 1, "actions": ["*"], "networkIds": ["1"], "deviceTypeIds": ["*"]}))
         .await
         .expect(201);
     let scoped = t["accessToken"].as_str().unwrap();
-    hub.get(scoped, "/device/ghost")
-        .await
-        .expect_error(403, "Access is denied");
-    hub.get(&a, "/device/ghost")
-        .await
-        .expect_error(404, "Device with such deviceId = ghost not found");
+    hub.get(scoped, "/device/ghost").await.expect_error(403, "Access is denied");
+    hub.get(&a, "/device/ghost").await.expect_error(404, "Device with such deviceId = ghost not found");
 }
 
 #[tokio::test]
@@ -881,48 +602,25 @@ async fn everything_survives_a_restart() {
     let a = hub.admin.clone();
     let n = hub.network("persisted").await;
     hub.device("keep-me", n).await;
-    let nid = hub
-        .post(&a, "/device/keep-me/notification", json!({"notification": "kept"}))
-        .await
-        .expect(201)["id"]
+    let nid = hub.post(&a, "/device/keep-me/notification", json!({"notification": "kept"})).await.expect(201)["id"]
         .as_i64()
         .unwrap();
-    let cid = hub
-        .post(&a, "/device/keep-me/command", json!({"command": "kept"}))
-        .await
-        .expect(201)["id"]
-        .as_i64()
-        .unwrap();
-    hub.put(&a, &format!("/device/keep-me/command/{cid}"), json!({"status": "done"}))
-        .await
-        .expect(204);
+    let cid =
+        hub.post(&a, "/device/keep-me/command", json!({"command": "kept"})).await.expect(201)["id"].as_i64().unwrap();
+    hub.put(&a, &format!("/device/keep-me/command/{cid}"), json!({"status": "done"})).await.expect(204);
     hub.client_user("survivor", &[n]).await;
     let secret = hub.get(&a, "/configuration/jwt.secret").await.expect(200)["value"].clone();
 
     let hub = hub.restart().await;
     let a = hub.admin.clone();
     // The old token still verifies: the JWT secret was kept in the database.
-    assert_eq!(
-        hub.get(&a, "/configuration/jwt.secret").await.expect(200)["value"],
-        secret
-    );
+    assert_eq!(hub.get(&a, "/configuration/jwt.secret").await.expect(200)["value"], secret);
     assert_eq!(hub.get(&a, "/device/keep-me").await.expect(200)["networkId"], n);
-    assert_eq!(
-        hub.get(&a, &format!("/device/keep-me/notification/{nid}"))
-            .await
-            .expect(200)["notification"],
-        "kept"
-    );
-    assert_eq!(
-        hub.get(&a, &format!("/device/keep-me/command/{cid}")).await.expect(200)["status"],
-        "done"
-    );
+    assert_eq!(hub.get(&a, &format!("/device/keep-me/notification/{nid}")).await.expect(200)["notification"], "kept");
+    assert_eq!(hub.get(&a, &format!("/device/keep-me/command/{cid}")).await.expect(200)["status"], "done");
     hub.login("survivor", "client-pass-1").await;
     // Ids keep growing after a restart.
-    let nid2 = hub
-        .post(&a, "/device/keep-me/notification", json!({"notification": "after"}))
-        .await
-        .expect(201)["id"]
+    let nid2 = hub.post(&a, "/device/keep-me/notification", json!({"notification": "after"})).await.expect(201)["id"]
         .as_i64()
         .unwrap();
     assert!(nid2 > nid);

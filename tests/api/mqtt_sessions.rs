@@ -114,7 +114,8 @@ async fn persistent_session_gets_missed_commands_also_after_restart() {
     // Unconfirmed commands are owed until the device confirms them.
     assert_eq!(got, ["after-restart", "live", "missed"]);
     for name in ["after-restart", "live", "missed"] {
-        let id = hub.get(&hub.admin, &format!("/device/dev-p/command?command={name}")).await.expect(200)[0]["id"].clone();
+        let id =
+            hub.get(&hub.admin, &format!("/device/dev-p/command?command={name}")).await.expect(200)[0]["id"].clone();
         hub.put(&hub.admin, &format!("/device/dev-p/command/{id}"), json!({"status": "done"})).await.expect(204);
     }
     d.disconnect().await;
@@ -168,7 +169,10 @@ async fn presence_notifications_and_last_will() {
             ("$device-connected".to_string(), json!({"clientId": "dev-w", "cleanSession": true})),
             ("$device-disconnected".to_string(), json!({"clientId": "dev-w", "reason": "disconnect", "will": false})),
             ("$device-connected".to_string(), json!({"clientId": "dev-w", "cleanSession": true})),
-            ("$device-disconnected".to_string(), json!({"clientId": "dev-w", "reason": "connection-lost", "will": true})),
+            (
+                "$device-disconnected".to_string(),
+                json!({"clientId": "dev-w", "reason": "connection-lost", "will": true})
+            ),
         ]
     );
     // Clients may not forge them.

@@ -24,10 +24,7 @@ pub fn routes() -> Router<Arc<Hub>> {
                 get(move |s: S, a: Auth, q: Params| list(kind, s, a, q))
                     .post(move |s: S, a: Auth, u: OriginalUri, b: Body| insert(kind, path, s, a, u, b)),
             )
-            .route(
-                &format!("{path}/count"),
-                get(move |s: S, a: Auth, q: Params| count(kind, s, a, q)),
-            )
+            .route(&format!("{path}/count"), get(move |s: S, a: Auth, q: Params| count(kind, s, a, q)))
             .route(
                 &format!("{path}/{{id}}"),
                 get(move |s: S, a: Auth, i: Path<String>| get_one(kind, s, a, i))

@@ -20,18 +20,12 @@ pub fn routes() -> Router<Arc<Hub>> {
     Router::new()
         .route("/device/notification/poll", get(poll_many_notifications))
         .route("/device/command/poll", get(poll_many_commands))
-        .route(
-            "/device/{id}/notification",
-            get(query_notifications).post(insert_notification),
-        )
+        .route("/device/{id}/notification", get(query_notifications).post(insert_notification))
         .route("/device/{id}/notification/poll", get(poll_notifications))
         .route("/device/{id}/notification/{nid}", get(get_notification))
         .route("/device/{id}/command", get(query_commands).post(insert_command))
         .route("/device/{id}/command/poll", get(poll_commands))
-        .route(
-            "/device/{id}/command/{cid}",
-            get(get_command).put(update_command).delete(command_delete),
-        )
+        .route("/device/{id}/command/{cid}", get(get_command).put(update_command).delete(command_delete))
         .route("/device/{id}/command/{cid}/poll", get(wait_command))
 }
 
@@ -53,10 +47,7 @@ async fn insert_notification(
 ) -> ApiResult {
     let n = hub.notification_insert(&p, &id, &b).await?;
     let body = serde_json::json!({"id": n.id, "timestamp": crate::time::format_ms(n.timestamp)});
-    created(
-        &format!("{}/device/{id}/notification/{}", base_of(&uri, "/device/"), n.id),
-        &body,
-    )
+    created(&format!("{}/device/{id}/notification/{}", base_of(&uri, "/device/"), n.id), &body)
 }
 
 async fn get_notification(
@@ -64,9 +55,7 @@ async fn get_notification(
     Auth(p): Auth,
     Path((id, nid)): Path<(String, String)>,
 ) -> ApiResult {
-    let nid = nid
-        .parse()
-        .map_err(|_| ApiError::not_found("Requested notification not found"))?;
+    let nid = nid.parse().map_err(|_| ApiError::not_found("Requested notification not found"))?;
     ok(&hub.notification_get(&p, &id, nid).await?)
 }
 
@@ -76,8 +65,7 @@ async fn poll_notifications(
     Path(id): Path<String>,
     Params(q): Params,
 ) -> ApiResult {
-    hub.authorize_device(&p, crate::auth::Action::GetDeviceNotification, &id)
-        .await?;
+    hub.authorize_device(&p, crate::auth::Action::GetDeviceNotification, &id).await?;
     let req = hub.poll_request(EventKind::Notification, Some(&id), &q)?;
     Ok(raw_json(StatusCode::OK, hub.poll(&p, req).await?))
 }
@@ -104,10 +92,7 @@ async fn insert_command(
     Body(b): Body,
 ) -> ApiResult {
     let c = hub.command_insert(&p, &id, &b).await?;
-    created(
-        &format!("{}/device/{id}/command/{}", base_of(&uri, "/device/"), c.id),
-        &c.insert_view(),
-    )
+    created(&format!("{}/device/{id}/command/{}", base_of(&uri, "/device/"), c.id), &c.insert_view())
 }
 
 async fn get_command(
@@ -141,8 +126,7 @@ async fn poll_commands(
     Path(id): Path<String>,
     Params(q): Params,
 ) -> ApiResult {
-    hub.authorize_device(&p, crate::auth::Action::GetDeviceCommand, &id)
-        .await?;
+    hub.authorize_device(&p, crate::auth::Action::GetDeviceCommand, &id).await?;
     let req = hub.poll_request(EventKind::CommandInsert, Some(&id), &q)?;
     Ok(raw_json(StatusCode::OK, hub.poll(&p, req).await?))
 }

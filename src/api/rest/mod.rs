@@ -27,12 +27,7 @@ pub fn router() -> Router<Arc<Hub>> {
         .merge(auth_router())
         .route("/info/cache", get(info::cache))
         .route("/info/config/cluster", get(info::cluster))
-        .route(
-            "/configuration/{name}",
-            get(configuration::get)
-                .put(configuration::put)
-                .delete(configuration::delete),
-        )
+        .route("/configuration/{name}", get(configuration::get).put(configuration::put).delete(configuration::delete))
         .merge(user::routes())
         .merge(group::routes())
         .merge(device::routes())

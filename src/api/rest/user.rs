@@ -17,21 +17,10 @@ pub fn routes() -> Router<Arc<Hub>> {
         .route("/user/count", get(count))
         .route("/user/current", get(current).put(update_current))
         .route("/user/{id}", get(get_one).put(update).delete(delete))
-        .route(
-            "/user/{id}/network/{nid}",
-            get(get_network).put(assign_network).delete(unassign_network),
-        )
+        .route("/user/{id}/network/{nid}", get(get_network).put(assign_network).delete(unassign_network))
         .route("/user/{id}/devicetype", get(device_types))
-        .route(
-            "/user/{id}/devicetype/all",
-            axum::routing::put(allow_all).delete(disallow_all),
-        )
-        .route(
-            "/user/{id}/devicetype/{tid}",
-            get(get_device_type)
-                .put(assign_device_type)
-                .delete(unassign_device_type),
-        )
+        .route("/user/{id}/devicetype/all", axum::routing::put(allow_all).delete(disallow_all))
+        .route("/user/{id}/devicetype/{tid}", get(get_device_type).put(assign_device_type).delete(unassign_device_type))
 }
 
 async fn list(State(hub): State<Arc<Hub>>, Auth(p): Auth, Params(q): Params) -> ApiResult {
@@ -57,10 +46,7 @@ async fn get_one(State(hub): State<Arc<Hub>>, Auth(p): Auth, Path(id): Path<Stri
 
 async fn insert(State(hub): State<Arc<Hub>>, Auth(p): Auth, OriginalUri(uri): OriginalUri, Body(b): Body) -> ApiResult {
     let user = hub.user_insert(&p, &b).await?;
-    created(
-        &format!("{}/user/{}", base_of(&uri, "/user"), user.id),
-        &user.insert_view(),
-    )
+    created(&format!("{}/user/{}", base_of(&uri, "/user"), user.id), &user.insert_view())
 }
 
 async fn update(State(hub): State<Arc<Hub>>, Auth(p): Auth, Path(id): Path<String>, Body(b): Body) -> ApiResult {
@@ -91,8 +77,7 @@ async fn unassign_network(
     Auth(p): Auth,
     Path((id, nid)): Path<(String, String)>,
 ) -> ApiResult {
-    hub.user_assign_network(&p, path_id(&id)?, path_id(&nid)?, false)
-        .await?;
+    hub.user_assign_network(&p, path_id(&id)?, path_id(&nid)?, false).await?;
     no_content()
 }
 
@@ -123,8 +108,7 @@ async fn assign_device_type(
     Auth(p): Auth,
     Path((id, tid)): Path<(String, String)>,
 ) -> ApiResult {
-    hub.user_assign_device_type(&p, path_id(&id)?, path_id(&tid)?, true)
-        .await?;
+    hub.user_assign_device_type(&p, path_id(&id)?, path_id(&tid)?, true).await?;
     no_content()
 }
 
@@ -133,7 +117,6 @@ async fn unassign_device_type(
     Auth(p): Auth,
     Path((id, tid)): Path<(String, String)>,
 ) -> ApiResult {
-    hub.user_assign_device_type(&p, path_id(&id)?, path_id(&tid)?, false)
-        .await?;
+    hub.user_assign_device_type(&p, path_id(&id)?, path_id(&tid)?, false).await?;
     no_content()
 }
