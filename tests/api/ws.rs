@@ -37,9 +37,7 @@ impl Ws {
 
     /// Next JSON text message (pushes included), failing after 10 s.
     pub async fn recv(&mut self) -> Value {
-        self.recv_within(Duration::from_secs(10))
-            .await
-            .expect("a message within 10 s")
+        self.recv_within(Duration::from_secs(10)).await.expect("a message within 10 s")
     }
 
     pub async fn recv_within(&mut self, d: Duration) -> Option<Value> {
@@ -81,26 +79,14 @@ async fn websocket_smoke() {
         json!({"action": "device/list", "requestId": 2, "status": "error", "code": 401, "error": "Unauthorized"})
     );
     ws.send_text("{nope").await;
-    assert_eq!(
-        ws.recv().await,
-        json!({"status": "error", "code": 400, "error": "Malformed Json received."})
-    );
+    assert_eq!(ws.recv().await, json!({"status": "error", "code": 400, "error": "Malformed Json received."}));
 
     let mut ws = Ws::authenticated(&hub, &hub.admin).await;
-    let r = ws
-        .call(
-            "notification/subscribe",
-            json!({"deviceId": "e50d6085-2aba-48e9-b1c3-73c673e414be"}),
-        )
-        .await;
+    let r = ws.call("notification/subscribe", json!({"deviceId": "e50d6085-2aba-48e9-b1c3-73c673e414be"})).await;
     let sub = r["subscriptionId"].as_u64().expect("subscriptionId");
-    hub.post(
-        &hub.admin,
-        "/device/e50d6085-2aba-48e9-b1c3-73c673e414be/notification",
-        json!({"notification": "hello"}),
-    )
-    .await
-    .expect(201);
+    hub.post(&hub.admin, "/device/e50d6085-2aba-48e9-b1c3-73c673e414be/notification", json!({"notification": "hello"}))
+        .await
+        .expect(201);
     let push = ws.recv().await;
     assert_eq!(push["action"], "notification/insert");
     assert_eq!(push["subscriptionId"], sub);
