@@ -409,7 +409,7 @@ impl Conn {
                     }
                 },
                 n = self.link_rx.next() => match n {
-                    Ok(Some(n)) => self.from_router_link(n).await,
+                    Ok(Some(n)) => self.on_router_notification(n).await,
                     Ok(None) => Ok(()),
                     Err(_) => Err(End::TakenOver),
                 },
@@ -455,7 +455,7 @@ impl Conn {
                 match self.inflight.remove(&pkid) {
                     Some(Origin::Router(router_pkid)) => {
                         let ack = rq::PubAck { pkid: router_pkid, reason: rq::PubAckReason::Success };
-                        self.to_router(rq::Packet::PubAck(ack, None)).await?;
+                        self.send_to_router(rq::Packet::PubAck(ack, None)).await?;
                     }
                     Some(Origin::Hub) | None => {}
                 }
@@ -463,7 +463,7 @@ impl Conn {
             }
             Packet::PubRel(pkid) => {
                 let rel = rq::PubRel { pkid, reason: rq::PubRelReason::Success };
-                self.to_router(rq::Packet::PubRel(rel, None)).await
+                self.send_to_router(rq::Packet::PubRel(rel, None)).await
             }
             Packet::PubRec(_) | Packet::PubComp(_) => Ok(()),
             Packet::Subscribe { pkid, filters } => self.on_subscribe(pkid, filters).await,
@@ -478,7 +478,7 @@ impl Conn {
         }
     }
 
-    async fn to_router(&mut self, p: rq::Packet) -> Result<(), End> {
+    async fn send_to_router(&mut self, p: rq::Packet) -> Result<(), End> {
         self.link_tx.send(p).await.map(|_| ()).map_err(|_| End::TakenOver)
     }
 
@@ -512,7 +512,7 @@ impl Conn {
                 self.refuse_publish("plain topic not allowed", &p);
                 return Ok(());
             }
-            return self.to_router(rq::Packet::Publish(to_router(&p), None)).await;
+            return self.send_to_router(rq::Packet::Publish(to_router(&p), None)).await;
         }
         if p.topic == "dh/request" {
             self.on_request(&p).await;
@@ -636,7 +636,7 @@ impl Conn {
             return Ok(());
         }
         self.pending_subacks.insert(pkid, codes);
-        self.to_router(rq::Packet::Subscribe(rq::Subscribe { pkid, filters: plain }, None)).await
+        self.send_to_router(rq::Packet::Subscribe(rq::Subscribe { pkid, filters: plain }, None)).await
     }
 
     /// One `dh/` filter: its SUBACK code.
@@ -708,11 +708,11 @@ impl Conn {
             self.queue(&Packet::UnsubAck(pkid));
             return Ok(());
         }
-        self.to_router(rq::Packet::Unsubscribe(rq::Unsubscribe { pkid, filters: plain }, None)).await
+        self.send_to_router(rq::Packet::Unsubscribe(rq::Unsubscribe { pkid, filters: plain }, None)).await
     }
 
     /// What the router sends this client: publishes on plain topics and acknowledgements.
-    async fn from_router_link(&mut self, n: Notification) -> Result<(), End> {
+    async fn on_router_notification(&mut self, n: Notification) -> Result<(), End> {
         let packet = match Option::<rq::Packet>::from(n) {
             Some(p) => p,
             None => {
@@ -884,12 +884,12 @@ impl Conn {
                 if p.topic.starts_with("dh/") {
                     self.on_direct_publish(&Publish { qos: 0, ..p }).await;
                 } else if self.plain_allowed() {
-                    let _ = self.to_router(rq::Packet::Publish(to_router(&Publish { qos: 0, ..p }), None)).await;
+                    let _ = self.send_to_router(rq::Packet::Publish(to_router(&Publish { qos: 0, ..p }), None)).await;
                 }
             }
         }
         let bye = rq::Disconnect { reason_code: rq::DisconnectReasonCode::NormalDisconnection };
-        let _ = self.to_router(rq::Packet::Disconnect(bye, None)).await;
+        let _ = self.send_to_router(rq::Packet::Disconnect(bye, None)).await;
         let _ = self.writer.shutdown().await;
     }
 }

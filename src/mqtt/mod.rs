@@ -25,7 +25,7 @@ use crate::error::StartupError;
 use crate::hub::Hub;
 
 /// Opens a router link for a client: (client id, clean session) → link halves and the router's CONNACK.
-type LinkFactory = Box<dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), LinkError> + Send + Sync>;
+type LinkFactory = Box<dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), String> + Send + Sync>;
 
 /// State shared by every MQTT connection.
 pub struct MqttShared {
@@ -67,8 +67,12 @@ pub async fn start(hub: Arc<Hub>) -> Result<(SocketAddr, Arc<MqttShared>, JoinHa
         shared_subscriptions_strategy: Default::default(),
     };
     let router_tx = Router::new(0, router_config).spawn();
-    let open_link: LinkFactory =
-        Box::new(move |client_id, clean| LinkBuilder::new(client_id, router_tx.clone()).clean_session(clean).build());
+    let open_link: LinkFactory = Box::new(move |client_id, clean| {
+        LinkBuilder::new(client_id, router_tx.clone())
+            .clean_session(clean)
+            .build()
+            .map_err(|e: LinkError| e.to_string())
+    });
     let shared = Arc::new(MqttShared {
         hub: hub.clone(),
         open_link,
