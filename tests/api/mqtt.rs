@@ -77,6 +77,7 @@ impl Mqtt {
         tokio::time::timeout(Duration::from_secs(10), self.rx.recv()).await.expect("a publish within 10 s").unwrap()
     }
 
+    #[allow(dead_code)]
     pub async fn recv_within(&mut self, d: Duration) -> Option<(String, Value)> {
         tokio::time::timeout(d, self.rx.recv()).await.ok().flatten()
     }
