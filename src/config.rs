@@ -29,6 +29,7 @@ pub enum PlainTopics {
 pub struct MqttSettings {
     pub enabled: bool,
     pub listen: String,
+    pub ws_listen: String,
     pub allow_anonymous: bool,
     pub plain_topics: PlainTopics,
     pub max_connections: usize,

@@ -35,6 +35,8 @@ pub struct App {
     pub http_addr: SocketAddr,
     /// The MQTT listener, when `[mqtt] enabled`.
     pub mqtt_addr: Option<SocketAddr>,
+    /// The MQTT-over-WebSocket listener, when `[mqtt] ws_listen` is set.
+    pub mqtt_ws_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -79,7 +81,8 @@ impl App {
         });
         tracing::info!(%http_addr, "hivehub listening");
         let mqtt = if hub.settings.mqtt.enabled { Some(mqtt::start(hub.clone()).await?) } else { None };
-        let mqtt_addr = mqtt.as_ref().map(|(addr, _, _)| *addr);
+        let mqtt_addr = mqtt.as_ref().map(|b| b.addr);
+        let mqtt_ws_addr = mqtt.as_ref().and_then(|b| b.ws_addr);
 
         let mut stop = shutdown_rx;
         let task = tokio::spawn(async move {
@@ -87,7 +90,7 @@ impl App {
                 let _ = stop.wait_for(|s| *s).await;
             })
             .await;
-            if let Some((_, shared, accept)) = mqtt {
+            if let Some(mqtt::Broker { shared, accept, .. }) = mqtt {
                 let _ = accept.await;
                 // MQTT connections close on the shutdown signal; let in-flight inserts finish.
                 for _ in 0..500 {
@@ -104,7 +107,7 @@ impl App {
             store.close().await;
             tracing::info!("hivehub stopped");
         });
-        Ok(App { http_addr, mqtt_addr, shutdown, task })
+        Ok(App { http_addr, mqtt_addr, mqtt_ws_addr, shutdown, task })
     }
 
     /// Stops accepting, finishes in-flight requests (long polls return at once), flushes pending

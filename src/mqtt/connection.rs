@@ -15,8 +15,7 @@ use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol as rq;
 use rumqttd::Notification;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
@@ -87,8 +86,8 @@ enum End {
 struct Conn {
     shared: Arc<MqttShared>,
     client_id: String,
-    reader: OwnedReadHalf,
-    writer: OwnedWriteHalf,
+    reader: Reader,
+    writer: Writer,
     rbuf: BytesMut,
     wbuf: BytesMut,
     link_tx: LinkTx,
@@ -121,10 +120,19 @@ struct Conn {
 
 const RECENT_EVENTS: usize = 512;
 
+pub type Reader = Box<dyn AsyncRead + Unpin + Send + Sync>;
+pub type Writer = Box<dyn AsyncWrite + Unpin + Send + Sync>;
+
+/// Serves a plain TCP connection.
 pub async fn run(shared: Arc<MqttShared>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
+    let (reader, writer) = stream.into_split();
+    run_io(shared, Box::new(reader), Box::new(writer)).await;
+}
+
+/// Serves one MQTT connection over any byte stream (TCP, TLS, WebSocket).
+pub async fn run_io(shared: Arc<MqttShared>, mut reader: Reader, mut writer: Writer) {
     let settings = shared.hub.settings.mqtt.clone();
-    let (mut reader, mut writer) = stream.into_split();
     let mut rbuf = BytesMut::with_capacity(256);
 
     // CONNECT must come first, and soon.
@@ -296,7 +304,7 @@ fn looks_like_jwt(s: &str) -> bool {
     s.starts_with("eyJ") && s.matches('.').count() == 2
 }
 
-async fn write_packet(writer: &mut OwnedWriteHalf, p: &Packet) -> std::io::Result<()> {
+async fn write_packet(writer: &mut Writer, p: &Packet) -> std::io::Result<()> {
     let mut out = BytesMut::new();
     codec::encode(p, &mut out);
     writer.write_all(&out).await

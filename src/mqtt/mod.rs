@@ -9,6 +9,7 @@
 pub mod codec;
 mod connection;
 pub mod topics;
+mod websocket;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -49,7 +50,16 @@ impl MqttShared {
 }
 
 /// Starts the router and the listener; returns the bound address and the accept task.
-pub async fn start(hub: Arc<Hub>) -> Result<(SocketAddr, Arc<MqttShared>, JoinHandle<()>), StartupError> {
+/// A started broker.
+pub struct Broker {
+    pub addr: SocketAddr,
+    /// The MQTT-over-WebSocket listener, when configured.
+    pub ws_addr: Option<SocketAddr>,
+    pub shared: Arc<MqttShared>,
+    pub accept: JoinHandle<()>,
+}
+
+pub async fn start(hub: Arc<Hub>) -> Result<Broker, StartupError> {
     let settings = hub.settings.mqtt.clone();
     let listener = TcpListener::bind(&settings.listen)
         .await
@@ -82,6 +92,10 @@ pub async fn start(hub: Arc<Hub>) -> Result<(SocketAddr, Arc<MqttShared>, JoinHa
         dropped_publishes: AtomicU64::new(0),
     });
     tracing::info!(%addr, "MQTT broker listening");
+    let ws_addr = match settings.ws_listen.is_empty() {
+        true => None,
+        false => Some(websocket::start(shared.clone(), &settings.ws_listen).await?),
+    };
     let accept_shared = shared.clone();
     let task = tokio::spawn(async move {
         loop {
@@ -111,5 +125,5 @@ pub async fn start(hub: Arc<Hub>) -> Result<(SocketAddr, Arc<MqttShared>, JoinHa
             });
         }
     });
-    Ok((addr, shared, task))
+    Ok(Broker { addr, ws_addr, shared, accept: task })
 }

@@ -161,3 +161,10 @@ impl TestHub {
         self.app.as_ref().unwrap().mqtt_addr.expect("MQTT enabled")
     }
 }
+
+impl TestHub {
+    /// The MQTT-over-WebSocket listener's address (start with `s.mqtt.ws_listen = "127.0.0.1:0"`).
+    pub fn mqtt_ws_addr(&self) -> std::net::SocketAddr {
+        self.app.as_ref().unwrap().mqtt_ws_addr.expect("MQTT over WebSocket enabled")
+    }
+}

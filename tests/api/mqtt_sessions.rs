@@ -195,3 +195,75 @@ async fn a_second_connect_with_the_same_client_id_takes_over() {
     assert_eq!(first.next(Duration::from_millis(500)).await, None);
     assert!(first.task.is_finished() || tokio::time::timeout(Duration::from_secs(5), &mut first.task).await.is_ok());
 }
+
+#[tokio::test]
+async fn mqtt_over_websocket_speaks_the_same_protocol() {
+    use bytes::BytesMut;
+    use futures_util::{SinkExt, StreamExt};
+    use hivehub::mqtt::codec::{self, Connect, Packet, Publish};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let hub = TestHub::start_with(|s| s.mqtt.ws_listen = "127.0.0.1:0".into()).await;
+    let addr = hub.mqtt_ws_addr();
+    let mut request = format!("ws://{addr}/mqtt").into_client_request().unwrap();
+    request.headers_mut().insert("Sec-WebSocket-Protocol", "mqtt".parse().unwrap());
+    let (mut ws, response) = tokio_tungstenite::connect_async(request).await.expect("websocket connects");
+    assert_eq!(response.headers().get("sec-websocket-protocol").unwrap(), "mqtt");
+
+    let send = |p: Packet| {
+        let mut out = BytesMut::new();
+        codec::encode(&p, &mut out);
+        Message::Binary(out.freeze())
+    };
+    let mut inbox = BytesMut::new();
+    async fn next_packet(
+        ws: &mut (impl StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin),
+        inbox: &mut BytesMut,
+    ) -> Packet {
+        loop {
+            if let Some(p) = codec::decode(inbox, 1 << 20).unwrap() {
+                return p;
+            }
+            match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap().unwrap().unwrap() {
+                Message::Binary(b) => inbox.extend_from_slice(&b),
+                _ => {}
+            }
+        }
+    }
+    ws.send(send(Packet::Connect(Box::new(Connect {
+        protocol_level: 4,
+        client_id: "browser-1".into(),
+        clean_session: true,
+        keep_alive: 30,
+        username: Some(ADMIN_LOGIN.into()),
+        password: Some(ADMIN_PASSWORD.as_bytes().to_vec().into()),
+        will: None,
+    }))))
+    .await
+    .unwrap();
+    assert_eq!(next_packet(&mut ws, &mut inbox).await, Packet::ConnAck { session_present: false, code: 0 });
+    ws.send(send(Packet::Subscribe { pkid: 1, filters: vec![("dh/response/server/info@browser-1".into(), 1)] }))
+        .await
+        .unwrap();
+    assert_eq!(next_packet(&mut ws, &mut inbox).await, Packet::SubAck { pkid: 1, codes: vec![1] });
+    let request = json!({"action": "server/info", "requestId": 9}).to_string();
+    ws.send(send(Packet::Publish(Publish {
+        dup: false,
+        qos: 0,
+        retain: false,
+        topic: "dh/request".into(),
+        pkid: 0,
+        payload: request.into_bytes().into(),
+    })))
+    .await
+    .unwrap();
+    match next_packet(&mut ws, &mut inbox).await {
+        Packet::Publish(p) => {
+            assert_eq!(p.topic, "dh/response/server/info@browser-1");
+            let v: Value = serde_json::from_slice(&p.payload).unwrap();
+            assert_eq!((v["status"].as_str(), v["requestId"].as_i64()), (Some("success"), Some(9)));
+        }
+        other => panic!("expected the response, got {other:?}"),
+    }
+}

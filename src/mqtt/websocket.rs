@@ -1,0 +1,70 @@
+//! MQTT over WebSocket (`ws://host:port/mqtt`, subprotocol `mqtt`) for browser clients such as
+//! MQTT.js: binary WebSocket messages carry the MQTT byte stream into the same connection loop as TCP.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::{connection, MqttShared};
+use crate::error::StartupError;
+
+pub async fn start(shared: Arc<MqttShared>, listen: &str) -> Result<SocketAddr, StartupError> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| StartupError(format!("cannot listen for MQTT/WebSocket on {listen}: {e}")))?;
+    let addr = listener.local_addr().map_err(|e| StartupError(e.to_string()))?;
+    let hub = shared.hub.clone();
+    let app = Router::new().route("/mqtt", get(upgrade)).with_state(shared);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).with_graceful_shutdown(async move { hub.shutting_down().await }).await;
+    });
+    tracing::info!(%addr, "MQTT over WebSocket listening on /mqtt");
+    Ok(addr)
+}
+
+async fn upgrade(State(shared): State<Arc<MqttShared>>, ws: WebSocketUpgrade) -> Response {
+    let max = shared.hub.settings.mqtt.max_packet_bytes;
+    ws.protocols(["mqtt"]).max_message_size(max).on_upgrade(move |socket| bridge(shared, socket))
+}
+
+/// Pumps WebSocket binary messages to and from an in-memory byte stream served by the MQTT edge.
+async fn bridge(shared: Arc<MqttShared>, socket: WebSocket) {
+    if shared.connections.load(Ordering::Relaxed) >= shared.hub.settings.mqtt.max_connections {
+        return;
+    }
+    shared.connections.fetch_add(1, Ordering::Relaxed);
+    let (edge_side, mut pump_side) = tokio::io::duplex(16 * 1024);
+    let (reader, writer) = tokio::io::split(edge_side);
+    let edge = tokio::spawn(connection::run_io(shared.clone(), Box::new(reader), Box::new(writer)));
+    let (mut ws_tx, mut ws_rx) = socket.split();
+    let mut buf = vec![0u8; 8 * 1024];
+    loop {
+        tokio::select! {
+            m = ws_rx.next() => match m {
+                Some(Ok(Message::Binary(b))) => {
+                    if pump_side.write_all(&b).await.is_err() { break; }
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Text(_))) => {}
+                _ => break,
+            },
+            n = pump_side.read(&mut buf) => match n {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if ws_tx.send(Message::Binary(buf[..n].to_vec().into())).await.is_err() { break; }
+                }
+            },
+        }
+    }
+    drop(pump_side);
+    let _ = edge.await;
+    shared.connections.fetch_sub(1, Ordering::Relaxed);
+}
