@@ -34,7 +34,8 @@ fn main() {
 fn serve(config: Option<String>) {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn,rumqttd=off".into()),
         )
         .init();
     let settings = match Settings::load(config.as_deref()) {

@@ -873,12 +873,15 @@ impl Conn {
         }
         let will = end != End::Clean && self.will.is_some();
         let reason = end.reason();
-        let now = crate::time::now_ms();
-        if let Err(e) = self.shared.hub.store.mqtt_session_disconnected(&self.client_id, now, reason).await {
-            tracing::warn!(client_id = %self.client_id, error = %e, "cannot record MQTT disconnect");
+        // After a takeover the session lives on in the new connection: it is not a disconnect.
+        if end != End::TakenOver {
+            let now = crate::time::now_ms();
+            if let Err(e) = self.shared.hub.store.mqtt_session_disconnected(&self.client_id, now, reason).await {
+                tracing::warn!(client_id = %self.client_id, error = %e, "cannot record MQTT disconnect");
+            }
+            let client_id = self.client_id.clone();
+            self.presence(false, json!({"clientId": client_id, "reason": reason, "will": will})).await;
         }
-        let client_id = self.client_id.clone();
-        self.presence(false, json!({"clientId": client_id, "reason": reason, "will": will})).await;
         if end != End::Clean {
             if let Some(will) = self.will.take() {
                 let p = Publish {
