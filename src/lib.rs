@@ -37,6 +37,8 @@ pub struct App {
     pub mqtt_addr: Option<SocketAddr>,
     /// The MQTT-over-WebSocket listener, when `[mqtt] ws_listen` is set.
     pub mqtt_ws_addr: Option<SocketAddr>,
+    /// The MQTT-over-TLS listener, when `[mqtt] tls_listen` is set.
+    pub mqtt_tls_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -83,6 +85,7 @@ impl App {
         let mqtt = if hub.settings.mqtt.enabled { Some(mqtt::start(hub.clone()).await?) } else { None };
         let mqtt_addr = mqtt.as_ref().map(|b| b.addr);
         let mqtt_ws_addr = mqtt.as_ref().and_then(|b| b.ws_addr);
+        let mqtt_tls_addr = mqtt.as_ref().and_then(|b| b.tls_addr);
 
         let mut stop = shutdown_rx;
         let task = tokio::spawn(async move {
@@ -107,7 +110,7 @@ impl App {
             store.close().await;
             tracing::info!("hivehub stopped");
         });
-        Ok(App { http_addr, mqtt_addr, mqtt_ws_addr, shutdown, task })
+        Ok(App { http_addr, mqtt_addr, mqtt_ws_addr, mqtt_tls_addr, shutdown, task })
     }
 
     /// Stops accepting, finishes in-flight requests (long polls return at once), flushes pending

@@ -8,6 +8,7 @@
 
 pub mod codec;
 mod connection;
+mod tls;
 pub mod topics;
 mod websocket;
 
@@ -55,6 +56,8 @@ pub struct Broker {
     pub addr: SocketAddr,
     /// The MQTT-over-WebSocket listener, when configured.
     pub ws_addr: Option<SocketAddr>,
+    /// The MQTT-over-TLS listener, when configured.
+    pub tls_addr: Option<SocketAddr>,
     pub shared: Arc<MqttShared>,
     pub accept: JoinHandle<()>,
 }
@@ -125,5 +128,9 @@ pub async fn start(hub: Arc<Hub>) -> Result<Broker, StartupError> {
             });
         }
     });
-    Ok(Broker { addr, ws_addr, shared, accept: task })
+    let tls_addr = match settings.tls_listen.is_empty() {
+        true => None,
+        false => Some(tls::start(shared.clone()).await?),
+    };
+    Ok(Broker { addr, ws_addr, tls_addr, shared, accept: task })
 }

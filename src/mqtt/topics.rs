@@ -153,13 +153,31 @@ pub fn message_topic(kind: EventKind, message: &Message) -> String {
     };
     let id = |v: Option<i64>| v.map(|i| i.to_string()).unwrap_or_default();
     match message {
-        Message::Notification(n) => {
-            format!("dh/{kind}/{}/{}/{}/{}", id(n.network_id), id(n.device_type_id), n.device_id, n.notification)
-        }
-        Message::Command(c) => {
-            format!("dh/{kind}/{}/{}/{}/{}", id(c.network_id), id(c.device_type_id), c.device_id, c.command)
-        }
+        Message::Notification(n) => format!(
+            "dh/{kind}/{}/{}/{}/{}",
+            id(n.network_id),
+            id(n.device_type_id),
+            n.device_id,
+            name_level(&n.notification)
+        ),
+        Message::Command(c) => format!(
+            "dh/{kind}/{}/{}/{}/{}",
+            id(c.network_id),
+            id(c.device_type_id),
+            c.device_id,
+            name_level(&c.command)
+        ),
     }
+}
+
+/// A message name as a topic level. Names are free text, but a PUBLISH topic must not contain the
+/// wildcards `+` `#` or U+0000 (MQTT 3.1.1 §4.7.1, §4.7.3; strict clients disconnect on them), so
+/// those are percent-encoded. Everything else (including `/`, as in the reference) stays as it is.
+fn name_level(name: &str) -> std::borrow::Cow<'_, str> {
+    if !name.contains(['+', '#', '\0']) {
+        return name.into();
+    }
+    name.replace('+', "%2B").replace('#', "%23").replace('\0', "%00").into()
 }
 
 #[cfg(test)]
@@ -205,6 +223,13 @@ mod tests {
         ] {
             assert_eq!(parse_filter(bad), DhFilter::Forbidden, "{bad}");
         }
+    }
+
+    #[test]
+    fn message_names_never_put_wildcards_into_topics() {
+        assert_eq!(name_level("temp"), "temp");
+        assert_eq!(name_level("a/b"), "a/b");
+        assert_eq!(name_level("a+b#c\0d"), "a%2Bb%23c%00d");
     }
 
     #[test]

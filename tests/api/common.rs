@@ -168,3 +168,10 @@ impl TestHub {
         self.app.as_ref().unwrap().mqtt_ws_addr.expect("MQTT over WebSocket enabled")
     }
 }
+
+impl TestHub {
+    /// The MQTT-over-TLS listener's address (start with `s.mqtt.tls_listen` and the fixture files).
+    pub fn mqtt_tls_addr(&self) -> std::net::SocketAddr {
+        self.app.as_ref().unwrap().mqtt_tls_addr.expect("MQTT over TLS enabled")
+    }
+}

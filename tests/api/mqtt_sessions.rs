@@ -267,3 +267,61 @@ async fn mqtt_over_websocket_speaks_the_same_protocol() {
         other => panic!("expected the response, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn mqtt_over_tls() {
+    use std::sync::Arc;
+
+    use bytes::BytesMut;
+    use hivehub::mqtt::codec::{self, Connect, Packet};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::pki_types::ServerName;
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let hub = TestHub::start_with(|s| {
+        s.mqtt.tls_listen = "127.0.0.1:0".into();
+        s.mqtt.tls_cert_file = format!("{fixtures}/mqtt-test-cert.pem");
+        s.mqtt.tls_key_file = format!("{fixtures}/mqtt-test-key.pem");
+    })
+    .await;
+    let pem = std::fs::read(format!("{fixtures}/mqtt-test-ca.pem")).unwrap();
+    let mut roots = RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(hub.mqtt_tls_addr()).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS handshake with the hub's certificate");
+
+    let mut out = BytesMut::new();
+    let connect = |password: &str| {
+        Packet::Connect(Box::new(Connect {
+            protocol_level: 4,
+            client_id: "tls-1".into(),
+            clean_session: true,
+            keep_alive: 30,
+            username: Some(ADMIN_LOGIN.into()),
+            password: Some(password.as_bytes().to_vec().into()),
+            will: None,
+        }))
+    };
+    codec::encode(&connect(ADMIN_PASSWORD), &mut out);
+    tls.write_all(&out).await.unwrap();
+    let mut inbox = BytesMut::new();
+    let connack = loop {
+        if let Some(p) = codec::decode(&mut inbox, 1 << 16).unwrap() {
+            break p;
+        }
+        assert!(tls.read_buf(&mut inbox).await.unwrap() > 0, "connection closed before CONNACK");
+    };
+    assert_eq!(connack, Packet::ConnAck { session_present: false, code: 0 });
+}
