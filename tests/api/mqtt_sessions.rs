@@ -225,9 +225,9 @@ async fn mqtt_over_websocket_speaks_the_same_protocol() {
             if let Some(p) = codec::decode(inbox, 1 << 20).unwrap() {
                 return p;
             }
-            match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap().unwrap().unwrap() {
-                Message::Binary(b) => inbox.extend_from_slice(&b),
-                _ => {}
+            let message = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap().unwrap().unwrap();
+            if let Message::Binary(b) = message {
+                inbox.extend_from_slice(&b);
             }
         }
     }
