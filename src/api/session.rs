@@ -158,6 +158,7 @@ impl Session {
     pub fn unsubscribe(&mut self, notification: bool, req: &Value) -> Result<Map<String, Value>> {
         let action = if notification { Action::GetDeviceNotification } else { Action::GetDeviceCommand };
         self.principal.require(action)?;
+        self.prune();
         let is_type = |k: EventKind| (k == EventKind::Notification) == notification;
         match Fields::of(req)?.i64("subscriptionId")? {
             Some(id) => {
@@ -181,8 +182,14 @@ impl Session {
         Ok(Map::new())
     }
 
+    /// Forgets subscriptions the bus ended on its own (their device was deleted).
+    fn prune(&mut self) {
+        let bus = &self.hub.bus;
+        self.subs.retain(|id, _| bus.is_subscribed(*id));
+    }
+
     /// `subscription/list`.
-    pub fn list(&self, req: &Value) -> Result<Map<String, Value>> {
+    pub fn list(&mut self, req: &Value) -> Result<Map<String, Value>> {
         let p = &self.principal;
         p.user.as_ref().ok_or_else(ApiError::unauthorized)?;
         let can_n = p.actions.contains(Action::GetDeviceNotification);
@@ -191,6 +198,7 @@ impl Session {
             return Err(ApiError::access_denied());
         }
         let wanted = Fields::of(req)?.text("type")?;
+        self.prune();
         let mut subs: Vec<(&u64, &SubState)> = self
             .subs
             .iter()

@@ -12,7 +12,8 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::{SendTimeoutError, TrySendError};
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use super::actions;
@@ -23,6 +24,44 @@ pub async fn upgrade(State(hub): State<Arc<Hub>>, headers: HeaderMap, ws: WebSoc
     let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("localhost").to_string();
     let limit = hub.settings.websocket.max_message_bytes;
     ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| run_session(hub, socket, host))
+}
+
+/// Hands a session's outgoing messages to its writer task.
+struct Outbox<'a> {
+    tx: &'a mpsc::Sender<Message>,
+    /// Notified by the bus when the session's delivery queue overflowed (deliveries were dropped).
+    overflow: &'a Notify,
+    hub: &'a Hub,
+    /// How long a full queue may stay full before the client counts as not reading.
+    grace: Duration,
+}
+
+impl Outbox<'_> {
+    /// Queues `texts` in order. A full queue is not yet a verdict: a reading client drains it while
+    /// a burst larger than the queue (a history replay, a multi-row commit) is handed over. The
+    /// client counts as not reading when the queue stays full for `grace`, or when its delivery
+    /// queue overflows meanwhile — deliveries were then dropped and the session cannot go on
+    /// without a gap.
+    async fn send_all(&self, texts: Vec<String>) -> Result<(), End> {
+        for text in texts {
+            let msg = Message::Text(Utf8Bytes::from(text));
+            let msg = match self.tx.try_send(msg) {
+                Ok(()) => continue,
+                Err(TrySendError::Closed(_)) => return Err(End::ClientClosed),
+                Err(TrySendError::Full(msg)) => msg,
+            };
+            tokio::select! {
+                sent = self.tx.send_timeout(msg, self.grace) => match sent {
+                    Ok(()) => {}
+                    Err(SendTimeoutError::Timeout(_)) => return Err(End::NotReading),
+                    Err(SendTimeoutError::Closed(_)) => return Err(End::ClientClosed),
+                },
+                _ = self.overflow.notified() => return Err(End::NotReading),
+                _ = self.hub.shutting_down() => return Err(End::Shutdown),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Why a session ended, for the log.
@@ -56,7 +95,7 @@ async fn run_session(hub: Arc<Hub>, socket: WebSocket, host: String) {
     let (mut session, mut deliveries, overflow) = Session::new(hub.clone(), host, settings.queue_capacity);
     let mut last_heard = Instant::now();
     let mut liveness = tokio::time::interval(ping_every);
-    let send = |text: String| out_tx.try_send(Message::Text(Utf8Bytes::from(text))).is_ok();
+    let out = Outbox { tx: &out_tx, overflow: &overflow, hub: &hub, grace: ping_every * 2 };
 
     let end = loop {
         tokio::select! {
@@ -72,16 +111,15 @@ async fn run_session(hub: Arc<Hub>, socket: WebSocket, host: String) {
                     Ok(request) => actions::handle(&mut session, &request).await,
                     Err(_) => actions::handle(&mut session, &Value::Null).await,
                 };
-                if !send(response.to_string()) {
-                    break End::NotReading;
-                }
-                if !session.take_pending().into_iter().all(send) {
-                    break End::NotReading;
+                let mut texts = vec![response.to_string()];
+                texts.extend(session.take_pending());
+                if let Err(end) = out.send_all(texts).await {
+                    break end;
                 }
             }
             Some(delivery) = deliveries.recv() => {
-                if !session.pushes(&delivery).into_iter().all(send) {
-                    break End::NotReading;
+                if let Err(end) = out.send_all(session.pushes(&delivery)).await {
+                    break end;
                 }
             }
             _ = overflow.notified() => break End::NotReading,

@@ -179,6 +179,29 @@ impl Bus {
         true
     }
 
+    /// Ends every subscription pinned to `device_id` (§9.3: a deleted device's subscriptions must not
+    /// match a later device of the same id). Their sinks are dropped, so a long poll waiting on one
+    /// of them returns at once. Returns how many ended.
+    pub fn end_device_subscriptions(&self, device_id: &str) -> usize {
+        let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ended = 0;
+        for kind in [EventKind::Notification, EventKind::CommandInsert, EventKind::CommandUpdate] {
+            let Some(ids) = reg.index.remove(&IndexKey::Device(kind, device_id.to_string())) else {
+                continue;
+            };
+            for id in ids {
+                reg.subs.remove(&id);
+                ended += 1;
+            }
+        }
+        ended
+    }
+
+    /// Whether subscription `id` is still registered.
+    pub fn is_subscribed(&self, id: u64) -> bool {
+        self.registry.lock().unwrap_or_else(|e| e.into_inner()).subs.contains_key(&id)
+    }
+
     /// Like `subscribe`, but the subscription ends when the returned guard is dropped.
     pub fn subscribe_scoped(self: &Arc<Self>, kind: EventKind, filter: MessageFilter, sink: Sink) -> SubscriptionGuard {
         let id = self.subscribe(kind, filter, sink);

@@ -68,6 +68,8 @@ impl Hub {
     pub async fn device_delete(&self, principal: &Principal, id: &str) -> Result<()> {
         self.authorize_device(principal, Action::RegisterDevice, id).await?;
         self.store.device_delete(id).await?;
+        // §9.3: subscriptions pinned to the deleted device must not match a new device of that id.
+        self.bus.end_device_subscriptions(id);
         Ok(())
     }
 

@@ -179,17 +179,19 @@ impl Hub {
     pub async fn group_delete(&self, kind: GroupKind, principal: &Principal, id: i64, force: bool) -> Result<()> {
         self.require_group(kind, principal, words(kind).manage, id)?;
         self.store.group_get(kind, id).await?.ok_or_else(|| not_found(kind, id))?;
-        if !force {
-            let devices = self.store.devices_in_group(kind, id, &crate::store::DeviceScope::everything()).await?;
-            if !devices.is_empty() {
-                let ids: Vec<&str> = devices.iter().map(|d| d.id.as_str()).collect();
-                return Err(ApiError::bad_request(format!(
-                    "There are the following devices within this {}: {}. Please review and delete them first.",
-                    words(kind).has_devices,
-                    ids.join(", ")
-                )));
-            }
+        let devices = self.store.devices_in_group(kind, id, &crate::store::DeviceScope::everything()).await?;
+        if !force && !devices.is_empty() {
+            let ids: Vec<&str> = devices.iter().map(|d| d.id.as_str()).collect();
+            return Err(ApiError::bad_request(format!(
+                "There are the following devices within this {}: {}. Please review and delete them first.",
+                words(kind).has_devices,
+                ids.join(", ")
+            )));
         }
-        self.store.group_delete(kind, id).await
+        self.store.group_delete(kind, id).await?;
+        for d in &devices {
+            self.bus.end_device_subscriptions(&d.id);
+        }
+        Ok(())
     }
 }
