@@ -1,10 +1,13 @@
-//! Benchmarks of a real hivehub started in-process on 127.0.0.1:0 with a fresh temporary SQLite database.
+//! Benchmarks of a real hivehub started in-process on 127.0.0.1:0 with a fresh temporary SQLite database
+//! (and, for the connection and broker-comparison scenarios, of a hub and a Mosquitto broker started as
+//! child processes, so their memory can be read from `/proc/<pid>/status`).
 //!
 //! ```text
 //! cargo run --release --example bench                 # every scenario
 //! cargo run --release --example bench -- inserts      # one scenario (several may be named)
 //! cargo run --release --example bench -- --seconds 5 longpoll
 //! BENCH_SECONDS=30 cargo run --release --example bench -- inserts
+//! cargo run --release --example bench -- --help       # every knob (each also has a BENCH_* variable)
 //! ```
 //!
 //! Scenarios (one `async fn` each, listed in [`SCENARIOS`]):
@@ -12,23 +15,41 @@
 //!   latency, and a check that the stored notifications are exactly the ones answered 201.
 //! - `longpoll`: many long-pollers on one device, one notification inserted at a time; time until each
 //!   poller has the notification.
+//! - `ws`: REST insert -> WebSocket push latency with 100 and 1,000 subscribed sessions, and the push
+//!   delivery rate under a writer inserting as fast as it can (every push counted, none may be lost).
+//! - `mqtt-latency`: an MQTT device publishes QoS1 notifications to its `dh/notification/...` topic;
+//!   time until a WebSocket subscriber (and an MQTT subscriber) has the push, and until the PUBACK.
+//! - `mqtt-ingest`: several device connections publish notifications as fast as they can, QoS0 then
+//!   QoS1; stored notifications per second, checked through the REST query API.
+//! - `mqtt-connect`: a hub in a child process; authenticated CONNECT -> CONNACK per second (JWT as the
+//!   password, and login/password, which hashes Argon2 per connect) and RSS per idle connection.
+//! - `mosquitto`: plain-topic MQTT (fan-in throughput QoS0/QoS1, publish -> subscriber latency, connects
+//!   per second, RSS per idle connection) against Mosquitto and against the hub, both as child processes
+//!   driven by the same client code; prints a side-by-side table.
 //!
-//! The load generator shares the process (and the tokio runtime) with the hub, so on a small machine
-//! the figures include the clients' own CPU cost. Set `RUST_LOG=hivehub=debug` to see the hub's log
-//! (default: warnings and errors only).
+//! The in-process scenarios share the process (and the tokio runtime) with the hub, so on a small
+//! machine the figures include the clients' own CPU cost; in the child-process scenarios the broker has
+//! its own process but still shares the machine's CPUs with the load generator. Set
+//! `RUST_LOG=hivehub=debug` to see the hub's log (default: warnings and errors only). The bench raises
+//! its own open-file limit with `prlimit` when it can (children inherit it); otherwise run
+//! `ulimit -n 65536` first.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::error::Error;
 use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
 use hivehub::config::Settings;
 use hivehub::App;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Semaphore};
+use tokio_tungstenite::tungstenite::Message;
 
 type BenchResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
@@ -39,12 +60,26 @@ const ADMIN_PASSWORD: &str = "bench-admin-pass-1";
 const SCENARIOS: &[(&str, &str)] = &[
     ("inserts", "concurrent REST notification inserts: throughput, latency, stored == acknowledged"),
     ("longpoll", "long-poll wake-up latency: N pollers on one device, one insert at a time"),
+    ("ws", "REST insert -> WebSocket push: latency with 100 / 1,000 sessions, deliveries/s, none lost"),
+    ("mqtt-latency", "MQTT device QoS1 publish -> stored -> WebSocket (and MQTT) push latency"),
+    ("mqtt-ingest", "MQTT notification ingest/s over several device connections, QoS0 and QoS1, verified"),
+    ("mqtt-connect", "hub child process: authenticated MQTT connects/s (JWT, login), RSS per idle connection"),
+    ("mosquitto", "plain-topic MQTT: Mosquitto vs hub (child processes), side-by-side table"),
 ];
+
+/// Set in the environment of the hub child process the bench starts for `mqtt-connect` and `mosquitto`.
+const CHILD_HUB_ENV: &str = "BENCH_CHILD_HUB";
+
+/// Description of a scenario for its heading.
+fn describe(name: &str) -> &'static str {
+    SCENARIOS.iter().find(|(n, _)| *n == name).map(|(_, d)| *d).unwrap_or("")
+}
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "hivehub benchmarks (in-process hub, temporary SQLite database)")]
 struct Opts {
-    /// Scenarios to run: `inserts`, `longpoll`, or `all` (default).
+    /// Scenarios to run: `inserts`, `longpoll`, `ws`, `mqtt-latency`, `mqtt-ingest`, `mqtt-connect`,
+    /// `mosquitto`, or `all` (default).
     scenarios: Vec<String>,
     /// Duration of the insert scenario in seconds [env BENCH_SECONDS, default 10].
     #[arg(long)]
@@ -65,6 +100,60 @@ struct Opts {
     /// registered every waiter before the notification commits [env BENCH_SETTLE_MS, default 50].
     #[arg(long)]
     settle_ms: Option<u64>,
+    /// WebSocket session counts of the ws scenario, comma separated [env BENCH_WS_SESSIONS, default 100,1000].
+    #[arg(long)]
+    ws_sessions: Option<String>,
+    /// Latency rounds of the ws scenario, one REST insert each [env BENCH_WS_ROUNDS, default 100].
+    #[arg(long)]
+    ws_rounds: Option<usize>,
+    /// Seconds of the ws delivery-rate phase [env BENCH_WS_SECONDS, default 5].
+    #[arg(long)]
+    ws_seconds: Option<u64>,
+    /// Concurrent REST writers (one connection each) of the ws delivery-rate phase [env BENCH_WS_WRITERS, default 4].
+    #[arg(long)]
+    ws_writers: Option<usize>,
+    /// What the ws sessions subscribe to: `device` or `network` [env BENCH_WS_SUBSCRIBE, default device].
+    #[arg(long)]
+    ws_subscribe: Option<String>,
+    /// Messages of each MQTT latency measurement [env BENCH_MQTT_MESSAGES, default 3000].
+    #[arg(long)]
+    mqtt_messages: Option<usize>,
+    /// Publish rate of the MQTT latency measurements in msg/s [env BENCH_MQTT_RATE, default 500].
+    #[arg(long)]
+    mqtt_rate: Option<u64>,
+    /// Seconds of each MQTT throughput phase (mqtt-ingest, mosquitto fan-in) [env BENCH_MQTT_SECONDS, default 5].
+    #[arg(long)]
+    mqtt_seconds: Option<u64>,
+    /// Concurrent MQTT publisher connections (mqtt-ingest devices, fan-in publishers) [env BENCH_MQTT_PUBLISHERS, default 8].
+    #[arg(long)]
+    mqtt_publishers: Option<usize>,
+    /// Unacknowledged QoS1 publishes per publisher connection [env BENCH_MQTT_WINDOW, default 64].
+    #[arg(long)]
+    mqtt_window: Option<usize>,
+    /// Concurrent connectors of the connect-rate measurements (JWT / anonymous) [env BENCH_CONNECTORS, default 200].
+    #[arg(long)]
+    connectors: Option<usize>,
+    /// Concurrent connectors of the login/password (Argon2) connect-rate measurement [env BENCH_LOGIN_CONNECTORS, default 32].
+    #[arg(long)]
+    login_connectors: Option<usize>,
+    /// Seconds of each connect-rate phase [env BENCH_CONNECT_SECONDS, default 5].
+    #[arg(long)]
+    connect_seconds: Option<u64>,
+    /// Timeout of one connection attempt (TCP connect + CONNECT -> CONNACK) in ms [env BENCH_CONNECT_TIMEOUT_MS, default 5000].
+    #[arg(long)]
+    connect_timeout_ms: Option<u64>,
+    /// Idle connections opened to measure a broker's memory per connection [env BENCH_IDLE_CONNECTIONS, default 5000].
+    #[arg(long)]
+    idle_connections: Option<usize>,
+    /// The Mosquitto executable [env BENCH_MOSQUITTO, default /usr/sbin/mosquitto].
+    #[arg(long)]
+    mosquitto: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WsTarget {
+    Device,
+    Network,
 }
 
 /// Options with environment variables and defaults applied.
@@ -76,6 +165,22 @@ struct Config {
     pollers: usize,
     rounds: usize,
     settle: Duration,
+    ws_sessions: Vec<usize>,
+    ws_rounds: usize,
+    ws_seconds: u64,
+    ws_writers: usize,
+    ws_target: WsTarget,
+    mqtt_messages: usize,
+    mqtt_rate: u64,
+    mqtt_seconds: u64,
+    mqtt_publishers: usize,
+    mqtt_window: usize,
+    connectors: usize,
+    login_connectors: usize,
+    connect_seconds: u64,
+    connect_timeout: Duration,
+    idle_connections: usize,
+    mosquitto: String,
 }
 
 impl Config {
@@ -89,7 +194,35 @@ impl Config {
                 Err(_) => Ok(default),
             }
         }
+        fn text(cli: &Option<String>, env: &str, default: &str) -> String {
+            cli.clone().or_else(|| std::env::var(env).ok()).unwrap_or_else(|| default.to_string())
+        }
+        let ws_sessions = text(&opts.ws_sessions, "BENCH_WS_SESSIONS", "100,1000")
+            .split(',')
+            .map(|n| n.trim().parse::<usize>().map_err(|_| format!("bad session count {n:?} in ws-sessions")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ws_target = match text(&opts.ws_subscribe, "BENCH_WS_SUBSCRIBE", "device").as_str() {
+            "device" => WsTarget::Device,
+            "network" => WsTarget::Network,
+            other => return Err(format!("ws-subscribe must be device or network, not {other:?}").into()),
+        };
         let c = Config {
+            ws_sessions,
+            ws_rounds: pick(opts.ws_rounds, "BENCH_WS_ROUNDS", 100)?,
+            ws_seconds: pick(opts.ws_seconds, "BENCH_WS_SECONDS", 5)?,
+            ws_writers: pick(opts.ws_writers, "BENCH_WS_WRITERS", 4)?,
+            ws_target,
+            mqtt_messages: pick(opts.mqtt_messages, "BENCH_MQTT_MESSAGES", 3000)?,
+            mqtt_rate: pick(opts.mqtt_rate, "BENCH_MQTT_RATE", 500)?,
+            mqtt_seconds: pick(opts.mqtt_seconds, "BENCH_MQTT_SECONDS", 5)?,
+            mqtt_publishers: pick(opts.mqtt_publishers, "BENCH_MQTT_PUBLISHERS", 8)?,
+            mqtt_window: pick(opts.mqtt_window, "BENCH_MQTT_WINDOW", 64)?,
+            connectors: pick(opts.connectors, "BENCH_CONNECTORS", 200)?,
+            login_connectors: pick(opts.login_connectors, "BENCH_LOGIN_CONNECTORS", 32)?,
+            connect_seconds: pick(opts.connect_seconds, "BENCH_CONNECT_SECONDS", 5)?,
+            connect_timeout: Duration::from_millis(pick(opts.connect_timeout_ms, "BENCH_CONNECT_TIMEOUT_MS", 5000)?),
+            idle_connections: pick(opts.idle_connections, "BENCH_IDLE_CONNECTIONS", 5000)?,
+            mosquitto: text(&opts.mosquitto, "BENCH_MOSQUITTO", "/usr/sbin/mosquitto"),
             seconds: pick(opts.seconds, "BENCH_SECONDS", 10)?,
             clients: pick(opts.clients, "BENCH_CLIENTS", 50)?,
             devices: pick(opts.devices, "BENCH_DEVICES", 50)?,
@@ -100,6 +233,26 @@ impl Config {
         if c.clients == 0 || c.devices == 0 || c.pollers == 0 || c.rounds == 0 || c.seconds == 0 {
             return Err("seconds, clients, devices, pollers and rounds must be at least 1".into());
         }
+        let sizes = [
+            c.ws_rounds,
+            c.ws_seconds as usize,
+            c.ws_writers,
+            c.mqtt_messages,
+            c.mqtt_rate as usize,
+            c.mqtt_seconds as usize,
+            c.mqtt_publishers,
+            c.mqtt_window,
+            c.connectors,
+            c.login_connectors,
+            c.connect_seconds as usize,
+            c.idle_connections,
+        ];
+        if sizes.contains(&0) || c.ws_sessions.is_empty() || c.ws_sessions.contains(&0) {
+            return Err("every ws-*, mqtt-*, connect and connection count must be at least 1".into());
+        }
+        if c.mqtt_window > 65_000 {
+            return Err("mqtt-window must be at most 65000 (MQTT packet ids)".into());
+        }
         Ok(c)
     }
 }
@@ -108,8 +261,14 @@ impl Config {
 async fn main() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let child_hub = std::env::var_os(CHILD_HUB_ENV).is_some();
+    // The child hub's log goes through a pipe to the bench, which summarises it: no colours there.
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(!child_hub).init();
 
+    if child_hub {
+        child_hub_main().await;
+        return;
+    }
     let opts = Opts::parse();
     if let Err(e) = run(opts).await {
         eprintln!("bench failed: {e}");
@@ -132,6 +291,7 @@ async fn run(opts: Opts) -> BenchResult<()> {
         hub.settings.database.max_connections,
         available_cpus()
     );
+    println!("  open-file limit of the bench and its child processes: {}", raise_fd_limit(65_536));
 
     let mut failed = Vec::new();
     for name in selected {
@@ -166,7 +326,7 @@ fn select_scenarios(args: &[String]) -> BenchResult<Vec<&'static str>> {
             None => {
                 let mut msg = format!("unknown scenario {a:?}; known:");
                 for (n, d) in SCENARIOS {
-                    let _ = write!(msg, "\n  {n:<10} {d}");
+                    let _ = write!(msg, "\n  {n:<12} {d}");
                 }
                 return Err(msg.into());
             }
@@ -179,6 +339,11 @@ async fn run_scenario(name: &str, hub: &BenchHub, config: &Config) -> BenchResul
     match name {
         "inserts" => scenario_inserts(hub, config).await,
         "longpoll" => scenario_longpoll(hub, config).await,
+        "ws" => scenario_ws(hub, config).await,
+        "mqtt-latency" => scenario_mqtt_latency(hub, config).await,
+        "mqtt-ingest" => scenario_mqtt_ingest(hub, config).await,
+        "mqtt-connect" => scenario_mqtt_connect(config).await,
+        "mosquitto" => scenario_mosquitto(config).await,
         other => Err(format!("scenario {other:?} is listed but not implemented").into()),
     }
 }
@@ -690,5 +855,1835 @@ async fn scenario_longpoll(hub: &BenchHub, config: &Config) -> BenchResult<()> {
         Some(reason) => Err(reason.into()),
         None if failures.total() > 0 => Err("long-poll deliveries had anomalies (see above)".into()),
         None => Ok(()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Helpers shared by the WebSocket and MQTT scenarios.
+
+impl BenchHub {
+    fn ws_url(&self) -> String {
+        format!("ws://{}{}", self.app.http_addr, self.settings.http.websocket_path)
+    }
+
+    fn mqtt_addr(&self) -> BenchResult<SocketAddr> {
+        self.app.mqtt_addr.ok_or_else(|| "the hub's MQTT broker is disabled".into())
+    }
+
+    /// `dh/notification/<networkId>/<deviceTypeId>/<deviceId>/<name>` of a registered device.
+    async fn notification_topic(&self, device: &str, name: &str) -> BenchResult<String> {
+        let d = self.call(reqwest::Method::GET, Some(&self.admin), &format!("/device/{device}"), None).await?;
+        let level = |v: &Value| v.as_i64().map(|i| i.to_string()).unwrap_or_default();
+        Ok(format!("dh/notification/{}/{}/{device}/{name}", level(&d["networkId"]), level(&d["deviceTypeId"])))
+    }
+}
+
+/// Nanoseconds since `t0` (saturating).
+fn nanos_since(t0: Instant, at: Instant) -> u64 {
+    at.saturating_duration_since(t0).as_nanos().min(u64::MAX as u128) as u64
+}
+
+/// The integer right after the first `key` (e.g. `"seq":`) in `text`, without parsing the JSON.
+fn find_i64(text: &str, key: &str) -> Option<i64> {
+    let rest = text[text.find(key)? + key.len()..].trim_start();
+    let end = rest
+        .char_indices()
+        .find(|&(i, c)| !(c.is_ascii_digit() || (i == 0 && c == '-')))
+        .map_or(rest.len(), |(i, _)| i);
+    rest[..end].parse().ok()
+}
+
+/// The id of the notification in a `notification/insert` push.
+fn push_notification_id(text: &str) -> Option<i64> {
+    find_i64(&text[text.find("\"notification\":{")?..], "\"id\":")
+}
+
+/// Latency summary with the tail percentiles (samples in microseconds).
+fn tail_summary_us(samples: &mut [i64]) -> String {
+    samples.sort_unstable();
+    if samples.is_empty() {
+        return "no samples".to_string();
+    }
+    let ms = |v: i64| format!("{:.3} ms", v as f64 / 1000.0);
+    let p = |q| ms(percentile(samples, q).unwrap_or_default());
+    format!(
+        "n={} min={} p50={} p90={} p99={} p99.9={} max={}",
+        samples.len(),
+        ms(samples[0]),
+        p(50.0),
+        p(90.0),
+        p(99.0),
+        p(99.9),
+        ms(*samples.last().unwrap_or(&0))
+    )
+}
+
+/// Percentile of sorted microsecond samples in milliseconds (NaN when empty).
+fn pct_ms(sorted: &[i64], p: f64) -> f64 {
+    percentile(sorted, p).map_or(f64::NAN, |v| v as f64 / 1000.0)
+}
+
+fn per_sec(n: u64, d: Duration) -> f64 {
+    if d.is_zero() {
+        0.0
+    } else {
+        n as f64 / d.as_secs_f64()
+    }
+}
+
+/// VmRSS of a process in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// (soft, hard) open-file limit of this process, from /proc/self/limits.
+fn fd_limit() -> Option<(u64, u64)> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut fields = line["Max open files".len()..].split_whitespace();
+    let mut num = || fields.next().map(|v| if v == "unlimited" { u64::MAX } else { v.parse().unwrap_or(0) });
+    Some((num()?, num()?))
+}
+
+/// Raises this process's open-file limit to `want` with `prlimit` (util-linux; raising the hard limit
+/// needs root) or at least the soft limit to the hard one; children inherit it. Returns a description.
+fn raise_fd_limit(want: u64) -> String {
+    let Some((soft, hard)) = fd_limit() else { return "unknown".into() };
+    if soft < want {
+        let pid = std::process::id().to_string();
+        for target in [format!("{want}:{}", hard.max(want)), format!("{hard}:{hard}")] {
+            let ok = std::process::Command::new("prlimit")
+                .args(["--pid", &pid, &format!("--nofile={target}")])
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                break;
+            }
+        }
+    }
+    match fd_limit() {
+        Some((s, h)) if s > soft => format!("{s} (raised from {soft} with prlimit; hard {h})"),
+        Some((s, h)) => format!("{s} (hard {h}){}", if s < want { "; run `ulimit -n 65536` for more" } else { "" }),
+        None => "unknown".into(),
+    }
+}
+
+/// Idle connections that fit in the open-file limit (each side holds one descriptor per connection).
+fn idle_connections_allowed(wanted: usize) -> usize {
+    let soft = fd_limit().map_or(1024, |(s, _)| s);
+    wanted.min(soft.saturating_sub(512) as usize).max(1)
+}
+
+// ---------------------------------------------------------------------------------------------------
+// A minimal MQTT 3.1.1 client: exactly the packets the scenarios need, written and read in batches so
+// that the client is cheap next to the broker under test. Used against the hub and Mosquitto alike.
+
+mod mq {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use bytes::{Buf, BufMut, Bytes, BytesMut};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+    use tokio::net::{TcpSocket, TcpStream};
+
+    pub enum Packet {
+        ConnAck { code: u8 },
+        Publish { qos: u8, pkid: u16, payload: Bytes },
+        PubAck(u16),
+        SubAck(Vec<u8>),
+        PingResp,
+        Other,
+    }
+
+    fn put_len(out: &mut BytesMut, mut len: usize) {
+        loop {
+            let mut b = (len % 128) as u8;
+            len /= 128;
+            if len > 0 {
+                b |= 0x80;
+            }
+            out.put_u8(b);
+            if len == 0 {
+                break;
+            }
+        }
+    }
+
+    fn put_str(out: &mut BytesMut, s: &[u8]) {
+        out.put_u16(s.len() as u16);
+        out.put_slice(s);
+    }
+
+    pub fn connect(out: &mut BytesMut, client_id: &str, keep_alive: u16, credentials: Option<(&str, &str)>) {
+        let mut body = BytesMut::with_capacity(64);
+        put_str(&mut body, b"MQTT");
+        body.put_u8(4);
+        body.put_u8(if credentials.is_some() { 0xC2 } else { 0x02 }); // clean session (+ user, password)
+        body.put_u16(keep_alive);
+        put_str(&mut body, client_id.as_bytes());
+        if let Some((user, password)) = credentials {
+            put_str(&mut body, user.as_bytes());
+            put_str(&mut body, password.as_bytes());
+        }
+        out.put_u8(0x10);
+        put_len(out, body.len());
+        out.put_slice(&body);
+    }
+
+    pub fn publish(out: &mut BytesMut, topic: &str, payload: &[u8], qos: u8, pkid: u16) {
+        out.put_u8(0x30 | (qos << 1));
+        put_len(out, 2 + topic.len() + if qos > 0 { 2 } else { 0 } + payload.len());
+        put_str(out, topic.as_bytes());
+        if qos > 0 {
+            out.put_u16(pkid);
+        }
+        out.put_slice(payload);
+    }
+
+    pub fn puback(out: &mut BytesMut, pkid: u16) {
+        out.put_slice(&[0x40, 2]);
+        out.put_u16(pkid);
+    }
+
+    pub fn subscribe(out: &mut BytesMut, pkid: u16, filter: &str, qos: u8) {
+        out.put_u8(0x82);
+        put_len(out, 2 + 2 + filter.len() + 1);
+        out.put_u16(pkid);
+        put_str(out, filter.as_bytes());
+        out.put_u8(qos);
+    }
+
+    pub fn pingreq(out: &mut BytesMut) {
+        out.put_slice(&[0xC0, 0]);
+    }
+
+    pub fn disconnect(out: &mut BytesMut) {
+        out.put_slice(&[0xE0, 0]);
+    }
+
+    /// Length of the complete packet at the front of `buf`, `None` while incomplete.
+    fn frame_len(buf: &[u8]) -> Result<Option<usize>, &'static str> {
+        let (mut len, mut shift, mut i) = (0usize, 0, 1);
+        loop {
+            let Some(&b) = buf.get(i) else { return Ok(None) };
+            len |= ((b & 0x7f) as usize) << shift;
+            i += 1;
+            if b & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+            if i > 4 {
+                return Err("malformed remaining length");
+            }
+        }
+        Ok((buf.len() >= i + len).then_some(i + len))
+    }
+
+    fn decode(buf: &mut BytesMut) -> Result<Option<Packet>, &'static str> {
+        let Some(total) = frame_len(buf)? else { return Ok(None) };
+        let header = buf[0];
+        let mut frame = buf.split_to(total).freeze();
+        let mut i = 1;
+        while frame[i] & 0x80 != 0 {
+            i += 1;
+        }
+        frame.advance(i + 1);
+        let short = "packet too short";
+        let p = match header >> 4 {
+            2 => Packet::ConnAck { code: *frame.get(1).ok_or(short)? },
+            3 => {
+                let qos = (header >> 1) & 3;
+                if frame.len() < 2 {
+                    return Err(short);
+                }
+                let topic_len = frame.get_u16() as usize;
+                if frame.len() < topic_len + if qos > 0 { 2 } else { 0 } {
+                    return Err(short);
+                }
+                frame.advance(topic_len);
+                let pkid = if qos > 0 { frame.get_u16() } else { 0 };
+                Packet::Publish { qos, pkid, payload: frame }
+            }
+            4 if frame.len() >= 2 => Packet::PubAck(frame.get_u16()),
+            9 if frame.len() >= 2 => {
+                frame.advance(2);
+                Packet::SubAck(frame.to_vec())
+            }
+            13 => Packet::PingResp,
+            _ => Packet::Other,
+        };
+        Ok(Some(p))
+    }
+
+    pub struct Reader {
+        rd: OwnedReadHalf,
+        buf: BytesMut,
+    }
+
+    impl Reader {
+        pub async fn next(&mut self) -> std::io::Result<Packet> {
+            loop {
+                match decode(&mut self.buf) {
+                    Ok(Some(p)) => return Ok(p),
+                    Ok(None) => {}
+                    Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+                }
+                if self.buf.capacity() - self.buf.len() < 1024 {
+                    self.buf.reserve(16 * 1024);
+                }
+                if self.rd.read_buf(&mut self.buf).await? == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+        }
+
+        /// Whether another complete packet is already buffered (so a reply can wait for a batch).
+        pub fn has_packet(&self) -> bool {
+            matches!(frame_len(&self.buf), Ok(Some(_)))
+        }
+
+        /// Reads until the peer closes the connection or `limit` passes; true when it closed.
+        pub async fn wait_closed(&mut self, limit: Duration) -> bool {
+            tokio::time::timeout(limit, async {
+                loop {
+                    self.buf.clear();
+                    match self.rd.read_buf(&mut self.buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .await
+            .is_ok()
+        }
+    }
+
+    pub struct Writer {
+        wr: OwnedWriteHalf,
+        pub buf: BytesMut,
+    }
+
+    impl Writer {
+        pub async fn flush(&mut self) -> std::io::Result<()> {
+            if !self.buf.is_empty() {
+                self.wr.write_all(&self.buf).await?;
+                self.buf.clear();
+            }
+            Ok(())
+        }
+    }
+
+    #[derive(Debug)]
+    pub enum ConnectError {
+        Io(String),
+        Timeout,
+        Refused(u8),
+        Closed,
+    }
+
+    /// A TCP connection with TCP_NODELAY; to a loopback broker the source address rotates over
+    /// 127.0.0.1-16 (by `source`) so that connection storms cannot run out of ephemeral ports.
+    async fn tcp(addr: SocketAddr, source: usize) -> std::io::Result<TcpStream> {
+        let socket = TcpSocket::new_v4()?;
+        if addr.ip().is_loopback() {
+            socket.bind(SocketAddr::from(([127, 0, 0, 1 + (source % 16) as u8], 0)))?;
+        }
+        let stream = socket.connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
+    /// TCP connect + CONNECT (clean session) + CONNACK accepted, within `timeout`.
+    pub async fn connect_client(
+        addr: SocketAddr,
+        source: usize,
+        client_id: &str,
+        keep_alive: u16,
+        credentials: Option<(&str, &str)>,
+        timeout: Duration,
+    ) -> Result<(Reader, Writer), ConnectError> {
+        let attempt = async {
+            let stream = tcp(addr, source).await.map_err(|e| ConnectError::Io(e.to_string()))?;
+            let (rd, wr) = stream.into_split();
+            let mut w = Writer { wr, buf: BytesMut::with_capacity(256) };
+            connect(&mut w.buf, client_id, keep_alive, credentials);
+            w.flush().await.map_err(|e| ConnectError::Io(e.to_string()))?;
+            let mut r = Reader { rd, buf: BytesMut::with_capacity(64) };
+            match r.next().await {
+                Ok(Packet::ConnAck { code: 0 }) => Ok((r, w)),
+                Ok(Packet::ConnAck { code }) => Err(ConnectError::Refused(code)),
+                Ok(_) => Err(ConnectError::Io("a packet other than CONNACK came first".into())),
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ConnectError::Closed),
+                Err(e) => Err(ConnectError::Io(e.to_string())),
+            }
+        };
+        tokio::time::timeout(timeout, attempt).await.unwrap_or(Err(ConnectError::Timeout))
+    }
+
+    /// SUBSCRIBE one filter and wait for the SUBACK; returns its return code.
+    pub async fn subscribe_one(r: &mut Reader, w: &mut Writer, filter: &str, qos: u8) -> Result<u8, String> {
+        subscribe(&mut w.buf, 1, filter, qos);
+        w.flush().await.map_err(|e| e.to_string())?;
+        let wait = async {
+            loop {
+                match r.next().await.map_err(|e| e.to_string())? {
+                    Packet::SubAck(codes) => return codes.first().copied().ok_or_else(|| "empty SUBACK".to_string()),
+                    _ => continue,
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait).await.map_err(|_| "no SUBACK within 10 s".to_string())?
+    }
+}
+
+/// Credentials of an MQTT CONNECT.
+#[derive(Clone)]
+enum Creds {
+    Anonymous,
+    /// Login and password of a hub user (the hub hashes the password with Argon2 on every connect).
+    Login(String, String),
+    /// An access JWT as the password (the login as the user name; the hub ignores it).
+    Jwt(String),
+}
+
+impl Creds {
+    fn pair(&self) -> Option<(&str, &str)> {
+        match self {
+            Creds::Anonymous => None,
+            Creds::Login(l, p) => Some((l, p)),
+            Creds::Jwt(t) => Some((ADMIN_LOGIN, t)),
+        }
+    }
+}
+
+/// Connects and fails the scenario on refusal (for the few long-lived clients of a scenario).
+async fn mqtt_client(addr: SocketAddr, client_id: &str, creds: &Creds) -> BenchResult<(mq::Reader, mq::Writer)> {
+    mq::connect_client(addr, 0, client_id, 600, creds.pair(), Duration::from_secs(10))
+        .await
+        .map_err(|e| format!("MQTT connect of {client_id} failed: {e:?}").into())
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Brokers in child processes: a hub (this very executable in hub mode, configured like `hivehub serve`
+// through HIVEHUB__* variables) or Mosquitto. Their RSS comes from /proc/<pid>/status.
+
+/// Hub mode of the bench executable: `App::start` with the settings from the environment, until stdin
+/// closes (the parent ends or drops the pipe).
+async fn child_hub_main() {
+    let settings = Settings::defaults();
+    let app = match App::start(settings).await {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("bench child hub: cannot start: {e}");
+            std::process::exit(1);
+        }
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+        let _ = tx.send(());
+    });
+    app.run_until(async {
+        let _ = rx.await;
+    })
+    .await;
+}
+
+/// Reads the child hub's log, counting lines by kind (timestamp dropped, digits masked).
+fn collect_log(out: std::process::ChildStdout, log: &std::sync::Mutex<BTreeMap<String, (u64, String)>>) {
+    use std::io::BufRead;
+    for line in std::io::BufReader::new(out).lines() {
+        let Ok(line) = line else { break };
+        let text = line.split_once(' ').map_or(line.as_str(), |(_, rest)| rest).trim().to_string();
+        let key: String = text.chars().map(|c| if c.is_ascii_digit() { '#' } else { c }).take(200).collect();
+        let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+        log.entry(key).or_insert((0, text)).0 += 1;
+    }
+}
+
+fn free_port() -> BenchResult<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+struct ChildBroker {
+    label: String,
+    child: std::process::Child,
+    mqtt: SocketAddr,
+    /// A hub (stops gracefully when its stdin closes) rather than Mosquitto (killed).
+    is_hub: bool,
+    /// Admin access token (hub only).
+    admin: String,
+    /// The hub's log lines by kind (digits masked): count and first example.
+    log: Arc<std::sync::Mutex<BTreeMap<String, (u64, String)>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl ChildBroker {
+    async fn hub() -> BenchResult<ChildBroker> {
+        let dir = tempfile::tempdir()?;
+        let (http_port, mqtt_port) = (free_port()?, free_port()?);
+        let mut child = std::process::Command::new(std::env::current_exe()?)
+            .env(CHILD_HUB_ENV, "1")
+            .env("HIVEHUB__HTTP__LISTEN", format!("127.0.0.1:{http_port}"))
+            .env("HIVEHUB__MQTT__LISTEN", format!("127.0.0.1:{mqtt_port}"))
+            .env("HIVEHUB__MQTT__MAX_CONNECTIONS", "200000")
+            .env("HIVEHUB__DATABASE__URL", format!("sqlite://{}/hub.db", dir.path().display()))
+            .env("HIVEHUB__AUTH__ADMIN_LOGIN", ADMIN_LOGIN)
+            .env("HIVEHUB__AUTH__ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let log = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+        if let Some(out) = child.stdout.take() {
+            let log = log.clone();
+            std::thread::spawn(move || collect_log(out, &log));
+        }
+        let mut broker = ChildBroker {
+            label: "hivehub".into(),
+            child,
+            mqtt: SocketAddr::from(([127, 0, 0, 1], mqtt_port)),
+            is_hub: true,
+            admin: String::new(),
+            log,
+            _dir: dir,
+        };
+        broker.wait_listening().await?;
+        let client = reqwest::Client::new();
+        let url = format!("http://127.0.0.1:{http_port}/api/rest/token");
+        let resp = client.post(url).json(&json!({"login": ADMIN_LOGIN, "password": ADMIN_PASSWORD})).send().await?;
+        let body: Value = resp.json().await?;
+        broker.admin = body["accessToken"].as_str().ok_or("child hub: no accessToken")?.to_string();
+        Ok(broker)
+    }
+
+    async fn mosquitto(path: &str) -> BenchResult<ChildBroker> {
+        if !std::path::Path::new(path).exists() {
+            return Err(format!("{path} not found: apt-get install -y mosquitto mosquitto-clients").into());
+        }
+        let version = std::process::Command::new(path)
+            .arg("-h")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(str::to_string))
+            .unwrap_or_default();
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_connections -1\n"))?;
+        let child = std::process::Command::new(path)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let label = version.strip_prefix("mosquitto version ").map_or("mosquitto".into(), |v| format!("mosquitto {v}"));
+        let mut broker = ChildBroker {
+            label,
+            child,
+            mqtt: SocketAddr::from(([127, 0, 0, 1], port)),
+            is_hub: false,
+            admin: String::new(),
+            log: Default::default(),
+            _dir: dir,
+        };
+        broker.wait_listening().await?;
+        Ok(broker)
+    }
+
+    async fn wait_listening(&mut self) -> BenchResult<()> {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Err(format!("{} exited at start: {status}", self.label).into());
+            }
+            if tokio::net::TcpStream::connect(self.mqtt).await.is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > until {
+                return Err(format!("{} did not listen on {} within 30 s", self.label, self.mqtt).into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn rss(&self) -> u64 {
+        rss_kib(self.pid()).unwrap_or(0)
+    }
+
+    /// Closes the hub's stdin (graceful shutdown) or kills Mosquitto; kills whatever still runs after 10 s.
+    /// Then prints a summary of the hub's log.
+    async fn stop(mut self) {
+        drop(self.child.stdin.take());
+        if !self.is_hub {
+            let _ = self.child.kill();
+        }
+        let mut stopped = false;
+        for _ in 0..200 {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                stopped = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if !stopped {
+            println!("  ({} did not stop within 10 s; killed)", self.label);
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await; // the log pipe drains
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        if self.is_hub {
+            let total: u64 = log.values().map(|(n, _)| n).sum();
+            println!(
+                "  {} child log: {total} lines at WARN or above{}",
+                self.label,
+                if total > 0 { ", by kind:" } else { "" }
+            );
+            let mut kinds: Vec<_> = log.values().collect();
+            kinds.sort_by_key(|k| std::cmp::Reverse(k.0));
+            for (n, example) in kinds.iter().take(12) {
+                let example: String = example.chars().take(240).collect();
+                println!("    {n} x {example}");
+            }
+        }
+    }
+}
+
+impl Drop for ChildBroker {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Scenario: REST insert -> WebSocket push.
+
+type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Sends a request and waits for its answer (skipping pushes); fails unless it is a success.
+async fn ws_request(ws: &mut WsStream, request: Value) -> BenchResult<Value> {
+    let action = request["action"].as_str().unwrap_or_default().to_string();
+    ws.send(Message::text(request.to_string())).await?;
+    let wait = async {
+        while let Some(msg) = ws.next().await {
+            if let Message::Text(t) = msg? {
+                let v: Value = serde_json::from_str(t.as_str())?;
+                if v["action"] == action.as_str() && v.get("status").is_some() {
+                    if v["status"] != "success" {
+                        return Err(format!("{action} answered {v}").into());
+                    }
+                    return Ok(v);
+                }
+            }
+        }
+        Err::<Value, Box<dyn Error + Send + Sync>>(format!("connection closed before the {action} answer").into())
+    };
+    tokio::time::timeout(Duration::from_secs(30), wait).await.map_err(|_| format!("no {action} answer within 30 s"))?
+}
+
+/// A WebSocket session, authenticated and subscribed with `subscribe` (a notification/subscribe request).
+async fn ws_session(url: &str, token: &str, subscribe: &Value) -> BenchResult<WsStream> {
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
+    ws_request(&mut ws, json!({"action": "authenticate", "requestId": 1, "token": token})).await?;
+    let answer = ws_request(&mut ws, subscribe.clone()).await?;
+    if answer["subscriptionId"].as_i64().is_none() {
+        return Err(format!("notification/subscribe answered without subscriptionId: {answer}").into());
+    }
+    Ok(ws)
+}
+
+/// Opens `n` sessions, `parallel` handshakes at a time.
+async fn ws_sessions(
+    url: &str,
+    token: &str,
+    subscribe: &Value,
+    n: usize,
+    parallel: usize,
+) -> BenchResult<Vec<WsStream>> {
+    let gate = Arc::new(Semaphore::new(parallel));
+    let mut opening = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (url, token, subscribe, gate) = (url.to_string(), token.to_string(), subscribe.clone(), gate.clone());
+        opening.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            ws_session(&url, &token, &subscribe).await
+        }));
+    }
+    let mut sessions = Vec::with_capacity(n);
+    for t in opening {
+        sessions.push(t.await??);
+    }
+    Ok(sessions)
+}
+
+/// What one session counted of the delivery-rate phase.
+#[derive(Default)]
+struct WsCounters {
+    count: AtomicU64,
+    id_sum: AtomicU64,
+    last_ns: AtomicU64,
+    closed: AtomicBool,
+}
+
+async fn scenario_ws(hub: &BenchHub, config: &Config) -> BenchResult<()> {
+    println!("== ws: {}", describe("ws"));
+    let device = "bench-ws-000";
+    hub.device(device).await?;
+    let (target, subscribe) = match config.ws_target {
+        WsTarget::Device => (
+            format!("device {device}"),
+            json!({"action": "notification/subscribe", "requestId": 2, "deviceId": device}),
+        ),
+        WsTarget::Network => (
+            format!("network {} (device {device} in it)", hub.network_id),
+            json!({"action": "notification/subscribe", "requestId": 2, "networkIds": [hub.network_id]}),
+        ),
+    };
+    println!(
+        "  Every session: WebSocket to {}, authenticate (admin access token), notification/subscribe to {target}. \
+         A writer on its own keep-alive HTTP connection POSTs notifications to {device}.",
+        hub.ws_url()
+    );
+    println!(
+        "  latency: {} rounds; each round one POST {{notification:\"lat\", parameters:{{seq}}}} and a wait until \
+         every session has parsed that push. 'from send' = POST about to be sent -> push received by a session; \
+         'from 201' = 201 read by the writer -> same (negative when the push came first).",
+        config.ws_rounds
+    );
+    println!(
+        "  delivery rate: {} writers POST notification \"thr\" as fast as they can for {} s; every session counts \
+         its pushes and sums their ids; it must end with exactly the acknowledged ids (none lost, none extra).",
+        config.ws_writers, config.ws_seconds
+    );
+    let mut result = Ok(());
+    for &n in &config.ws_sessions {
+        println!("  -- {n} sessions --");
+        if let Err(e) = ws_run(hub, config, device, &subscribe, n).await {
+            println!("  {n} sessions: FAILED: {e}");
+            result = Err(e);
+        }
+    }
+    result
+}
+
+async fn ws_run(hub: &BenchHub, config: &Config, device: &str, subscribe: &Value, n: usize) -> BenchResult<()> {
+    let opened = Instant::now();
+    let sessions = ws_sessions(&hub.ws_url(), &hub.admin, subscribe, n, 32).await?;
+    println!(
+        "  setup: {n} sessions connected, authenticated and subscribed in {:.2} s (32 handshakes at a time)",
+        opened.elapsed().as_secs_f64()
+    );
+
+    // Readers: "lat" pushes go to the collector with their seq; "thr" pushes are counted in place.
+    let (lat_tx, mut lat_rx) = mpsc::unbounded_channel::<(usize, i64, Instant)>();
+    let t0 = Instant::now();
+    let counters: Vec<Arc<WsCounters>> = (0..n).map(|_| Arc::new(WsCounters::default())).collect();
+    let mut readers = Vec::with_capacity(n);
+    for (idx, mut ws) in sessions.into_iter().enumerate() {
+        let (tx, c) = (lat_tx.clone(), counters[idx].clone());
+        readers.push(tokio::spawn(async move {
+            while let Some(msg) = ws.next().await {
+                let Ok(msg) = msg else { break };
+                let at = Instant::now();
+                match msg {
+                    Message::Text(t) => {
+                        let s = t.as_str();
+                        if !s.starts_with("{\"action\":\"notification/insert\"") {
+                            continue;
+                        }
+                        if s.contains("\"notification\":\"thr\"") {
+                            let id = push_notification_id(s).unwrap_or(-1);
+                            c.id_sum.fetch_add(id as u64, Ordering::Relaxed);
+                            c.last_ns.fetch_max(nanos_since(t0, at), Ordering::Relaxed);
+                            c.count.fetch_add(1, Ordering::Release);
+                        } else if s.contains("\"notification\":\"lat\"") {
+                            let _ = tx.send((idx, find_i64(s, "\"seq\":").unwrap_or(-1), at));
+                        }
+                    }
+                    Message::Close(_) => break,
+                    _ => {}
+                }
+            }
+            c.closed.store(true, Ordering::Release);
+        }));
+    }
+    drop(lat_tx);
+    let outcome = ws_measure(hub, config, device, n, t0, &counters, &mut lat_rx).await;
+    for r in readers {
+        r.abort();
+    }
+    outcome
+}
+
+async fn ws_measure(
+    hub: &BenchHub,
+    config: &Config,
+    device: &str,
+    n: usize,
+    t0: Instant,
+    counters: &[Arc<WsCounters>],
+    lat_rx: &mut mpsc::UnboundedReceiver<(usize, i64, Instant)>,
+) -> BenchResult<()> {
+    let writer = dedicated_client()?;
+    let url = hub.url(&format!("/device/{device}/notification"));
+
+    // Latency rounds.
+    let (mut from_send, mut from_ack, mut rtt) = (Vec::new(), Vec::new(), Vec::new());
+    let mut failures = Failures::default();
+    for round in 0..config.ws_rounds as i64 {
+        let body = json!({"notification": "lat", "parameters": {"seq": round}});
+        let sent = Instant::now();
+        let resp = writer.post(&url).bearer_auth(&hub.admin).json(&body).send().await?;
+        let acked = Instant::now();
+        if resp.status() != StatusCode::CREATED {
+            return Err(format!("round {round}: insert answered {}", resp.status()).into());
+        }
+        rtt.push(micros(acked - sent));
+        let mut seen = vec![false; n];
+        let mut got = 0;
+        while got < n {
+            match tokio::time::timeout(Duration::from_secs(10), lat_rx.recv()).await {
+                Ok(Some((idx, seq, at))) if seq == round => {
+                    if std::mem::replace(&mut seen[idx], true) {
+                        failures.add("push received twice", format!("round {round}, session {idx}"));
+                        continue;
+                    }
+                    got += 1;
+                    from_send.push(signed_micros(at, sent));
+                    from_ack.push(signed_micros(at, acked));
+                }
+                Ok(Some((idx, seq, _))) => {
+                    failures.add("push of another round", format!("round {round}, session {idx}: seq {seq}"))
+                }
+                _ => {
+                    let closed = counters.iter().filter(|c| c.closed.load(Ordering::Acquire)).count();
+                    return Err(format!(
+                        "round {round}: {} of {n} sessions got no push within 10 s ({closed} sessions closed)",
+                        n - got
+                    )
+                    .into());
+                }
+            }
+        }
+    }
+    println!("  latency from send ({} rounds x {n} sessions): {}", config.ws_rounds, tail_summary_us(&mut from_send));
+    println!("  latency from 201:                          {}", tail_summary_us(&mut from_ack));
+    println!("  insert round trip (POST -> 201) with {n} subscribers: {}", summary_us(&mut rtt));
+
+    // Delivery rate.
+    let start = Instant::now();
+    let start_ns = nanos_since(t0, start);
+    let deadline = start + Duration::from_secs(config.ws_seconds);
+    let mut writers = Vec::new();
+    for w in 0..config.ws_writers {
+        let (client, url, token) = (dedicated_client()?, url.clone(), hub.admin.clone());
+        writers.push(tokio::spawn(async move {
+            let (mut count, mut id_sum, mut failures) = (0u64, 0u64, Failures::default());
+            let mut seq = 0u64;
+            while Instant::now() < deadline {
+                seq += 1;
+                let body = json!({"notification": "thr", "parameters": {"w": w, "n": seq}});
+                match client.post(&url).bearer_auth(&token).json(&body).send().await {
+                    Ok(r) if r.status() == StatusCode::CREATED => {
+                        let text = r.text().await.unwrap_or_default();
+                        match serde_json::from_str::<Value>(&text).ok().and_then(|v| v["id"].as_i64()) {
+                            Some(id) => {
+                                count += 1;
+                                id_sum = id_sum.wrapping_add(id as u64);
+                            }
+                            None => failures.add("201 without id", text),
+                        }
+                    }
+                    Ok(r) => {
+                        let status = r.status();
+                        failures.add(format!("HTTP {status}"), r.text().await.unwrap_or_default());
+                    }
+                    Err(e) => failures.add("transport error", e.to_string()),
+                }
+            }
+            (count, id_sum, failures)
+        }));
+    }
+    let (mut inserted, mut id_sum) = (0u64, 0u64);
+    for w in writers {
+        let (c, s, f) = w.await?;
+        inserted += c;
+        id_sum = id_sum.wrapping_add(s);
+        failures.merge(f);
+    }
+    let insert_elapsed = start.elapsed();
+    // Wait until every session has every push, or nothing moves for 10 s.
+    let expected = inserted * n as u64;
+    let (mut last_total, mut last_progress) = (u64::MAX, Instant::now());
+    let delivered = loop {
+        let total: u64 = counters.iter().map(|c| c.count.load(Ordering::Acquire)).sum();
+        if total >= expected && counters.iter().all(|c| c.count.load(Ordering::Acquire) >= inserted) {
+            break total;
+        }
+        if total != last_total {
+            (last_total, last_progress) = (total, Instant::now());
+        } else if last_progress.elapsed() > Duration::from_secs(10) {
+            break total;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let last_ns = counters.iter().map(|c| c.last_ns.load(Ordering::Relaxed)).max().unwrap_or(start_ns);
+    let deliver_elapsed = Duration::from_nanos(last_ns.saturating_sub(start_ns));
+    let mut exact = 0;
+    let (mut short_sessions, mut lost, mut extra, mut wrong_ids) = (0, 0u64, 0u64, 0);
+    for c in counters {
+        let (count, sum) = (c.count.load(Ordering::Acquire), c.id_sum.load(Ordering::Relaxed));
+        if count == inserted && sum == id_sum {
+            exact += 1;
+        } else if count < inserted {
+            short_sessions += 1;
+            lost += inserted - count;
+        } else if count > inserted {
+            extra += count - inserted;
+        } else {
+            wrong_ids += 1;
+        }
+    }
+    let closed = counters.iter().filter(|c| c.closed.load(Ordering::Acquire)).count();
+    println!(
+        "  inserts during the rate phase: {inserted} answered 201 in {:.2} s = {:.0} inserts/s ({} writers); \
+         other answers/errors: {}",
+        insert_elapsed.as_secs_f64(),
+        per_sec(inserted, insert_elapsed),
+        config.ws_writers,
+        failures.total()
+    );
+    failures.print("    ");
+    println!(
+        "  deliveries: {delivered} pushes of {expected} expected ({inserted} x {n}) received by the sessions in \
+         {:.2} s (first insert sent -> last push received) = {:.0} deliveries/s",
+        deliver_elapsed.as_secs_f64(),
+        per_sec(delivered, deliver_elapsed)
+    );
+    let ok = exact == n && failures.total() == 0;
+    println!(
+        "  check: {exact} of {n} sessions received exactly the acknowledged notifications; lost {lost} pushes in \
+         {short_sessions} sessions; {extra} extra; {wrong_ids} sessions with other ids; {closed} sessions closed by \
+         the hub -> {}",
+        if ok { "OK (none lost)" } else { "MISMATCH" }
+    );
+    if ok {
+        Ok(())
+    } else {
+        Err("WebSocket deliveries differ from the acknowledged inserts".into())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Scenario: MQTT device publish -> stored -> WebSocket / MQTT push.
+
+/// Which receiver an event of the latency collector comes from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LatSource {
+    WebSocket,
+    MqttSubscriber,
+    PubAck,
+}
+
+async fn scenario_mqtt_latency(hub: &BenchHub, config: &Config) -> BenchResult<()> {
+    println!("== mqtt-latency: {}", describe("mqtt-latency"));
+    let mqtt = hub.mqtt_addr()?;
+    let device = "bench-mqtt-lat";
+    hub.device(device).await?;
+    let topic = hub.notification_topic(device, "temp").await?;
+    let (m, rate) = (config.mqtt_messages, config.mqtt_rate);
+    println!(
+        "  An MQTT client (id bench-lat-dev, admin JWT as password) publishes {m} QoS1 notifications at {rate}/s to \
+         {topic} with payload {{\"notification\":\"temp\",\"parameters\":{{\"seq\":N}}}}. Receivers: a WebSocket \
+         session subscribed to deviceId {device}, names [temp]; an MQTT client subscribed (QoS1) to \
+         dh/notification/+/+/{device}/temp. Latency = publish written to the socket -> push received and seq \
+         parsed; PUBACK = publish written -> PUBACK read (the hub acknowledges after the commit)."
+    );
+    let creds = Creds::Jwt(hub.admin.clone());
+    let (tx, mut rx) = mpsc::unbounded_channel::<(LatSource, i64, Instant)>();
+
+    let subscribe = json!({"action": "notification/subscribe", "requestId": 2, "deviceId": device, "names": ["temp"]});
+    let mut ws = ws_session(&hub.ws_url(), &hub.admin, &subscribe).await?;
+    let ws_tx = tx.clone();
+    let ws_task = tokio::spawn(async move {
+        while let Some(Ok(msg)) = ws.next().await {
+            if let Message::Text(t) = msg {
+                let at = Instant::now();
+                if let Some(seq) = find_i64(t.as_str(), "\"seq\":") {
+                    let _ = ws_tx.send((LatSource::WebSocket, seq, at));
+                }
+            }
+        }
+    });
+
+    let (mut sr, mut sw) = mqtt_client(mqtt, "bench-lat-sub", &creds).await?;
+    let code = mq::subscribe_one(&mut sr, &mut sw, &format!("dh/notification/+/+/{device}/temp"), 1).await?;
+    if code > 1 {
+        return Err(format!("the hub refused the MQTT subscription (SUBACK code {code:#x})").into());
+    }
+    let sub_tx = tx.clone();
+    let sub_task = tokio::spawn(async move {
+        while let Ok(p) = sr.next().await {
+            if let mq::Packet::Publish { qos, pkid, payload } = p {
+                let at = Instant::now();
+                if let Some(seq) = find_i64(&String::from_utf8_lossy(&payload), "\"seq\":") {
+                    let _ = sub_tx.send((LatSource::MqttSubscriber, seq, at));
+                }
+                if qos > 0 {
+                    mq::puback(&mut sw.buf, pkid);
+                }
+                if !sr.has_packet() && sw.flush().await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+
+    let (mut dr, mut dw) = mqtt_client(mqtt, "bench-lat-dev", &creds).await?;
+    let ack_tx = tx.clone();
+    let ack_task = tokio::spawn(async move {
+        while let Ok(p) = dr.next().await {
+            if let mq::Packet::PubAck(pkid) = p {
+                let _ = ack_tx.send((LatSource::PubAck, pkid as i64, Instant::now()));
+            }
+        }
+    });
+    drop(tx);
+
+    let sent: Vec<Instant> = {
+        let mut sent = Vec::with_capacity(m);
+        let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate));
+        for seq in 0..m {
+            tick.tick().await;
+            let payload = format!("{{\"notification\":\"temp\",\"parameters\":{{\"seq\":{seq}}}}}");
+            mq::publish(&mut dw.buf, &topic, payload.as_bytes(), 1, (seq % 65_535) as u16 + 1);
+            sent.push(Instant::now());
+            dw.flush().await?;
+        }
+        sent
+    };
+    let publish_elapsed = sent.last().map_or(Duration::ZERO, |l| l.duration_since(sent[0]));
+
+    let (mut ws_lat, mut sub_lat, mut ack_lat) = (Vec::new(), Vec::new(), Vec::new());
+    let mut failures = Failures::default();
+    let mut seen_ws = vec![false; m];
+    let mut seen_sub = vec![false; m];
+    let mut acks = 0usize;
+    while ws_lat.len() < m || sub_lat.len() < m || acks < m {
+        let Ok(Some((source, seq, at))) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await else {
+            break;
+        };
+        match source {
+            LatSource::PubAck => {
+                // The hub handles one connection's publishes in order, so the i-th PUBACK is the i-th publish.
+                if acks < m {
+                    if seq != (acks % 65_535) as i64 + 1 {
+                        failures.add("PUBACK out of order", format!("PUBACK #{acks} has packet id {seq}"));
+                    }
+                    ack_lat.push(signed_micros(at, sent[acks]));
+                }
+                acks += 1;
+            }
+            LatSource::WebSocket | LatSource::MqttSubscriber => {
+                let (seen, lat) = if source == LatSource::WebSocket {
+                    (&mut seen_ws, &mut ws_lat)
+                } else {
+                    (&mut seen_sub, &mut sub_lat)
+                };
+                match usize::try_from(seq).ok().filter(|&s| s < m) {
+                    Some(s) if !std::mem::replace(&mut seen[s], true) => lat.push(signed_micros(at, sent[s])),
+                    Some(s) => failures.add("duplicate push", format!("seq {s}")),
+                    None => failures.add("push with an unknown seq", format!("seq {seq}")),
+                }
+            }
+        }
+    }
+    ws_task.abort();
+    sub_task.abort();
+    ack_task.abort();
+    println!(
+        "  published {m} in {:.2} s ({:.0}/s); received: WebSocket {} of {m}, MQTT subscriber {} of {m}, PUBACKs {acks} \
+         of {m}; anomalies: {}",
+        publish_elapsed.as_secs_f64(),
+        per_sec(m as u64, publish_elapsed),
+        ws_lat.len(),
+        sub_lat.len(),
+        failures.total()
+    );
+    failures.print("    ");
+    println!("  publish -> WebSocket push:       {}", tail_summary_us(&mut ws_lat));
+    println!("  publish -> MQTT subscriber push: {}", tail_summary_us(&mut sub_lat));
+    println!("  publish -> PUBACK (stored):      {}", tail_summary_us(&mut ack_lat));
+    let stored = hub.stored_notification_ids(device, "temp").await?.len();
+    println!("  check: stored notifications named temp on {device}: {stored} (published {m})");
+    if ws_lat.len() == m && sub_lat.len() == m && acks == m && stored == m && failures.total() == 0 {
+        Ok(())
+    } else {
+        Err("MQTT notifications were lost, duplicated or reordered (see above)".into())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Scenario: MQTT notification ingest.
+
+/// Outcome of one publisher connection of a throughput phase.
+#[derive(Default)]
+struct PubOutcome {
+    sent: u64,
+    acked: u64,
+    /// When the broker had answered everything (PINGRESP after the last QoS0 publish, last PUBACK).
+    done_ns: u64,
+    error: Option<String>,
+}
+
+/// Publishes to `topic` as fast as the broker takes them until `deadline`: QoS0 in batches of 512, each
+/// followed by a PINGREQ, at most 3 batches unanswered (brokers answer one connection's packets in
+/// order), then waits for the last PINGRESP; QoS1 with at most `window` unacknowledged, then waits for
+/// the outstanding PUBACKs (up to 60 s).
+async fn publish_flood(
+    (mut r, mut w): (mq::Reader, mq::Writer),
+    topic: String,
+    payload: impl Fn(u64) -> Vec<u8> + Send + 'static,
+    qos: u8,
+    window: usize,
+    deadline: Instant,
+    t0: Instant,
+) -> PubOutcome {
+    let mut out = PubOutcome::default();
+    if qos == 0 {
+        // QoS0 has no acknowledgement, so a PINGREQ follows every 512 publishes and at most 3 may be
+        // unanswered: the broker takes publishes as fast as it can, without megabytes queueing in
+        // socket buffers (its PINGRESP means it has read everything before the PINGREQ).
+        let pongs = Arc::new(Semaphore::new(3));
+        let reader = {
+            let pongs = pongs.clone();
+            tokio::spawn(async move {
+                loop {
+                    match r.next().await {
+                        Ok(mq::Packet::PingResp) => pongs.add_permits(1),
+                        Ok(_) => {}
+                        Err(e) => return e.to_string(),
+                    }
+                }
+            })
+        };
+        let mut ended = None;
+        while Instant::now() < deadline && ended.is_none() {
+            match tokio::time::timeout(Duration::from_secs(60), pongs.acquire()).await {
+                Ok(Ok(p)) => p.forget(),
+                _ => ended = Some("no PINGRESP within 60 s".to_string()),
+            }
+            for _ in 0..512 {
+                mq::publish(&mut w.buf, &topic, &payload(out.sent), 0, 0);
+                out.sent += 1;
+                if w.buf.len() > 32 * 1024 {
+                    if let Err(e) = w.flush().await {
+                        ended = Some(format!("write failed: {e}"));
+                        break;
+                    }
+                }
+            }
+            mq::pingreq(&mut w.buf);
+            if let Err(e) = w.flush().await {
+                ended = Some(format!("write failed: {e}"));
+            }
+        }
+        // Every PINGREQ answered = the broker has read every publish.
+        if ended.is_none() {
+            match tokio::time::timeout(Duration::from_secs(60), pongs.acquire_many(3)).await {
+                Ok(Ok(_)) => out.done_ns = nanos_since(t0, Instant::now()),
+                _ if reader.is_finished() => ended = Some("connection ended before the last PINGRESP".into()),
+                _ => ended = Some("no PINGRESP within 60 s after the last publish".into()),
+            }
+        }
+        reader.abort();
+        out.error = ended;
+        return out;
+    }
+    let window_gate = Arc::new(Semaphore::new(window));
+    let acked = Arc::new(AtomicU64::new(0));
+    let last_ack = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let (gate, acked, last_ack) = (window_gate.clone(), acked.clone(), last_ack.clone());
+        tokio::spawn(async move {
+            loop {
+                match r.next().await {
+                    Ok(mq::Packet::PubAck(_)) => {
+                        last_ack.store(nanos_since(t0, Instant::now()), Ordering::Relaxed);
+                        acked.fetch_add(1, Ordering::Release);
+                        gate.add_permits(1);
+                    }
+                    Ok(_) => {}
+                    Err(e) => return e.to_string(),
+                }
+            }
+        })
+    };
+    'send: while Instant::now() < deadline {
+        let Ok(Ok(permit)) = tokio::time::timeout_at(deadline.into(), window_gate.acquire()).await else { break };
+        permit.forget();
+        let mut batch = 1;
+        loop {
+            mq::publish(&mut w.buf, &topic, &payload(out.sent), 1, (out.sent % 65_535) as u16 + 1);
+            out.sent += 1;
+            if batch == 64 {
+                break;
+            }
+            match window_gate.try_acquire() {
+                Ok(p) => p.forget(),
+                Err(_) => break,
+            }
+            batch += 1;
+        }
+        if let Err(e) = w.flush().await {
+            out.error = Some(format!("write failed: {e}"));
+            break 'send;
+        }
+    }
+    let until = Instant::now() + Duration::from_secs(60);
+    while acked.load(Ordering::Acquire) < out.sent && Instant::now() < until && !reader.is_finished() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    out.acked = acked.load(Ordering::Acquire);
+    out.done_ns = last_ack.load(Ordering::Relaxed);
+    if out.acked < out.sent && out.error.is_none() {
+        out.error = Some(if reader.is_finished() {
+            "connection ended with publishes unacknowledged".into()
+        } else {
+            "publishes still unacknowledged 60 s after the last one".into()
+        });
+    }
+    reader.abort();
+    out
+}
+
+async fn scenario_mqtt_ingest(hub: &BenchHub, config: &Config) -> BenchResult<()> {
+    println!("== mqtt-ingest: {}", describe("mqtt-ingest"));
+    let mqtt = hub.mqtt_addr()?;
+    let p = config.mqtt_publishers;
+    println!(
+        "  {p} MQTT connections (admin JWT as password), each a different device bench-mi-NN publishing to its own \
+         dh/notification/<net>/<type>/<device>/<name> topic as fast as the connection takes it, {} s per phase; \
+         payload {{\"notification\":name,\"parameters\":{{\"seq\":N,\"value\":21.5}}}}. QoS0: batches of 512 \
+         publishes, each followed by a PINGREQ, at most 3 batches unanswered (flow control: the hub handles a \
+         connection's packets in order); the phase ends at the last PINGRESP. QoS1: at \
+         most {} unacknowledged per connection; ends at the last PUBACK. Rates are stored (QoS1: acknowledged) \
+         notifications per second over the phase; stored counts come from the REST query API afterwards.",
+        config.mqtt_seconds, config.mqtt_window
+    );
+    let devices: Vec<String> = (0..p).map(|i| format!("bench-mi-{i:02}")).collect();
+    for d in &devices {
+        hub.device(d).await?;
+    }
+    let creds = Creds::Jwt(hub.admin.clone());
+    let mut failed = false;
+    for (qos, name) in [(0u8, "q0"), (1u8, "q1")] {
+        let mut conns = Vec::with_capacity(p);
+        for d in &devices {
+            let topic = hub.notification_topic(d, name).await?;
+            conns.push((mqtt_client(mqtt, &format!("{d}-c{qos}"), &creds).await?, topic));
+        }
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_secs(config.mqtt_seconds);
+        let mut tasks = Vec::with_capacity(p);
+        for (conn, topic) in conns {
+            let payload = move |seq: u64| {
+                format!("{{\"notification\":\"{name}\",\"parameters\":{{\"seq\":{seq},\"value\":21.5}}}}").into_bytes()
+            };
+            tasks.push(tokio::spawn(publish_flood(conn, topic, payload, qos, config.mqtt_window, deadline, t0)));
+        }
+        let mut outcomes = Vec::with_capacity(p);
+        for t in tasks {
+            outcomes.push(t.await?);
+        }
+        let end = Duration::from_nanos(outcomes.iter().map(|o| o.done_ns).max().unwrap_or(0));
+        let sent: u64 = outcomes.iter().map(|o| o.sent).sum();
+        let acked: u64 = outcomes.iter().map(|o| o.acked).sum();
+        let mut stored_total = 0u64;
+        let mut mismatched = Vec::new();
+        let verify = Instant::now();
+        for (d, o) in devices.iter().zip(&outcomes) {
+            let ids = hub.stored_notification_ids(d, name).await?;
+            let distinct = ids.iter().collect::<BTreeSet<_>>().len();
+            stored_total += ids.len() as u64;
+            let expected = if qos == 0 { o.sent } else { o.acked };
+            if ids.len() as u64 != expected || distinct != ids.len() {
+                mismatched.push(format!(
+                    "{d}: sent {} acked {} stored {} ({} distinct)",
+                    o.sent,
+                    o.acked,
+                    ids.len(),
+                    distinct
+                ));
+            }
+        }
+        let errors: Vec<&String> = outcomes.iter().filter_map(|o| o.error.as_ref()).collect();
+        if qos == 0 {
+            println!(
+                "  QoS0: {sent} publishes sent in {} s; last PINGRESP at {:.2} s; stored {stored_total} = {:.0} stored \
+                 notifications/s; not stored {} (REST check took {:.1} s)",
+                config.mqtt_seconds,
+                end.as_secs_f64(),
+                per_sec(stored_total, end),
+                sent.saturating_sub(stored_total),
+                verify.elapsed().as_secs_f64()
+            );
+        } else {
+            println!(
+                "  QoS1: {sent} publishes sent, {acked} PUBACKs, last at {:.2} s = {:.0} acknowledged notifications/s; \
+                 stored {stored_total} -> {} (REST check took {:.1} s)",
+                end.as_secs_f64(),
+                per_sec(acked, end),
+                if stored_total == acked && mismatched.is_empty() { "stored == acknowledged" } else { "MISMATCH" },
+                verify.elapsed().as_secs_f64()
+            );
+        }
+        for e in &errors {
+            println!("    connection problem: {e}");
+        }
+        for m in &mismatched {
+            println!("    {m}");
+        }
+        // QoS0 promises nothing, so a shortfall there is reported but not a failure.
+        failed |= !errors.is_empty() || (qos == 1 && !mismatched.is_empty());
+    }
+    if failed {
+        Err("MQTT ingest lost, duplicated or failed to acknowledge notifications (see above)".into())
+    } else {
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Connection storms and idle connections (hub child process, Mosquitto).
+
+#[derive(Default)]
+struct Storm {
+    accepted: u64,
+    refused: BTreeMap<u8, u64>,
+    timeouts: u64,
+    failures: Failures,
+    /// Accepted connections the broker did not close within 2 s of our DISCONNECT.
+    lingering: u64,
+    /// TCP connect + CONNECT -> CONNACK of accepted connections, microseconds.
+    latencies: Vec<i64>,
+    elapsed: Duration,
+}
+
+impl Storm {
+    fn rate(&self) -> f64 {
+        per_sec(self.accepted, self.elapsed)
+    }
+    fn not_accepted(&self) -> u64 {
+        self.refused.values().sum::<u64>() + self.failures.total()
+    }
+}
+
+/// `connectors` tasks loop for `seconds`: connect, CONNECT, CONNACK, DISCONNECT, wait for the broker to
+/// close (so TIME_WAIT stays on the broker's side).
+async fn connect_storm(
+    addr: SocketAddr,
+    connectors: usize,
+    seconds: u64,
+    creds: &Creds,
+    timeout: Duration,
+    tag: &str,
+) -> Storm {
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(seconds);
+    let mut tasks = Vec::with_capacity(connectors);
+    for k in 0..connectors {
+        let (creds, tag) = (creds.clone(), tag.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut s = Storm::default();
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                n += 1;
+                let began = Instant::now();
+                let id = format!("{tag}-{k}-{n}");
+                match mq::connect_client(addr, k, &id, 60, creds.pair(), timeout).await {
+                    Ok((mut r, mut w)) => {
+                        s.latencies.push(micros(began.elapsed()));
+                        s.accepted += 1;
+                        mq::disconnect(&mut w.buf);
+                        let _ = w.flush().await;
+                        if !r.wait_closed(Duration::from_secs(2)).await {
+                            s.lingering += 1;
+                        }
+                    }
+                    Err(mq::ConnectError::Refused(code)) => *s.refused.entry(code).or_default() += 1,
+                    Err(mq::ConnectError::Timeout) => s.timeouts += 1,
+                    Err(mq::ConnectError::Closed) => s.failures.add("closed without CONNACK", id),
+                    Err(mq::ConnectError::Io(e)) => {
+                        s.failures.add("I/O error", e);
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            s
+        }));
+    }
+    let mut total = Storm::default();
+    for t in tasks {
+        if let Ok(s) = t.await {
+            total.accepted += s.accepted;
+            for (c, n) in s.refused {
+                *total.refused.entry(c).or_default() += n;
+            }
+            total.timeouts += s.timeouts;
+            total.failures.merge(s.failures);
+            total.lingering += s.lingering;
+            total.latencies.extend(s.latencies);
+        }
+    }
+    total.elapsed = start.elapsed();
+    total
+}
+
+fn print_storm(what: &str, connectors: usize, s: &mut Storm) {
+    println!(
+        "  {what}: {} connections accepted (CONNACK 0) in {:.2} s with {connectors} concurrent connectors = {:.0} \
+         connects/s; refused {:?}; timeouts {}; other failures {}; not closed by the broker after DISCONNECT: {}",
+        s.accepted,
+        s.elapsed.as_secs_f64(),
+        s.rate(),
+        s.refused,
+        s.timeouts,
+        s.failures.total(),
+        s.lingering
+    );
+    s.failures.print("    ");
+    println!("    connect latency (TCP connect + CONNECT -> CONNACK): {}", tail_summary_us(&mut s.latencies));
+}
+
+struct Idle {
+    opened: usize,
+    failed: usize,
+    base_kib: u64,
+    loaded_kib: u64,
+    closed_kib: u64,
+    client_delta_kib: i64,
+}
+
+impl Idle {
+    fn per_conn_kib(&self) -> f64 {
+        if self.opened == 0 {
+            return f64::NAN;
+        }
+        (self.loaded_kib as f64 - self.base_kib as f64) / self.opened as f64
+    }
+}
+
+/// Opens `n` idle connections (keep-alive 0: no pings) to a child broker and reads its RSS before, with
+/// them open, and after closing them.
+async fn idle_memory(broker: &ChildBroker, n: usize, creds: &Creds, tag: &str) -> Idle {
+    let open = |count: usize, tag: String| {
+        let (addr, creds) = (broker.mqtt, creds.clone());
+        async move {
+            let gate = Arc::new(Semaphore::new(64));
+            let mut tasks = Vec::with_capacity(count);
+            for i in 0..count {
+                let (gate, creds, id) = (gate.clone(), creds.clone(), format!("{tag}-{i}"));
+                tasks.push(tokio::spawn(async move {
+                    let _permit = gate.acquire_owned().await;
+                    mq::connect_client(addr, i, &id, 0, creds.pair(), Duration::from_secs(30)).await
+                }));
+            }
+            let mut conns = Vec::with_capacity(count);
+            let mut failed = 0;
+            for t in tasks {
+                match t.await {
+                    Ok(Ok(c)) => conns.push(c),
+                    _ => failed += 1,
+                }
+            }
+            (conns, failed)
+        }
+    };
+    // Warm up (threads, allocator arenas, first-use caches), then measure.
+    drop(open(100, format!("{tag}-warm")).await);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let base_kib = broker.rss();
+    let client_base = rss_kib(std::process::id()).unwrap_or(0) as i64;
+    let (conns, failed) = open(n, tag.to_string()).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let loaded_kib = broker.rss();
+    let client_delta_kib = rss_kib(std::process::id()).unwrap_or(0) as i64 - client_base;
+    let opened = conns.len();
+    drop(conns);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    Idle { opened, failed, base_kib, loaded_kib, closed_kib: broker.rss(), client_delta_kib }
+}
+
+fn print_idle(what: &str, broker: &ChildBroker, i: &Idle) {
+    println!(
+        "  {what}: {} idle connections open ({} failed) in {} (pid {}): RSS {} KiB before -> {} KiB with them open \
+         = {:.2} KiB per connection; {} KiB after closing them. (Client side, not included: {:+} KiB.)",
+        i.opened,
+        i.failed,
+        broker.label,
+        broker.pid(),
+        i.base_kib,
+        i.loaded_kib,
+        i.per_conn_kib(),
+        i.closed_kib,
+        i.client_delta_kib
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Scenario: authenticated MQTT connects per second and memory per idle connection (hub child process).
+
+async fn scenario_mqtt_connect(config: &Config) -> BenchResult<()> {
+    println!("== mqtt-connect: {}", describe("mqtt-connect"));
+    let hub = ChildBroker::hub().await?;
+    println!(
+        "  hub: child process pid {} (this executable in hub mode, settings from HIVEHUB__* like `hivehub serve`), \
+         MQTT on {}, RSS at start {} KiB. Each connector loops: TCP connect (TCP_NODELAY, source 127.0.0.1-16), \
+         CONNECT (clean session, unique client id), CONNACK, DISCONNECT, wait for the hub to close; timeout per \
+         attempt {} ms; {} s per phase.",
+        hub.pid(),
+        hub.mqtt,
+        hub.rss(),
+        config.connect_timeout.as_millis(),
+        config.connect_seconds
+    );
+    let jwt = Creds::Jwt(hub.admin.clone());
+    // Memory first, while the process is fresh (storms leave the allocator's high-water mark behind).
+    let n = idle_connections_allowed(config.idle_connections);
+    let idle = idle_memory(&hub, n, &jwt, "idle").await;
+    print_idle("memory, JWT-authenticated clients", &hub, &idle);
+    let mut s =
+        connect_storm(hub.mqtt, config.connectors, config.connect_seconds, &jwt, config.connect_timeout, "cj").await;
+    print_storm("JWT (access token) as password", config.connectors, &mut s);
+    let login = Creds::Login(ADMIN_LOGIN.into(), ADMIN_PASSWORD.into());
+    let mut l =
+        connect_storm(hub.mqtt, config.login_connectors, config.connect_seconds, &login, config.connect_timeout, "cl")
+            .await;
+    print_storm("login/password (Argon2 per connect)", config.login_connectors, &mut l);
+    hub.stop().await;
+    let ok = s.timeouts == 0 && s.not_accepted() == 0 && l.timeouts == 0 && l.not_accepted() == 0 && idle.failed == 0;
+    if ok {
+        Ok(())
+    } else {
+        Err("some connections were refused, failed or timed out (see above)".into())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Scenario: plain-topic MQTT, Mosquitto vs hub.
+
+#[derive(Default)]
+struct Fanin {
+    sent: u64,
+    acked: u64,
+    delivered: u64,
+    /// Publishers done (last PINGRESP / PUBACK), from the start.
+    publish_elapsed: Duration,
+    /// Last delivery to the subscriber, from the start.
+    deliver_elapsed: Duration,
+    errors: Vec<String>,
+}
+
+/// `publishers` connections flood `bench/fanin/<i>` for `seconds`; one subscriber on `bench/fanin/+`
+/// (same QoS) counts deliveries until nothing arrives for 2 s after the publishers are done.
+async fn plain_fanin(addr: SocketAddr, publishers: usize, seconds: u64, qos: u8, window: usize) -> BenchResult<Fanin> {
+    let (mut sr, mut sw) = mqtt_client(addr, &format!("bench-fan-sub-q{qos}"), &Creds::Anonymous).await?;
+    let code = mq::subscribe_one(&mut sr, &mut sw, "bench/fanin/+", qos).await?;
+    if code > 1 {
+        return Err(format!("subscription refused (SUBACK {code:#x})").into());
+    }
+    let mut pubs = Vec::with_capacity(publishers);
+    for i in 0..publishers {
+        pubs.push(mqtt_client(addr, &format!("bench-fan-pub-q{qos}-{i}"), &Creds::Anonymous).await?);
+    }
+    let t0 = Instant::now();
+    let delivered = Arc::new(AtomicU64::new(0));
+    let last = Arc::new(AtomicU64::new(0));
+    let subscriber = {
+        let (delivered, last) = (delivered.clone(), last.clone());
+        tokio::spawn(async move {
+            while let Ok(p) = sr.next().await {
+                if let mq::Packet::Publish { qos, pkid, .. } = p {
+                    delivered.fetch_add(1, Ordering::Relaxed);
+                    last.store(nanos_since(t0, Instant::now()), Ordering::Relaxed);
+                    if qos > 0 {
+                        mq::puback(&mut sw.buf, pkid);
+                    }
+                    if (!sr.has_packet() || sw.buf.len() > 16 * 1024) && sw.flush().await.is_err() {
+                        break;
+                    }
+                }
+            }
+        })
+    };
+    let deadline = t0 + Duration::from_secs(seconds);
+    let payload = |seq: u64| {
+        let mut p = vec![b'x'; 64];
+        p[..8].copy_from_slice(&seq.to_be_bytes());
+        p
+    };
+    let mut tasks = Vec::with_capacity(publishers);
+    for (i, conn) in pubs.into_iter().enumerate() {
+        tasks.push(tokio::spawn(publish_flood(conn, format!("bench/fanin/{i}"), payload, qos, window, deadline, t0)));
+    }
+    let mut f = Fanin::default();
+    let mut done_ns = 0;
+    for t in tasks {
+        let o = t.await?;
+        f.sent += o.sent;
+        f.acked += o.acked;
+        done_ns = done_ns.max(o.done_ns);
+        f.errors.extend(o.error);
+    }
+    f.publish_elapsed = Duration::from_nanos(done_ns);
+    let expected = if qos == 0 { f.sent } else { f.acked };
+    let (mut seen, mut since) = (u64::MAX, Instant::now());
+    loop {
+        let d = delivered.load(Ordering::Relaxed);
+        if d >= expected && d == seen {
+            break;
+        }
+        if d != seen {
+            (seen, since) = (d, Instant::now());
+        } else if since.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    subscriber.abort();
+    f.delivered = delivered.load(Ordering::Relaxed);
+    f.deliver_elapsed = Duration::from_nanos(last.load(Ordering::Relaxed));
+    Ok(f)
+}
+
+/// One publisher at `rate`/s, one subscriber, topic `bench/lat`, both QoS1; publish written ->
+/// delivery read, per message (microseconds), and how many never arrived.
+async fn plain_latency(addr: SocketAddr, m: usize, rate: u64) -> BenchResult<(Vec<i64>, usize)> {
+    let (mut sr, mut sw) = mqtt_client(addr, "bench-plat-sub", &Creds::Anonymous).await?;
+    let code = mq::subscribe_one(&mut sr, &mut sw, "bench/lat", 1).await?;
+    if code > 1 {
+        return Err(format!("subscription refused (SUBACK {code:#x})").into());
+    }
+    let (mut pr, mut pw) = mqtt_client(addr, "bench-plat-pub", &Creds::Anonymous).await?;
+    let acks = tokio::spawn(async move { while pr.next().await.is_ok() {} });
+    let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Instant)>();
+    let subscriber = tokio::spawn(async move {
+        while let Ok(p) = sr.next().await {
+            if let mq::Packet::Publish { qos, pkid, payload } = p {
+                let at = Instant::now();
+                if payload.len() >= 8 {
+                    let _ = tx.send((u64::from_be_bytes(payload[..8].try_into().unwrap_or_default()), at));
+                }
+                if qos > 0 {
+                    mq::puback(&mut sw.buf, pkid);
+                }
+                if !sr.has_packet() && sw.flush().await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let mut sent = Vec::with_capacity(m);
+    let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate));
+    let mut payload = vec![b'x'; 64];
+    for seq in 0..m as u64 {
+        tick.tick().await;
+        payload[..8].copy_from_slice(&seq.to_be_bytes());
+        mq::publish(&mut pw.buf, "bench/lat", &payload, 1, (seq % 65_535) as u16 + 1);
+        sent.push(Instant::now());
+        pw.flush().await?;
+    }
+    let mut lat = Vec::with_capacity(m);
+    let mut seen = vec![false; m];
+    while lat.len() < m {
+        match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+            Ok(Some((seq, at))) => {
+                if let Some(s) = usize::try_from(seq).ok().filter(|&s| s < m && !seen[s]) {
+                    seen[s] = true;
+                    lat.push(signed_micros(at, sent[s]));
+                }
+            }
+            _ => break,
+        }
+    }
+    subscriber.abort();
+    acks.abort();
+    let missing = m - lat.len();
+    Ok((lat, missing))
+}
+
+/// The figures of one broker for the side-by-side table.
+struct BrokerFigures {
+    label: String,
+    q0: Fanin,
+    q1: Fanin,
+    latency: Vec<i64>,
+    latency_missing: usize,
+    storm: Storm,
+    start_rss: u64,
+    idle: Idle,
+}
+
+async fn plain_suite(broker: &ChildBroker, config: &Config) -> BenchResult<BrokerFigures> {
+    let (p, secs) = (config.mqtt_publishers, config.mqtt_seconds);
+    println!(
+        "  -- {} (pid {}, MQTT on {}, RSS at start {} KiB) --",
+        broker.label,
+        broker.pid(),
+        broker.mqtt,
+        broker.rss()
+    );
+    let start_rss = broker.rss();
+    // Memory first, while the process is fresh (floods leave the allocator's high-water mark behind).
+    let idle = idle_memory(broker, idle_connections_allowed(config.idle_connections), &Creds::Anonymous, "idle").await;
+    print_idle("memory, anonymous clients", broker, &idle);
+    let q0 = plain_fanin(broker.mqtt, p, secs, 0, config.mqtt_window).await?;
+    println!(
+        "  QoS0 fan-in ({p} publishers -> 1 subscriber, {secs} s, 64-byte payloads): published {} = {:.0} msg/s (until \
+         the last PINGRESP at {:.2} s); delivered {} = {:.0} msg/s (until the last delivery at {:.2} s); not delivered {}",
+        q0.sent,
+        per_sec(q0.sent, q0.publish_elapsed),
+        q0.publish_elapsed.as_secs_f64(),
+        q0.delivered,
+        per_sec(q0.delivered, q0.deliver_elapsed),
+        q0.deliver_elapsed.as_secs_f64(),
+        q0.sent.saturating_sub(q0.delivered)
+    );
+    for e in &q0.errors {
+        println!("    publisher problem: {e}");
+    }
+    let q1 = plain_fanin(broker.mqtt, p, secs, 1, config.mqtt_window).await?;
+    println!(
+        "  QoS1 fan-in ({p} publishers with {} unacknowledged each -> 1 QoS1 subscriber, {secs} s): acknowledged {} of \
+         {} sent = {:.0} msg/s (until the last PUBACK at {:.2} s); delivered {} = {:.0} msg/s; acknowledged but not \
+         delivered {}",
+        config.mqtt_window,
+        q1.acked,
+        q1.sent,
+        per_sec(q1.acked, q1.publish_elapsed),
+        q1.publish_elapsed.as_secs_f64(),
+        q1.delivered,
+        per_sec(q1.delivered, q1.deliver_elapsed),
+        q1.acked.saturating_sub(q1.delivered)
+    );
+    for e in &q1.errors {
+        println!("    publisher problem: {e}");
+    }
+    let (mut latency, latency_missing) = plain_latency(broker.mqtt, config.mqtt_messages, config.mqtt_rate).await?;
+    println!(
+        "  latency (QoS1 publish -> QoS1 subscriber, {} messages at {}/s; missing {latency_missing}): {}",
+        config.mqtt_messages,
+        config.mqtt_rate,
+        tail_summary_us(&mut latency)
+    );
+    let mut storm = connect_storm(
+        broker.mqtt,
+        config.connectors,
+        config.connect_seconds,
+        &Creds::Anonymous,
+        config.connect_timeout,
+        "ca",
+    )
+    .await;
+    print_storm("connects, anonymous", config.connectors, &mut storm);
+    Ok(BrokerFigures { label: broker.label.clone(), q0, q1, latency, latency_missing, storm, start_rss, idle })
+}
+
+async fn scenario_mosquitto(config: &Config) -> BenchResult<()> {
+    println!("== mosquitto: {}", describe("mosquitto"));
+    println!(
+        "  Both brokers run as child processes on 127.0.0.1 and are driven by the same minimal MQTT 3.1.1 client \
+         (TCP_NODELAY, batched writes) in this process, one broker after the other; all clients anonymous, plain \
+         (non-dh/) topics. Mosquitto config: listener PORT 127.0.0.1, allow_anonymous true, max_connections -1 (other \
+         settings at their defaults, e.g. max_queued_messages 1000). Hub: default settings (plain_topics open)."
+    );
+    let mut figures = Vec::new();
+    for hub in [false, true] {
+        let broker = if hub { ChildBroker::hub().await? } else { ChildBroker::mosquitto(&config.mosquitto).await? };
+        let result = plain_suite(&broker, config).await;
+        broker.stop().await;
+        figures.push(result?);
+    }
+    print_comparison(config, &figures);
+    Ok(())
+}
+
+/// One cell of the comparison table, computed from a broker's figures.
+type TableCell = Box<dyn Fn(&BrokerFigures) -> String>;
+
+fn print_comparison(config: &Config, figs: &[BrokerFigures]) {
+    let p = config.mqtt_publishers;
+    let rows: Vec<(String, TableCell)> = vec![
+        (
+            format!("QoS0 fan-in {p}->1: published msg/s"),
+            Box::new(|f| format!("{:.0}", per_sec(f.q0.sent, f.q0.publish_elapsed))),
+        ),
+        (
+            "QoS0 fan-in: delivered msg/s".into(),
+            Box::new(|f| format!("{:.0}", per_sec(f.q0.delivered, f.q0.deliver_elapsed))),
+        ),
+        ("QoS0 fan-in: delivered / published".into(), Box::new(|f| format!("{} / {}", f.q0.delivered, f.q0.sent))),
+        (
+            format!("QoS1 fan-in {p}->1: acknowledged msg/s"),
+            Box::new(|f| format!("{:.0}", per_sec(f.q1.acked, f.q1.publish_elapsed))),
+        ),
+        (
+            "QoS1 fan-in: delivered msg/s".into(),
+            Box::new(|f| format!("{:.0}", per_sec(f.q1.delivered, f.q1.deliver_elapsed))),
+        ),
+        ("QoS1 fan-in: delivered / acknowledged".into(), Box::new(|f| format!("{} / {}", f.q1.delivered, f.q1.acked))),
+        ("QoS1 latency p50 (ms)".into(), Box::new(|f| format!("{:.3}", pct_ms(&f.latency, 50.0)))),
+        ("QoS1 latency p99 (ms)".into(), Box::new(|f| format!("{:.3}", pct_ms(&f.latency, 99.0)))),
+        ("QoS1 latency p99.9 (ms)".into(), Box::new(|f| format!("{:.3}", pct_ms(&f.latency, 99.9)))),
+        ("QoS1 latency max (ms)".into(), Box::new(|f| format!("{:.3}", pct_ms(&f.latency, 100.0)))),
+        ("QoS1 latency: messages missing".into(), Box::new(|f| f.latency_missing.to_string())),
+        (
+            format!("connects/s (anonymous, {} connectors)", config.connectors),
+            Box::new(|f| format!("{:.0}", f.storm.rate())),
+        ),
+        (
+            "connects: refused+failed / timeouts".into(),
+            Box::new(|f| format!("{} / {}", f.storm.not_accepted(), f.storm.timeouts)),
+        ),
+        ("connect latency p99 (ms)".into(), Box::new(|f| format!("{:.3}", pct_ms(&f.storm.latencies, 99.0)))),
+        ("RSS at start (KiB)".into(), Box::new(|f| f.start_rss.to_string())),
+        (
+            "RSS per idle connection (KiB)".into(),
+            Box::new(|f| format!("{:.2} ({} conns)", f.idle.per_conn_kib(), f.idle.opened)),
+        ),
+    ];
+    println!();
+    println!(
+        "  side by side (plain topics, anonymous clients, same client code, brokers as child processes; {} CPUs shared \
+         with the load generator):",
+        available_cpus()
+    );
+    let width = 42;
+    let mut header = format!("  {:<width$}", "measure");
+    for f in figs {
+        let _ = write!(header, " | {:>22}", f.label);
+    }
+    println!("{header}");
+    println!("  {}", "-".repeat(width + figs.len() * 25));
+    for (name, cell) in &rows {
+        let mut line = format!("  {name:<width$}");
+        for f in figs {
+            let _ = write!(line, " | {:>22}", cell(f));
+        }
+        println!("{line}");
     }
 }

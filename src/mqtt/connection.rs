@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use super::codec::{self, connack, Connect, DecodeError, Packet, Publish, SUBACK_FAILURE};
+use super::presence::PresenceEvent;
 use super::topics::{self, DhFilter};
 use super::MqttShared;
 use crate::api::actions;
@@ -28,6 +29,7 @@ use crate::api::session::{push_text, Session};
 use crate::auth::Principal;
 use crate::config::PlainTopics;
 use crate::hub::bus::{Delivery, EventKind};
+use crate::store::SessionRecord;
 
 /// Answers a connection over the limit with CONNACK "server unavailable".
 pub async fn refuse_busy(mut stream: TcpStream) {
@@ -90,8 +92,9 @@ struct Conn {
     writer: Writer,
     rbuf: BytesMut,
     wbuf: BytesMut,
-    link_tx: LinkTx,
-    link_rx: LinkRx,
+    /// The rumqttd router link, opened on first use of a plain topic: sessions that only speak `dh/`
+    /// never cost router memory.
+    link: Option<(LinkTx, LinkRx)>,
     session: Session,
     deliveries: mpsc::Receiver<Delivery>,
     overflow: Arc<Notify>,
@@ -116,6 +119,8 @@ struct Conn {
     persistent: bool,
     /// Commands sent by the reconnect replay (live copies are skipped).
     replayed: HashSet<i64>,
+    /// QoS 2 `dh/` publishes handled by the hub, awaiting the client's PUBREL.
+    own_qos2: HashSet<u16>,
 }
 
 const RECENT_EVENTS: usize = 512;
@@ -191,24 +196,19 @@ pub async fn run_io(shared: Arc<MqttShared>, mut reader: Reader, mut writer: Wri
         old.notify_one();
     }
 
-    let link = {
-        let open = &shared.open_link;
-        open(&client_id, connect.clean_session)
-    };
-    let (link_tx, link_rx, ack) = match link {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::warn!(client_id = %client_id, error = %e, "MQTT router refused the connection");
-            let _ = write_packet(&mut writer, &refuse(connack::SERVER_UNAVAILABLE)).await;
-            forget_session(&shared, &client_id, number);
-            return;
-        }
-    };
-    drop(ack);
-    let now = crate::time::now_ms();
+    let clean = connect.clean_session;
+    let previous = shared.hub.store.mqtt_session_clean(&client_id).await.ok().flatten();
+    let session_present = !clean && previous == Some(false);
+    if clean && previous == Some(false) {
+        // A clean session replaces a persistent one: nothing is owed any more.
+        let _ = shared.hub.store.mqtt_subscriptions_clear(&client_id).await;
+    }
     let user_id = principal.user_id();
-    let session_present =
-        shared.hub.store.mqtt_session_connected(&client_id, user_id, connect.clean_session, now).await.unwrap_or(false);
+    shared.presence.record(PresenceEvent {
+        record: SessionRecord::Connected { client_id: client_id.clone(), user_id, clean, at: crate::time::now_ms() },
+        principal: principal.clone(),
+        notification: principal.is_authenticated().then(|| json!({"clientId": client_id, "cleanSession": clean})),
+    });
     let (mut session, deliveries, overflow) = Session::new(shared.hub.clone(), String::new(), settings.queue_capacity);
     session.principal = principal;
     let mut conn = Conn {
@@ -218,8 +218,7 @@ pub async fn run_io(shared: Arc<MqttShared>, mut reader: Reader, mut writer: Wri
         writer,
         rbuf,
         wbuf: BytesMut::new(),
-        link_tx,
-        link_rx,
+        link: None,
         session,
         deliveries,
         overflow,
@@ -236,9 +235,17 @@ pub async fn run_io(shared: Arc<MqttShared>, mut reader: Reader, mut writer: Wri
         will: connect.will.clone(),
         persistent: !connect.clean_session,
         replayed: HashSet::new(),
+        own_qos2: HashSet::new(),
     };
     conn.queue(&Packet::ConnAck { session_present, code: connack::ACCEPTED });
-    conn.presence(true, json!({"clientId": client_id, "cleanSession": connect.clean_session})).await;
+    if !clean {
+        // A persistent session may have plain-topic state in the router (its graveyard).
+        if let Err(end) = conn.open_link() {
+            conn.finish(end).await;
+            forget_session(&shared, &client_id, number);
+            return;
+        }
+    }
     let end = match conn.flush().await {
         Ok(()) => match conn.restore().await {
             Ok(()) => conn.serve().await,
@@ -416,7 +423,7 @@ impl Conn {
                         self.read_packets().await
                     }
                 },
-                n = self.link_rx.next() => match n {
+                n = next_from_router(&mut self.link) => match n {
                     Ok(Some(n)) => self.on_router_notification(n).await,
                     Ok(None) => Ok(()),
                     Err(_) => Err(End::TakenOver),
@@ -470,6 +477,10 @@ impl Conn {
                 Ok(())
             }
             Packet::PubRel(pkid) => {
+                if self.own_qos2.remove(&pkid) {
+                    self.queue(&Packet::PubComp(pkid));
+                    return Ok(());
+                }
                 let rel = rq::PubRel { pkid, reason: rq::PubRelReason::Success };
                 self.send_to_router(rq::Packet::PubRel(rel, None)).await
             }
@@ -487,7 +498,9 @@ impl Conn {
     }
 
     async fn send_to_router(&mut self, p: rq::Packet) -> Result<(), End> {
-        self.link_tx.send(p).await.map(|_| ()).map_err(|_| End::TakenOver)
+        self.open_link()?;
+        let Some((tx, _)) = self.link.as_mut() else { return Err(End::TakenOver) };
+        tx.send(p).await.map(|_| ()).map_err(|_| End::TakenOver)
     }
 
     /// Which plain (non-`dh/`) topics this session may use.
@@ -502,30 +515,31 @@ impl Conn {
     fn refuse_publish(&mut self, reason: &str, p: &Publish) {
         self.shared.dropped_publishes.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(client_id = %self.client_id, topic = %p.topic, reason, "MQTT publish dropped");
-        if p.qos == 1 {
-            // MQTT 3.1.1 has no negative PUBACK; acknowledging stops the client from resending a
-            // publish that will never be accepted.
-            self.queue(&Packet::PubAck(p.pkid));
-        }
     }
 
+    /// Handles a PUBLISH and acknowledges it once handled — for `dh/` topics that is after the action
+    /// or insert is committed. Refused publishes are acknowledged too: MQTT 3.1.1 has no negative
+    /// acknowledgement, and a client must not resend forever what will never be accepted.
     async fn on_publish(&mut self, p: Publish) -> Result<(), End> {
-        if p.qos == 2 {
-            // The hub speaks QoS 0 and 1.
-            self.refuse_publish("QoS 2 is not supported", &p);
-            return Ok(());
-        }
         if !p.topic.starts_with("dh/") {
-            if !self.plain_allowed() || p.topic.is_empty() || p.topic.contains(['+', '#']) {
-                self.refuse_publish("plain topic not allowed", &p);
-                return Ok(());
+            if self.plain_allowed() && !p.topic.is_empty() && !p.topic.contains(['+', '#']) {
+                // The router acknowledges plain publishes itself (PUBACK, or PUBREC for QoS 2).
+                return self.send_to_router(rq::Packet::Publish(to_router(&p), None)).await;
             }
-            return self.send_to_router(rq::Packet::Publish(to_router(&p), None)).await;
-        }
-        if p.topic == "dh/request" {
+            self.refuse_publish("plain topic not allowed", &p);
+        } else if p.topic == "dh/request" {
             self.on_request(&p).await;
         } else {
             self.on_direct_publish(&p).await;
+        }
+        match p.qos {
+            1 => self.queue(&Packet::PubAck(p.pkid)),
+            2 => {
+                // Handled exactly once, now; PUBREL is answered with PUBCOMP.
+                self.own_qos2.insert(p.pkid);
+                self.queue(&Packet::PubRec(p.pkid));
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -543,9 +557,6 @@ impl Conn {
             if !self.publish_from_hub(topic, payload, p.qos.min(sub_qos)) {
                 tracing::debug!(client_id = %self.client_id, "response dropped: too many unacknowledged publishes");
             }
-        }
-        if p.qos == 1 {
-            self.queue(&Packet::PubAck(p.pkid));
         }
     }
 
@@ -606,13 +617,8 @@ impl Conn {
                 }
             }
         };
-        match result {
-            Ok(()) => {
-                if p.qos == 1 {
-                    self.queue(&Packet::PubAck(p.pkid));
-                }
-            }
-            Err(e) => self.refuse_publish(&e.message, p),
+        if let Err(e) = result {
+            self.refuse_publish(&e.message, p);
         }
     }
 
@@ -725,7 +731,9 @@ impl Conn {
             Some(p) => p,
             None => {
                 // Unschedule: the router waits for us to ask for more.
-                self.link_rx.wake().await.map_err(|_| End::TakenOver)?;
+                if let Some((_, rx)) = &self.link {
+                    rx.wake().await.map_err(|_| End::TakenOver)?;
+                }
                 return Ok(());
             }
         };
@@ -812,20 +820,20 @@ impl Conn {
         Ok(())
     }
 
-    /// `$device-connected` / `$device-disconnected` for a device whose id is this client id, when the
-    /// session's principal may see that device.
-    async fn presence(&self, connected: bool, parameters: Value) {
-        let hub = &self.shared.hub;
-        let principal = &self.session.principal;
-        if !principal.is_authenticated() {
-            return;
+    /// Opens the router link if it is not open yet.
+    fn open_link(&mut self) -> Result<(), End> {
+        if self.link.is_some() {
+            return Ok(());
         }
-        let Ok(Some(device)) = hub.store.device_get(&self.client_id).await else { return };
-        if !hub.device_visible(principal, &device).await.unwrap_or(false) {
-            return;
-        }
-        if let Err(e) = hub.device_presence(&device.id, connected, parameters).await {
-            tracing::debug!(client_id = %self.client_id, error = %e, "presence notification failed");
+        match (self.shared.open_link)(&self.client_id, !self.persistent) {
+            Ok((tx, rx, _connack)) => {
+                self.link = Some((tx, rx));
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(client_id = %self.client_id, error = %e, "MQTT router refused the link");
+                Err(End::TakenOver)
+            }
         }
     }
 
@@ -875,12 +883,15 @@ impl Conn {
         let reason = end.reason();
         // After a takeover the session lives on in the new connection: it is not a disconnect.
         if end != End::TakenOver {
-            let now = crate::time::now_ms();
-            if let Err(e) = self.shared.hub.store.mqtt_session_disconnected(&self.client_id, now, reason).await {
-                tracing::warn!(client_id = %self.client_id, error = %e, "cannot record MQTT disconnect");
-            }
             let client_id = self.client_id.clone();
-            self.presence(false, json!({"clientId": client_id, "reason": reason, "will": will})).await;
+            let principal = self.session.principal.clone();
+            self.shared.presence.record(PresenceEvent {
+                record: SessionRecord::Disconnected { client_id: client_id.clone(), at: crate::time::now_ms(), reason },
+                notification: principal
+                    .is_authenticated()
+                    .then(|| json!({"clientId": client_id, "reason": reason, "will": will})),
+                principal,
+            });
         }
         if end != End::Clean {
             if let Some(will) = self.will.take() {
@@ -899,8 +910,10 @@ impl Conn {
                 }
             }
         }
-        let bye = rq::Disconnect { reason_code: rq::DisconnectReasonCode::NormalDisconnection };
-        let _ = self.send_to_router(rq::Packet::Disconnect(bye, None)).await;
+        if self.link.is_some() {
+            let bye = rq::Disconnect { reason_code: rq::DisconnectReasonCode::NormalDisconnection };
+            let _ = self.send_to_router(rq::Packet::Disconnect(bye, None)).await;
+        }
         let _ = self.writer.shutdown().await;
     }
 }
@@ -917,6 +930,16 @@ impl End {
             End::TakenOver => "taken-over",
             End::Shutdown => "shutdown",
         }
+    }
+}
+
+/// The router's next notification, or never when no link is open.
+async fn next_from_router(
+    link: &mut Option<(LinkTx, LinkRx)>,
+) -> Result<Option<Notification>, rumqttd::local::LinkError> {
+    match link {
+        Some((_, rx)) => rx.next().await,
+        None => std::future::pending().await,
     }
 }
 

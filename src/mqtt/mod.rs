@@ -8,6 +8,7 @@
 
 pub mod codec;
 mod connection;
+mod presence;
 mod tls;
 pub mod topics;
 mod websocket;
@@ -37,6 +38,7 @@ pub struct MqttShared {
     sessions: Mutex<HashMap<String, (u64, Arc<Notify>)>>,
     next_connection: AtomicU64,
     connections: AtomicUsize,
+    presence: presence::Presence,
     /// Publishes refused by authorization or validation.
     pub dropped_publishes: AtomicU64,
 }
@@ -89,6 +91,7 @@ pub async fn start(hub: Arc<Hub>) -> Result<Broker, StartupError> {
     let shared = Arc::new(MqttShared {
         hub: hub.clone(),
         open_link,
+        presence: presence::Presence::start(hub.clone()),
         sessions: Mutex::new(HashMap::new()),
         next_connection: AtomicU64::new(1),
         connections: AtomicUsize::new(0),

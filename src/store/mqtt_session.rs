@@ -13,49 +13,62 @@ pub struct StoredSubscription {
     pub since: i64,
 }
 
+/// A presence change of an MQTT session, recorded in batches off the connect path.
+#[derive(Debug, Clone)]
+pub enum SessionRecord {
+    Connected { client_id: String, user_id: Option<i64>, clean: bool, at: i64 },
+    Disconnected { client_id: String, at: i64, reason: &'static str },
+}
+
 impl Store {
-    /// Records a connection. A clean session forgets what a previous persistent one stored; returns
-    /// whether a persistent session existed (MQTT's "session present").
-    pub async fn mqtt_session_connected(
-        &self,
-        client_id: &str,
-        user_id: Option<i64>,
-        clean: bool,
-        now: i64,
-    ) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
-        let previous: Option<bool> = sqlx::query("SELECT clean FROM mqtt_session WHERE client_id = ?")
+    /// Whether a session record exists for `client_id`, and whether it was a clean one.
+    pub async fn mqtt_session_clean(&self, client_id: &str) -> Result<Option<bool>> {
+        let row = sqlx::query("SELECT clean FROM mqtt_session WHERE client_id = ?")
             .bind(client_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|r| r.get::<bool, _>(0));
-        if clean {
-            sqlx::query("DELETE FROM mqtt_subscription WHERE client_id = ?").bind(client_id).execute(&mut *tx).await?;
-        }
-        sqlx::query(
-            "INSERT INTO mqtt_session (client_id, user_id, clean, connected, connected_at) VALUES (?, ?, ?, 1, ?) \
-             ON CONFLICT(client_id) DO UPDATE SET user_id = excluded.user_id, clean = excluded.clean, connected = 1, \
-             connected_at = excluded.connected_at",
-        )
-        .bind(client_id)
-        .bind(user_id)
-        .bind(clean)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(!clean && previous == Some(false))
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.get::<bool, _>(0)))
     }
 
-    pub async fn mqtt_session_disconnected(&self, client_id: &str, now: i64, reason: &str) -> Result<()> {
-        sqlx::query(
-            "UPDATE mqtt_session SET connected = 0, disconnected_at = ?, disconnect_reason = ? WHERE client_id = ?",
-        )
-        .bind(now)
-        .bind(reason)
-        .bind(client_id)
-        .execute(&self.pool)
-        .await?;
+    /// Forgets the stored subscriptions of a session (a clean session replaces a persistent one).
+    pub async fn mqtt_subscriptions_clear(&self, client_id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM mqtt_subscription WHERE client_id = ?").bind(client_id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Writes a batch of presence changes in one transaction, in order. The transaction starts with a
+    /// write, so it takes the write lock up front instead of failing to upgrade a read.
+    pub async fn mqtt_session_records(&self, records: &[SessionRecord]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for r in records {
+            match r {
+                SessionRecord::Connected { client_id, user_id, clean, at } => {
+                    sqlx::query(
+                        "INSERT INTO mqtt_session (client_id, user_id, clean, connected, connected_at) \
+                         VALUES (?, ?, ?, 1, ?) ON CONFLICT(client_id) DO UPDATE SET user_id = excluded.user_id, \
+                         clean = excluded.clean, connected = 1, connected_at = excluded.connected_at",
+                    )
+                    .bind(client_id)
+                    .bind(user_id)
+                    .bind(clean)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                SessionRecord::Disconnected { client_id, at, reason } => {
+                    sqlx::query(
+                        "UPDATE mqtt_session SET connected = 0, disconnected_at = ?, disconnect_reason = ? \
+                         WHERE client_id = ?",
+                    )
+                    .bind(at)
+                    .bind(*reason)
+                    .bind(client_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+        }
+        tx.commit().await?;
         Ok(())
     }
 

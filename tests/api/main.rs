@@ -2,6 +2,7 @@
 
 mod admin;
 mod common;
+mod firmware;
 mod messages;
 mod mqtt;
 mod mqtt_sessions;
