@@ -78,6 +78,7 @@ pub struct AuthSettings {
     pub access_token_lifetime_ms: i64,
     pub refresh_token_lifetime_ms: i64,
     pub restrict_token_create: bool,
+    pub credential_cache_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

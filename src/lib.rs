@@ -64,6 +64,7 @@ impl App {
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (writer_stop, writer_stop_rx) = watch::channel(false);
+        let settings_credential_ttl = settings.auth.credential_cache_secs;
         let bus = Arc::new(Bus::new());
         let publish_bus = bus.clone();
         let (writer, writer_task) = Writer::spawn(
@@ -80,6 +81,11 @@ impl App {
             settings,
             keys: JwtKeys::from_secret(&secret),
             shutdown: shutdown_rx.clone(),
+            credentials: auth::credential_cache::CredentialCache::new(
+                Duration::from_secs(settings_credential_ttl),
+                100_000,
+            ),
+            recent_last_login: Default::default(),
         });
         tracing::info!(%http_addr, "hivehub listening");
         let mqtt = if hub.settings.mqtt.enabled { Some(mqtt::start(hub.clone()).await?) } else { None };
@@ -102,6 +108,7 @@ impl App {
                     }
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
+                shared.flush_presence().await;
             }
             // Every request has been answered, so nothing can queue more writes: flush and close.
             let _ = writer_stop.send(true);

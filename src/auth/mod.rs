@@ -2,6 +2,7 @@
 //! and the one permission check every transport goes through.
 
 pub mod action;
+pub mod credential_cache;
 pub mod jwt;
 pub mod password;
 pub mod principal;

@@ -35,6 +35,10 @@ pub struct Hub {
     pub keys: JwtKeys,
     /// Becomes true when the hub shuts down; long polls return at once.
     pub shutdown: watch::Receiver<bool>,
+    /// Recently verified login/password pairs (see `auth::credential_cache`).
+    pub credentials: crate::auth::credential_cache::CredentialCache,
+    /// When this process last wrote each user's `lastLogin` (throttles concurrent logins).
+    pub recent_last_login: std::sync::Mutex<std::collections::HashMap<i64, i64>>,
 }
 
 impl Hub {

@@ -49,15 +49,38 @@ impl Hub {
         if !user.is_active() {
             return Err(ApiError::unauthorized_msg("User is locked or disabled"));
         }
-        if !password::verify(pass, &user.password_hash, &user.password_salt) {
-            let max = self.store.config_i64("user.login.maxAttempts", DEFAULT_MAX_LOGIN_ATTEMPTS).await?;
-            self.store.user_login_failed(user.id, max.max(1)).await?;
-            return Err(ApiError::unauthorized_msg("Invalid credentials"));
+        if !self.credentials.verified(&login, pass, &user) {
+            if !password::verify(pass, &user.password_hash, &user.password_salt) {
+                let max = self.store.config_i64("user.login.maxAttempts", DEFAULT_MAX_LOGIN_ATTEMPTS).await?;
+                self.store.user_login_failed(user.id, max.max(1)).await?;
+                return Err(ApiError::unauthorized_msg("Invalid credentials"));
+            }
+            self.credentials.remember(&login, pass, &user);
         }
         let gap = self.store.config_i64("user.login.lastTimeout", DEFAULT_LAST_LOGIN_TIMEOUT_MS).await?;
-        self.store.user_login_succeeded(user.id, now_ms(), gap).await?;
+        let now = now_ms();
+        // Most logins change nothing (no failed attempts to reset, lastLogin recently set): skip the
+        // write, also when many logins of one user race (a fleet of devices sharing credentials).
+        if user.login_attempts != 0 || self.last_login_due(user.id, user.last_login, now, gap) {
+            self.store.user_login_succeeded(user.id, now, gap).await?;
+        }
         let payload = self.login_payload(&user).await?;
         Ok(self.token_pair(payload, None, None))
+    }
+
+    /// Whether `lastLogin` needs writing: neither the stored value nor this process's last write is
+    /// within `gap`. Records the write it allows.
+    fn last_login_due(&self, user_id: i64, stored: Option<i64>, now: i64, gap: i64) -> bool {
+        let mut recent = self.recent_last_login.lock().unwrap_or_else(|e| e.into_inner());
+        let last = stored.into_iter().chain(recent.get(&user_id).copied()).max();
+        if last.is_some_and(|l| now - l < gap) {
+            return false;
+        }
+        if recent.len() > 100_000 {
+            recent.clear();
+        }
+        recent.insert(user_id, now);
+        true
     }
 
     /// Claims of a login token: admins everything; clients the client actions, their networks and

@@ -47,6 +47,11 @@ impl MqttShared {
     pub fn connection_count(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
     }
+    /// Waits for the presence records of closed connections to be written (shutdown).
+    pub async fn flush_presence(&self) {
+        self.presence.close().await;
+    }
+
     pub fn dropped_publish_count(&self) -> u64 {
         self.dropped_publishes.load(Ordering::Relaxed)
     }

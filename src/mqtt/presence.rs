@@ -3,10 +3,12 @@
 //! sessions) and emits `$device-connected` / `$device-disconnected` for client ids that are devices
 //! their user may see. A connect storm therefore costs a few transactions, not one per client.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::auth::Principal;
 use crate::hub::Hub;
@@ -19,20 +21,32 @@ pub struct PresenceEvent {
     pub notification: Option<Value>,
 }
 
-#[derive(Clone)]
 pub struct Presence {
-    tx: mpsc::UnboundedSender<PresenceEvent>,
+    tx: Mutex<Option<mpsc::UnboundedSender<PresenceEvent>>>,
+    task: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Presence {
     pub fn start(hub: Arc<Hub>) -> Presence {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(hub, rx));
-        Presence { tx }
+        let task = tokio::spawn(run(hub, rx));
+        Presence { tx: Mutex::new(Some(tx)), task: Mutex::new(Some(task)) }
     }
 
     pub fn record(&self, event: PresenceEvent) {
-        let _ = self.tx.send(event);
+        if let Some(tx) = self.tx.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            let _ = tx.send(event);
+        }
+    }
+
+    /// Stops taking events and waits until every recorded one is written (at shutdown, before the
+    /// message writer and the database close).
+    pub async fn close(&self) {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
     }
 }
 
@@ -43,23 +57,32 @@ async fn run(hub: Arc<Hub>, mut rx: mpsc::UnboundedReceiver<PresenceEvent>) {
         if let Err(e) = hub.store.mqtt_session_records(&records).await {
             tracing::warn!(error = %e, sessions = records.len(), "cannot record MQTT presence");
         }
+        // Per client in order (connected before disconnected); different clients side by side, so the
+        // message writer commits their notifications together.
+        let mut per_client: HashMap<String, Vec<(bool, Value, Principal)>> = HashMap::new();
         for event in batch.drain(..) {
             let Some(parameters) = event.notification else { continue };
             let (client_id, connected) = match &event.record {
                 SessionRecord::Connected { client_id, .. } => (client_id.clone(), true),
                 SessionRecord::Disconnected { client_id, .. } => (client_id.clone(), false),
             };
-            // Each notification waits for a commit; run them side by side so the writer batches them.
+            per_client.entry(client_id).or_default().push((connected, parameters, event.principal));
+        }
+        let mut notifications = JoinSet::new();
+        for (client_id, events) in per_client {
             let hub = hub.clone();
-            tokio::spawn(async move {
-                let Ok(Some(device)) = hub.store.device_get(&client_id).await else { return };
-                if !hub.device_visible(&event.principal, &device).await.unwrap_or(false) {
-                    return;
-                }
-                if let Err(e) = hub.device_presence(&device.id, connected, parameters).await {
-                    tracing::debug!(client_id, error = %e, "presence notification failed");
+            notifications.spawn(async move {
+                for (connected, parameters, principal) in events {
+                    let Ok(Some(device)) = hub.store.device_get(&client_id).await else { return };
+                    if !hub.device_visible(&principal, &device).await.unwrap_or(false) {
+                        continue;
+                    }
+                    if let Err(e) = hub.device_presence(&device.id, connected, parameters).await {
+                        tracing::debug!(client_id, error = %e, "presence notification failed");
+                    }
                 }
             });
         }
+        while notifications.join_next().await.is_some() {}
     }
 }
