@@ -85,8 +85,19 @@ async fn run_session(hub: Arc<Hub>, socket: WebSocket, host: String) {
                 m = out_rx.recv() => match m { Some(m) => m, None => break },
                 _ = ping.tick() => Message::Ping(Default::default()),
             };
-            let closing = matches!(msg, Message::Close(_));
-            if ws_tx.send(msg).await.is_err() || closing {
+            // Write everything already queued, then flush once: one syscall for a burst of pushes.
+            let mut closing = matches!(msg, Message::Close(_));
+            if ws_tx.feed(msg).await.is_err() {
+                break;
+            }
+            while !closing {
+                let Ok(more) = out_rx.try_recv() else { break };
+                closing = matches!(more, Message::Close(_));
+                if ws_tx.feed(more).await.is_err() {
+                    return;
+                }
+            }
+            if ws_tx.flush().await.is_err() || closing {
                 break;
             }
         }

@@ -124,6 +124,8 @@ struct Conn {
 }
 
 const RECENT_EVENTS: usize = 512;
+/// Ready router notifications or hub deliveries handled before one write to the socket.
+const DRAIN_BATCH: usize = 256;
 
 pub type Reader = Box<dyn AsyncRead + Unpin + Send + Sync>;
 pub type Writer = Box<dyn AsyncWrite + Unpin + Send + Sync>;
@@ -434,6 +436,11 @@ impl Conn {
                 _ = self.kill.notified() => Err(End::TakenOver),
                 _ = self.shared.hub.shutting_down() => Err(End::Shutdown),
             };
+            // Take whatever else is ready before writing, so a burst goes out in one write.
+            let step = match step {
+                Ok(()) => self.drain_ready().await,
+                err => err,
+            };
             if let Err(end) = step {
                 // Answer what was already decided (e.g. a PUBACK) before closing, if the client reads.
                 let _ = self.flush().await;
@@ -447,6 +454,26 @@ impl Conn {
                 self.rbuf = BytesMut::with_capacity(256);
             }
         }
+    }
+
+    /// Handles router notifications and hub deliveries that are ready now, without waiting.
+    async fn drain_ready(&mut self) -> Result<(), End> {
+        use futures_util::FutureExt;
+        for _ in 0..DRAIN_BATCH {
+            match next_from_router(&mut self.link).now_or_never() {
+                Some(Ok(Some(n))) => self.on_router_notification(n).await?,
+                Some(Ok(None)) => {}
+                Some(Err(_)) => return Err(End::TakenOver),
+                None => break,
+            }
+        }
+        for _ in 0..DRAIN_BATCH {
+            match self.deliveries.try_recv() {
+                Ok(d) => self.push(d)?,
+                Err(_) => break,
+            }
+        }
+        Ok(())
     }
 
     async fn read_packets(&mut self) -> Result<(), End> {
