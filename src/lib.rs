@@ -141,6 +141,12 @@ pub async fn run(listener: TcpListener, hub: Arc<Hub>, shutdown: impl Future<Out
     let app = api::app(hub);
     let service = axum::middleware::from_fn(api::edge).layer(app);
     let make = axum::ServiceExt::<axum::extract::Request>::into_make_service(service);
+    // Without TCP_NODELAY small pushes (WebSocket messages, long-poll answers) wait for delayed ACKs:
+    // 40 ms latency tails.
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     if let Err(e) = axum::serve(listener, make).with_graceful_shutdown(shutdown).await {
         tracing::error!(error = %e, "HTTP server failed");
     }
