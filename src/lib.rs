@@ -86,6 +86,7 @@ impl App {
                 100_000,
             ),
             recent_last_login: Default::default(),
+            assignment_epoch: Default::default(),
         });
         tracing::info!(%http_addr, "hivehub listening");
         let mqtt = if hub.settings.mqtt.enabled { Some(mqtt::start(hub.clone()).await?) } else { None };

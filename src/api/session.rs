@@ -33,6 +33,9 @@ pub struct Session {
     sink: Sink,
     /// Pushes to send after the current response (history replay).
     pending: Vec<String>,
+    /// For a non-admin user: the networks assigned to it now, and the assignment epoch they were
+    /// read at (§11.2: deliveries re-check that the device is still visible).
+    assigned: Option<(u64, std::collections::BTreeSet<i64>)>,
 }
 
 impl Session {
@@ -42,8 +45,15 @@ impl Session {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let overflow = Arc::new(Notify::new());
         let sink = Sink { tx, overflow: Some(overflow.clone()) };
-        let session =
-            Session { hub, principal: Principal::anonymous(), host, subs: HashMap::new(), sink, pending: Vec::new() };
+        let session = Session {
+            hub,
+            principal: Principal::anonymous(),
+            host,
+            subs: HashMap::new(),
+            sink,
+            pending: Vec::new(),
+            assigned: None,
+        };
         (session, rx, overflow)
     }
 
@@ -214,6 +224,28 @@ impl Session {
         Ok(out)
     }
 
+    /// Re-reads the user's network assignments if they may have changed since the last read.
+    pub async fn refresh_visibility(&mut self) {
+        let Some(user) = self.principal.user.as_ref().filter(|u| !u.is_admin()) else {
+            self.assigned = None;
+            return;
+        };
+        let epoch = self.hub.assignment_epoch.load(std::sync::atomic::Ordering::Acquire);
+        if self.assigned.as_ref().is_some_and(|(e, _)| *e == epoch) {
+            return;
+        }
+        // On a read error keep the previous set rather than widen or drop it.
+        if let Ok(ids) = self.hub.store.user_network_ids(user.id).await {
+            self.assigned = Some((epoch, ids.into_iter().collect()));
+        }
+    }
+
+    /// Whether the session's user may still see the message's device (a non-admin user must still be
+    /// assigned to its network). Call `refresh_visibility` first.
+    pub fn may_see(&self, ev: &crate::hub::bus::Event) -> bool {
+        visible_to(&self.assigned, ev)
+    }
+
     /// Formats a delivery as push messages, skipping messages the replay already sent.
     pub fn pushes(&mut self, d: &Delivery) -> Vec<String> {
         let Some(state) = self.subs.get_mut(&d.subscription_id) else {
@@ -222,6 +254,9 @@ impl Session {
         let mut out = Vec::with_capacity(d.events.len());
         let mut past_replay = false;
         for ev in &d.events {
+            if !visible_to(&self.assigned, ev) {
+                continue;
+            }
             if let Some((seen, max_key)) = &state.replayed {
                 past_replay |= order_key(ev.kind, ev.id(), ev.cursor()) > *max_key;
                 if seen.contains(&(ev.id(), ev.cursor())) {
@@ -249,6 +284,15 @@ impl Drop for Session {
             self.hub.bus.unsubscribe(*id);
         }
     }
+}
+
+fn visible_to(assigned: &Option<(u64, std::collections::BTreeSet<i64>)>, ev: &crate::hub::bus::Event) -> bool {
+    let Some((_, nets)) = assigned else { return true };
+    let network = match &ev.message {
+        crate::hub::bus::Message::Notification(n) => n.network_id,
+        crate::hub::bus::Message::Command(c) => c.network_id,
+    };
+    network.is_some_and(|n| nets.contains(&n))
 }
 
 fn json_of<T: serde::Serialize>(v: &T) -> String {

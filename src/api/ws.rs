@@ -129,6 +129,7 @@ async fn run_session(hub: Arc<Hub>, socket: WebSocket, host: String) {
                 }
             }
             Some(delivery) = deliveries.recv() => {
+                session.refresh_visibility().await;
                 if let Err(end) = out.send_all(session.pushes(&delivery)).await {
                     break end;
                 }

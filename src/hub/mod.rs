@@ -37,6 +37,9 @@ pub struct Hub {
     pub shutdown: watch::Receiver<bool>,
     /// Recently verified login/password pairs (see `auth::credential_cache`).
     pub credentials: crate::auth::credential_cache::CredentialCache,
+    /// Bumped whenever a user's network assignments may have changed; sessions re-read the assignments
+    /// of their (non-admin) user when it moves, so unassigning a network stops deliveries at once.
+    pub assignment_epoch: std::sync::atomic::AtomicU64,
     /// When this process last wrote each user's `lastLogin` (throttles concurrent logins).
     pub recent_last_login: std::sync::Mutex<std::collections::HashMap<i64, i64>>,
 }
@@ -105,6 +108,10 @@ impl Hub {
     pub async fn shutting_down(&self) {
         let mut rx = self.shutdown.clone();
         let _ = rx.wait_for(|s| *s).await;
+    }
+
+    pub fn assignments_changed(&self) {
+        self.assignment_epoch.fetch_add(1, std::sync::atomic::Ordering::Release);
     }
 
     pub fn max_take(&self) -> i64 {

@@ -165,6 +165,7 @@ impl Hub {
         if !self.store.user_delete(id).await? {
             return Err(ApiError::user_not_found(id));
         }
+        self.assignments_changed();
         Ok(())
     }
 
@@ -192,10 +193,12 @@ impl Hub {
             .await?
             .ok_or_else(|| ApiError::network_not_found(network_id))?;
         if assign {
-            self.store.user_assign_network(user_id, network_id).await
+            self.store.user_assign_network(user_id, network_id).await?;
         } else {
-            self.store.user_unassign_network(user_id, network_id).await
+            self.store.user_unassign_network(user_id, network_id).await?;
         }
+        self.assignments_changed();
+        Ok(())
     }
 
     pub async fn user_device_types(&self, principal: &Principal, user_id: i64) -> Result<Value> {

@@ -430,7 +430,10 @@ impl Conn {
                     Ok(None) => Ok(()),
                     Err(_) => Err(End::TakenOver),
                 },
-                Some(d) = self.deliveries.recv() => self.push(d),
+                Some(d) = self.deliveries.recv() => {
+                    self.session.refresh_visibility().await;
+                    self.push(d)
+                }
                 _ = self.overflow.notified() => Err(End::NotReading),
                 _ = sleep_until_opt(deadline) => Err(End::KeepAlive),
                 _ = self.kill.notified() => Err(End::TakenOver),
@@ -467,6 +470,7 @@ impl Conn {
                 None => break,
             }
         }
+        self.session.refresh_visibility().await;
         for _ in 0..DRAIN_BATCH {
             match self.deliveries.try_recv() {
                 Ok(d) => self.push(d)?,
@@ -874,6 +878,9 @@ impl Conn {
         };
         let (qos, private) = (sub.qos, sub.private);
         for ev in &d.events {
+            if !self.session.may_see(ev) {
+                continue;
+            }
             let key = (ev.kind, ev.id(), ev.cursor());
             if ev.kind == EventKind::CommandInsert && self.replayed.contains(&ev.id()) {
                 continue;

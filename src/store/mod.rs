@@ -65,7 +65,9 @@ impl Store {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(30))
             .pragma("cache_size", "-32768")
-            .pragma("temp_store", "memory");
+            .pragma("temp_store", "memory")
+            // `namePattern` / `loginPattern` are SQL LIKE, case-sensitive as in the reference (PostgreSQL).
+            .pragma("case_sensitive_like", "ON");
         let pool = SqlitePoolOptions::new()
             .max_connections(settings.max_connections.max(2))
             .min_connections(1)

@@ -87,6 +87,11 @@ async fn device_list_filters_and_sorting() {
     assert_eq!(names(&by_net_name, "id"), ["b-dev"]);
     let pattern = hub.get(a, "/device?namePattern=%25ar%25&sortField=name").await.expect(200);
     assert_eq!(names(&pattern, "name"), ["charlie"]);
+    // LIKE is case-sensitive, as in the reference's PostgreSQL.
+    let pattern = hub.get(a, "/device?namePattern=%25AR%25").await.expect(200);
+    assert_eq!(pattern, json!([]));
+    let pattern = hub.get(a, "/device?namePattern=Sample%25").await.expect(200);
+    assert_eq!(names(&pattern, "name"), ["Sample Device"]);
     let page = hub.get(a, "/device?sortField=name&take=1&skip=1").await.expect(200);
     assert_eq!(names(&page, "name"), ["bravo"]);
     assert_eq!(hub.get(a, "/device/count?networkName=second").await.expect(200), json!({"count": 1}));

@@ -325,3 +325,23 @@ async fn mqtt_over_tls() {
     };
     assert_eq!(connack, Packet::ConnAck { session_present: false, code: 0 });
 }
+
+#[tokio::test]
+async fn unassigning_a_network_stops_mqtt_deliveries_at_once() {
+    let hub = TestHub::start().await;
+    let net = hub.network("mqtt-unassign").await;
+    hub.device("mu-1", net).await;
+    let (uid, _) = hub.client_user("mu-client", &[net]).await;
+    let addr = hub.mqtt_addr();
+    let mut o = MqttOptions::new("mu-watcher", addr.ip().to_string(), addr.port());
+    o.set_credentials("mu-client", "client-pass-1");
+    let (mut d, _) = connect(o).await;
+    d.client.subscribe("dh/notification/#", QoS::AtLeastOnce).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    hub.post(&hub.admin, "/device/mu-1/notification", json!({"notification": "visible"})).await.expect(201);
+    let (_, push) = d.next(Duration::from_secs(5)).await.expect("delivered while assigned");
+    assert_eq!(push["notification"]["notification"], "visible");
+    hub.delete(&hub.admin, &format!("/user/{uid}/network/{net}")).await.expect(204);
+    hub.post(&hub.admin, "/device/mu-1/notification", json!({"notification": "hidden"})).await.expect(201);
+    assert_eq!(d.next(Duration::from_millis(700)).await, None, "a network no longer assigned still delivers");
+}

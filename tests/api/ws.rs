@@ -2468,7 +2468,6 @@ async fn deleting_a_device_ends_its_device_subscriptions() {
 }
 
 #[tokio::test]
-#[ignore = "§11.2 SHOULD: deliveries do not re-check device visibility (live network assignment) yet"]
 async fn unassigned_networks_stop_deliveries_to_clients() {
     let hub = hub().await;
     let net = hub.network("unassign-net").await;
