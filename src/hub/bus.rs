@@ -115,8 +115,8 @@ enum IndexKey {
 }
 
 fn index_keys(kind: EventKind, f: &MessageFilter) -> Vec<IndexKey> {
-    if let Some(d) = &f.device_id {
-        return vec![IndexKey::Device(kind, d.clone())];
+    if let Some(devices) = &f.devices {
+        return devices.iter().map(|d| IndexKey::Device(kind, d.clone())).collect();
     }
     if let IdSet::Only(ids) = &f.networks {
         return ids.iter().map(|i| IndexKey::Network(kind, *i)).collect();

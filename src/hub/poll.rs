@@ -24,6 +24,8 @@ use crate::time::now_ms;
 pub struct PollRequest {
     pub kind: EventKind,
     pub device_id: Option<String>,
+    /// `deviceIds` of WebSocket / MQTT subscriptions: several devices at once.
+    pub device_ids: Option<Vec<String>>,
     pub network_ids: Option<Vec<i64>>,
     pub device_type_ids: Option<Vec<i64>>,
     pub names: Option<Vec<String>>,
@@ -63,6 +65,7 @@ impl Hub {
                 Some(d) => Some(d.to_string()),
                 None => f.text("deviceId")?,
             },
+            device_ids: f.list("deviceIds")?,
             network_ids: f.id_list("networkIds")?,
             device_type_ids: f.id_list("deviceTypeIds")?,
             names: f.list("names")?,
@@ -81,21 +84,31 @@ impl Hub {
     ) -> Result<Option<MessageFilter>> {
         let user = principal.require(action)?;
         let admin = user.is_admin();
-        if let Some(device_id) = &req.device_id {
-            if device_id.is_empty() {
-                return Err(ApiError::bad_request("Device id is wrong or empty"));
+        // `deviceId` (one device) or `deviceIds` (several): every one must exist and be visible; the
+        // network and type levels are then irrelevant.
+        let wanted: Option<Vec<String>> = match (&req.device_id, &req.device_ids) {
+            (Some(id), _) => Some(vec![id.clone()]),
+            (None, Some(ids)) => Some(ids.clone()),
+            (None, None) => None,
+        };
+        if let Some(ids) = wanted {
+            let mut devices = Vec::with_capacity(ids.len());
+            for device_id in ids {
+                if device_id.is_empty() {
+                    return Err(ApiError::bad_request("Device id is wrong or empty"));
+                }
+                match self.store.device_get(&device_id).await? {
+                    Some(d) if self.device_visible(principal, &d).await? => devices.push(d.id),
+                    _ if admin => return Err(ApiError::device_not_found(&device_id)),
+                    _ => return Err(ApiError::access_denied()),
+                }
             }
-            let device = self.store.device_get(device_id).await?;
-            return match device {
-                Some(d) if self.device_visible(principal, &d).await? => Ok(Some(MessageFilter {
-                    device_id: Some(d.id),
-                    networks: IdSet::All,
-                    device_types: IdSet::All,
-                    names: req.names.clone(),
-                })),
-                _ if admin => Err(ApiError::device_not_found(device_id)),
-                _ => Err(ApiError::access_denied()),
-            };
+            return Ok(Some(MessageFilter {
+                devices: Some(devices),
+                networks: IdSet::All,
+                device_types: IdSet::All,
+                names: req.names.clone(),
+            }));
         }
         let visible_networks = self.visible_networks(principal).await?;
         let networks = match &req.network_ids {
@@ -147,7 +160,7 @@ impl Hub {
         if networks.is_empty() || device_types.is_empty() {
             return Ok(None);
         }
-        Ok(Some(MessageFilter { device_id: None, networks, device_types, names: req.names.clone() }))
+        Ok(Some(MessageFilter { devices: None, networks, device_types, names: req.names.clone() }))
     }
 
     /// Runs a poll and returns the messages as a JSON array text (full views, oldest first).
@@ -205,7 +218,7 @@ impl Hub {
     ) -> Result<Option<Command>> {
         self.authorize_device(principal, Action::GetDeviceCommand, device_id).await?;
         let filter = MessageFilter {
-            device_id: Some(device_id.to_string()),
+            devices: Some(vec![device_id.to_string()]),
             networks: IdSet::All,
             device_types: IdSet::All,
             names: None,

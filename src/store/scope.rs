@@ -51,7 +51,8 @@ pub(crate) fn push_id_set(qb: &mut QueryBuilder<'_, Sqlite>, col: &str, set: &Id
 /// Which messages a poll or subscription wants (CONTRACT.md §11.2).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MessageFilter {
-    pub device_id: Option<String>,
+    /// Only these devices; `None` = any device the network / type scope allows.
+    pub devices: Option<Vec<String>>,
     pub networks: IdSet,
     pub device_types: IdSet,
     /// Exact message names; `None` = any.
@@ -61,8 +62,8 @@ pub struct MessageFilter {
 impl MessageFilter {
     /// In-memory twin of `push_conditions`.
     pub fn matches(&self, device_id: &str, network_id: Option<i64>, device_type_id: Option<i64>, name: &str) -> bool {
-        if let Some(d) = &self.device_id {
-            if d != device_id {
+        if let Some(devices) = &self.devices {
+            if !devices.iter().any(|d| d == device_id) {
                 return false;
             }
         }
@@ -75,9 +76,13 @@ impl MessageFilter {
     }
 
     pub(crate) fn push_conditions(&self, qb: &mut QueryBuilder<'_, Sqlite>, name_col: &str) {
-        if let Some(d) = &self.device_id {
-            qb.push(" AND device_id = ");
-            qb.push_bind(d.clone());
+        if let Some(devices) = &self.devices {
+            qb.push(" AND device_id IN (");
+            let mut sep = qb.separated(", ");
+            for d in devices {
+                sep.push_bind(d.clone());
+            }
+            qb.push(")");
         }
         push_id_set(qb, "network_id", &self.networks);
         push_id_set(qb, "device_type_id", &self.device_types);

@@ -2485,3 +2485,33 @@ async fn unassigned_networks_stop_deliveries_to_clients() {
         panic!("a device the client can no longer see still pushes: {m}");
     }
 }
+
+#[tokio::test]
+async fn subscribe_to_several_devices_with_device_ids() {
+    let hub = hub().await;
+    let net = hub.network("ids-net").await;
+    for d in ["ids-1", "ids-2", "ids-3"] {
+        hub.device(d, net).await;
+    }
+    let mut ws = Ws::authenticated(&hub, &hub.admin).await;
+    let sub = ws.subscribe("notification/subscribe", json!({"deviceIds": ["ids-1", "ids-2"]})).await;
+    for d in ["ids-3", "ids-1", "ids-2"] {
+        rest_notification(&hub, d, json!({"notification": format!("from-{d}")})).await;
+    }
+    let got: Vec<Value> = ws.pushes(2).await;
+    let names: Vec<&str> = got.iter().map(|p| p["notification"]["notification"].as_str().unwrap()).collect();
+    assert_eq!(names, ["from-ids-1", "from-ids-2"]);
+    assert!(got.iter().all(|p| p["subscriptionId"] == sub));
+    ws.quiet(Duration::from_millis(300)).await;
+    // Every listed device must exist and be visible.
+    ws.err(
+        "notification/subscribe",
+        json!({"deviceIds": ["ids-1", "ghost"]}),
+        404,
+        "Device with such deviceId = ghost not found",
+    )
+    .await;
+    let (_, client) = hub.client_user("ids-client", &[]).await;
+    let mut c = Ws::authenticated(&hub, &client).await;
+    c.err("command/subscribe", json!({"deviceIds": ["ids-1"]}), 403, "Access is denied").await;
+}
