@@ -87,6 +87,7 @@ impl App {
             ),
             recent_last_login: Default::default(),
             assignment_epoch: Default::default(),
+            stats: Default::default(),
         });
         tracing::info!(%http_addr, "hivehub listening");
         let mqtt = if hub.settings.mqtt.enabled { Some(mqtt::start(hub.clone()).await?) } else { None };

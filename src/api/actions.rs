@@ -120,7 +120,7 @@ pub async fn dispatch(session: &mut Session, action: &str, req: &Value) -> Resul
         "server/cacheInfo" => one(
             "cacheInfo",
             json!({"serverTimestamp": format_ms(now_ms()),
-                   "cacheStats": format!("messages stored in SQL; {} live subscriptions", hub.bus.subscription_count())}),
+                   "cacheStats": hub.cache_stats()}),
         ),
         "cluster/info" => one("clusterInfo", json!({"bootstrap.servers": null, "zookeeper.connect": null})),
         "authenticate" => session.authenticate(req).await,

@@ -27,6 +27,14 @@ use crate::store::{DeviceScope, Store};
 pub use bus::Bus;
 pub use poll::PollRequest;
 
+/// Counters reported by `GET /info/cache` (`cacheStats`).
+#[derive(Default)]
+pub struct HubStats {
+    pub mqtt_connections: std::sync::atomic::AtomicUsize,
+    /// MQTT publishes refused by authorization or validation (dropped, never stored or routed).
+    pub mqtt_dropped_publishes: std::sync::atomic::AtomicU64,
+}
+
 pub struct Hub {
     pub store: Store,
     pub writer: Writer,
@@ -40,6 +48,7 @@ pub struct Hub {
     /// Bumped whenever a user's network assignments may have changed; sessions re-read the assignments
     /// of their (non-admin) user when it moves, so unassigning a network stops deliveries at once.
     pub assignment_epoch: std::sync::atomic::AtomicU64,
+    pub stats: HubStats,
     /// When this process last wrote each user's `lastLogin` (throttles concurrent logins).
     pub recent_last_login: std::sync::Mutex<std::collections::HashMap<i64, i64>>,
 }
@@ -112,6 +121,17 @@ impl Hub {
 
     pub fn assignments_changed(&self) {
         self.assignment_epoch.fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The `cacheStats` text of `GET /info/cache` and WebSocket `server/cacheInfo`.
+    pub fn cache_stats(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        format!(
+            "messages stored in SQL; {} live subscriptions; {} MQTT connections; {} MQTT publishes dropped",
+            self.bus.subscription_count(),
+            self.stats.mqtt_connections.load(Relaxed),
+            self.stats.mqtt_dropped_publishes.load(Relaxed),
+        )
     }
 
     pub fn max_take(&self) -> i64 {

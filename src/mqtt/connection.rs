@@ -544,7 +544,7 @@ impl Conn {
     }
 
     fn refuse_publish(&mut self, reason: &str, p: &Publish) {
-        self.shared.dropped_publishes.fetch_add(1, Ordering::Relaxed);
+        self.shared.hub.stats.mqtt_dropped_publishes.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(client_id = %self.client_id, topic = %p.topic, reason, "MQTT publish dropped");
     }
 

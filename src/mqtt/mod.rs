@@ -15,7 +15,7 @@ mod websocket;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
@@ -37,15 +37,12 @@ pub struct MqttShared {
     /// Live sessions by client id: (connection number, signal that closes it on takeover).
     sessions: Mutex<HashMap<String, (u64, Arc<Notify>)>>,
     next_connection: AtomicU64,
-    connections: AtomicUsize,
     presence: presence::Presence,
-    /// Publishes refused by authorization or validation.
-    pub dropped_publishes: AtomicU64,
 }
 
 impl MqttShared {
     pub fn connection_count(&self) -> usize {
-        self.connections.load(Ordering::Relaxed)
+        self.hub.stats.mqtt_connections.load(Ordering::Relaxed)
     }
     /// Waits for the presence records of closed connections to be written (shutdown).
     pub async fn flush_presence(&self) {
@@ -53,7 +50,7 @@ impl MqttShared {
     }
 
     pub fn dropped_publish_count(&self) -> u64 {
-        self.dropped_publishes.load(Ordering::Relaxed)
+        self.hub.stats.mqtt_dropped_publishes.load(Ordering::Relaxed)
     }
 }
 
@@ -99,8 +96,6 @@ pub async fn start(hub: Arc<Hub>) -> Result<Broker, StartupError> {
         presence: presence::Presence::start(hub.clone()),
         sessions: Mutex::new(HashMap::new()),
         next_connection: AtomicU64::new(1),
-        connections: AtomicUsize::new(0),
-        dropped_publishes: AtomicU64::new(0),
     });
     tracing::info!(%addr, "MQTT broker listening");
     let ws_addr = match settings.ws_listen.is_empty() {
@@ -124,15 +119,15 @@ pub async fn start(hub: Arc<Hub>) -> Result<Broker, StartupError> {
                 }
             };
             let shared = accept_shared.clone();
-            if shared.connections.load(Ordering::Relaxed) >= settings.max_connections {
+            if shared.hub.stats.mqtt_connections.load(Ordering::Relaxed) >= settings.max_connections {
                 tracing::warn!(%peer, "MQTT connection refused: connection limit reached");
                 tokio::spawn(connection::refuse_busy(stream));
                 continue;
             }
-            shared.connections.fetch_add(1, Ordering::Relaxed);
+            shared.hub.stats.mqtt_connections.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
                 connection::run(shared.clone(), stream).await;
-                shared.connections.fetch_sub(1, Ordering::Relaxed);
+                shared.hub.stats.mqtt_connections.fetch_sub(1, Ordering::Relaxed);
             });
         }
     });

@@ -51,13 +51,13 @@ pub async fn start(shared: Arc<MqttShared>) -> Result<SocketAddr, StartupError> 
                 a = listener.accept() => match a { Ok(a) => a, Err(_) => { tokio::task::yield_now().await; continue } },
                 _ = hub.shutting_down() => break,
             };
-            if shared.connections.load(Ordering::Relaxed) >= settings.max_connections {
+            if shared.hub.stats.mqtt_connections.load(Ordering::Relaxed) >= settings.max_connections {
                 continue;
             }
             let _ = stream.set_nodelay(true);
             let acceptor = acceptor.clone();
             let shared = shared.clone();
-            shared.connections.fetch_add(1, Ordering::Relaxed);
+            shared.hub.stats.mqtt_connections.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
                 let handshake =
                     tokio::time::timeout(Duration::from_secs(settings.connect_timeout_secs), acceptor.accept(stream));
@@ -65,7 +65,7 @@ pub async fn start(shared: Arc<MqttShared>) -> Result<SocketAddr, StartupError> 
                     let (reader, writer) = tokio::io::split(tls);
                     connection::run_io(shared.clone(), Box::new(reader), Box::new(writer)).await;
                 }
-                shared.connections.fetch_sub(1, Ordering::Relaxed);
+                shared.hub.stats.mqtt_connections.fetch_sub(1, Ordering::Relaxed);
             });
         }
     });

@@ -38,10 +38,10 @@ async fn upgrade(State(shared): State<Arc<MqttShared>>, ws: WebSocketUpgrade) ->
 
 /// Pumps WebSocket binary messages to and from an in-memory byte stream served by the MQTT edge.
 async fn bridge(shared: Arc<MqttShared>, socket: WebSocket) {
-    if shared.connections.load(Ordering::Relaxed) >= shared.hub.settings.mqtt.max_connections {
+    if shared.hub.stats.mqtt_connections.load(Ordering::Relaxed) >= shared.hub.settings.mqtt.max_connections {
         return;
     }
-    shared.connections.fetch_add(1, Ordering::Relaxed);
+    shared.hub.stats.mqtt_connections.fetch_add(1, Ordering::Relaxed);
     let (edge_side, mut pump_side) = tokio::io::duplex(16 * 1024);
     let (reader, writer) = tokio::io::split(edge_side);
     let edge = tokio::spawn(connection::run_io(shared.clone(), Box::new(reader), Box::new(writer)));
@@ -66,5 +66,5 @@ async fn bridge(shared: Arc<MqttShared>, socket: WebSocket) {
     }
     drop(pump_side);
     let _ = edge.await;
-    shared.connections.fetch_sub(1, Ordering::Relaxed);
+    shared.hub.stats.mqtt_connections.fetch_sub(1, Ordering::Relaxed);
 }

@@ -345,3 +345,38 @@ async fn unassigning_a_network_stops_mqtt_deliveries_at_once() {
     hub.post(&hub.admin, "/device/mu-1/notification", json!({"notification": "hidden"})).await.expect(201);
     assert_eq!(d.next(Duration::from_millis(700)).await, None, "a network no longer assigned still delivers");
 }
+
+#[tokio::test]
+async fn refused_publishes_are_dropped_and_counted() {
+    let hub = TestHub::start().await;
+    let stats = |hub: &TestHub| {
+        let hub = hub.base.clone();
+        async move {
+            let v: Value = reqwest::get(format!("{hub}/info/cache")).await.unwrap().json().await.unwrap();
+            v["cacheStats"].as_str().unwrap().to_string()
+        }
+    };
+    assert!(stats(&hub).await.ends_with("; 0 MQTT publishes dropped"), "{}", stats(&hub).await);
+    let (_uid, _) = hub.client_user("dropper", &[]).await;
+    let addr = hub.mqtt_addr();
+    let mut o = MqttOptions::new("dropper-1", addr.ip().to_string(), addr.port());
+    o.set_credentials("dropper", "client-pass-1");
+    let (d, _) = connect(o).await;
+    // A device the user cannot see, and a topic that is not publishable.
+    d.client
+        .publish("dh/notification/1/1/e50d6085-2aba-48e9-b1c3-73c673e414be/x", QoS::AtLeastOnce, false, "{}")
+        .await
+        .unwrap();
+    d.client.publish("dh/response/x@dropper-1", QoS::AtLeastOnce, false, "{}").await.unwrap();
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = stats(&hub).await;
+        if text.ends_with("; 2 MQTT publishes dropped") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(text.contains("1 MQTT connections") && text.ends_with("; 2 MQTT publishes dropped"), "{text}");
+    let list = hub.get(&hub.admin, "/device/e50d6085-2aba-48e9-b1c3-73c673e414be/notification?notification=x").await;
+    assert_eq!(list.expect(200), json!([]));
+}

@@ -31,7 +31,7 @@ pub async fn info(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> ApiResult 
 pub async fn cache(State(hub): State<Arc<Hub>>) -> ApiResult {
     ok(&json!({
         "serverTimestamp": format_ms(now_ms()),
-        "cacheStats": format!("messages stored in SQL; {} live subscriptions", hub.bus.subscription_count()),
+        "cacheStats": hub.cache_stats(),
     }))
 }
 
