@@ -140,14 +140,17 @@ pub async fn dispatch(session: &mut Session, action: &str, req: &Value) -> Resul
         }
 
         "configuration/get" => {
+            p.require(crate::auth::Action::ManageConfiguration)?;
             let name = required_text(&f, "name", "Configuration name is wrong or empty")?;
             one("configuration", hub.config_get(&p, &name).await.map_err(with_body)?)
         }
         "configuration/put" => {
+            p.require(crate::auth::Action::ManageConfiguration)?;
             let name = required_text(&f, "name", "Configuration name is wrong or empty")?;
             one("configuration", hub.config_put(&p, &name, f.text("value")?.as_deref()).await?)
         }
         "configuration/delete" => {
+            p.require(crate::auth::Action::ManageConfiguration)?;
             let name = required_text(&f, "name", "Configuration name is wrong or empty")?;
             hub.config_delete(&p, &name).await?;
             empty()

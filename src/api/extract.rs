@@ -39,6 +39,15 @@ impl FromRequest<Arc<Hub>> for Body {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, hub: &Arc<Hub>) -> Result<Self, Self::Rejection> {
+        // Only login and refresh take a body without a token: anyone else without credentials learns
+        // 401 before anything about their body (size, syntax).
+        let path = req.uri().path();
+        if !req.headers().contains_key(header::AUTHORIZATION)
+            && !path.ends_with("/token")
+            && !path.ends_with("/token/refresh")
+        {
+            return Err(ApiError::unauthorized());
+        }
         let limit = hub.settings.limits.max_body_bytes;
         let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|_| {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("Request body is larger than {limit} bytes"))

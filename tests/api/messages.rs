@@ -630,3 +630,18 @@ async fn everything_survives_a_restart() {
         .unwrap();
     assert!(nid2 > nid);
 }
+
+/// Without credentials nothing about the body is evaluated: 401 comes before 400 or 413.
+#[tokio::test]
+async fn anonymous_requests_get_401_before_any_body_error() {
+    let hub = TestHub::start_with(|s| s.limits.max_body_bytes = 64).await;
+    for body in ["{not json", &format!("{{\"name\":\"{}\"}}", "x".repeat(200)), "{\"name\":\"ok\"}"] {
+        for path in ["/network", "/device/d1/notification"] {
+            let r = hub.client.post(hub.url(path)).body(body.to_string()).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 401, "POST {path} {body}");
+        }
+    }
+    // Login still reads its body without a token.
+    let r = hub.client.post(hub.url("/token")).body("{not json").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+}
