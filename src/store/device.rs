@@ -141,6 +141,12 @@ impl Store {
     /// history does not hold the write lock for one long transaction.
     pub async fn device_delete(&self, device_id: &str) -> Result<bool> {
         let done = sqlx::query("DELETE FROM device WHERE device_id = ?").bind(device_id).execute(&self.pool).await?;
+        self.device_messages_delete(device_id).await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Deletes a device's notifications and commands, a bounded batch per statement.
+    pub(crate) async fn device_messages_delete(&self, device_id: &str) -> Result<()> {
         for table in ["device_notification", "device_command"] {
             loop {
                 let n = sqlx::query(&format!(
@@ -155,6 +161,6 @@ impl Store {
                 }
             }
         }
-        Ok(done.rows_affected() > 0)
+        Ok(())
     }
 }

@@ -137,20 +137,23 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes the group, its assignments, and (cascading) its devices with their messages.
+    /// Deletes the group, its assignments and devices in one transaction, then the devices' messages
+    /// in bounded batches (the messages are unreachable once their device is gone).
     pub async fn group_delete(&self, kind: GroupKind, id: i64) -> Result<()> {
         let col = kind.device_column();
-        let devices: Vec<String> = sqlx::query(&format!("SELECT device_id FROM device WHERE {col} = ?"))
+        let mut tx = self.pool.begin().await?;
+        let devices: Vec<String> = sqlx::query(&format!("DELETE FROM device WHERE {col} = ? RETURNING device_id"))
             .bind(id)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?
             .iter()
             .map(|r| r.get(0))
             .collect();
+        sqlx::query(&format!("DELETE FROM {} WHERE id = ?", kind.table())).bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
         for d in &devices {
-            self.device_delete(d).await?;
+            self.device_messages_delete(d).await?;
         }
-        sqlx::query(&format!("DELETE FROM {} WHERE id = ?", kind.table())).bind(id).execute(&self.pool).await?;
         Ok(())
     }
 }
