@@ -29,6 +29,15 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Reads a response: status, headers and the whole body.
+    pub async fn read(resp: reqwest::Response) -> Reply {
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply { status, headers, body, text }
+    }
+
     /// Asserts the status and returns the body.
     pub fn expect(self, status: u16) -> Value {
         assert_eq!(self.status.as_u16(), status, "unexpected status; body: {}", self.text);
@@ -39,6 +48,45 @@ impl Reply {
         assert_eq!(self.status.as_u16(), status, "unexpected status; body: {}", self.text);
         assert_eq!(self.body, json!({"error": status, "message": message}), "body: {}", self.text);
     }
+}
+
+/// Asserts that `v` is an object whose keys are exactly `expected` (in any order).
+pub fn assert_keys(v: &Value, expected: &[&str]) {
+    let mut got: Vec<&str> =
+        v.as_object().unwrap_or_else(|| panic!("object expected: {v}")).keys().map(String::as_str).collect();
+    got.sort_unstable();
+    let mut want = expected.to_vec();
+    want.sort_unstable();
+    assert_eq!(got, want, "keys of {v}");
+}
+
+/// The next request of a WebSocket or MQTT session: `fields` with `action` and a fresh numeric
+/// `requestId` taken from `next_id`; returns (request id, request).
+pub fn numbered_request(next_id: &mut u64, action: &str, mut fields: Value) -> (u64, Value) {
+    let id = *next_id;
+    *next_id += 1;
+    fields["action"] = json!(action);
+    fields["requestId"] = json!(id);
+    (id, fields)
+}
+
+/// Asserts a success response to `action` whose keys are exactly the envelope plus `payload`.
+pub fn assert_success(r: &Value, action: &str, payload: &[&str]) {
+    assert_eq!(r["status"], "success", "{action}: {r}");
+    assert_eq!(r["action"], action, "{r}");
+    let mut expected = vec!["action", "requestId", "status"];
+    expected.extend_from_slice(payload);
+    assert_keys(r, &expected);
+}
+
+/// Asserts that `r`, the response to request `id` (`action` with `fields`), is exactly the error
+/// envelope with `code` and `message`.
+pub fn assert_error(r: &Value, action: &str, id: u64, fields: &Value, code: u16, message: &str) {
+    assert_eq!(
+        *r,
+        json!({"action": action, "requestId": id, "status": "error", "code": code, "error": message}),
+        "{action} {fields}"
+    );
 }
 
 pub fn settings_for(dir: &TempDir) -> Settings {
@@ -75,10 +123,15 @@ impl TestHub {
     }
 
     /// Stops the hub gracefully and starts a new one on the same database.
-    pub async fn restart(mut self) -> TestHub {
+    pub async fn restart(self) -> TestHub {
+        self.restart_with(|_| {}).await
+    }
+
+    /// Like `restart`, with adjusted settings.
+    pub async fn restart_with(mut self, adjust: impl FnOnce(&mut Settings)) -> TestHub {
         self.app.take().unwrap().shutdown().await;
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        Self::start_in(dir, |_| {}).await
+        Self::start_in(dir, adjust).await
     }
 
     pub async fn stop(mut self) {
@@ -100,12 +153,7 @@ impl TestHub {
         if let Some(b) = body {
             rb = rb.header("content-type", "application/json").body(b.to_string());
         }
-        let resp = rb.send().await.expect("request sent");
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let text = resp.text().await.unwrap_or_default();
-        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Reply { status, headers, body, text }
+        Reply::read(rb.send().await.expect("request sent")).await
     }
 
     pub async fn get(&self, token: &str, path: &str) -> Reply {

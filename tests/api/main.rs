@@ -6,4 +6,5 @@ mod firmware;
 mod messages;
 mod mqtt;
 mod mqtt_sessions;
+mod retention;
 mod ws;
