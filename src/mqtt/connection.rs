@@ -242,7 +242,7 @@ pub async fn run_io(shared: Arc<MqttShared>, mut reader: Reader, mut writer: Wri
     conn.queue(&Packet::ConnAck { session_present, code: connack::ACCEPTED });
     if !clean {
         // A persistent session may have plain-topic state in the router (its graveyard).
-        if let Err(end) = conn.open_link() {
+        if let Err(end) = conn.open_link().await {
             conn.finish(end).await;
             forget_session(&shared, &client_id, number);
             return;
@@ -529,7 +529,7 @@ impl Conn {
     }
 
     async fn send_to_router(&mut self, p: rq::Packet) -> Result<(), End> {
-        self.open_link()?;
+        self.open_link().await?;
         let Some((tx, _)) = self.link.as_mut() else { return Err(End::TakenOver) };
         tx.send(p).await.map(|_| ()).map_err(|_| End::TakenOver)
     }
@@ -852,11 +852,16 @@ impl Conn {
     }
 
     /// Opens the router link if it is not open yet.
-    fn open_link(&mut self) -> Result<(), End> {
+    async fn open_link(&mut self) -> Result<(), End> {
         if self.link.is_some() {
             return Ok(());
         }
-        match (self.shared.open_link)(&self.client_id, !self.persistent) {
+        // Building a link waits for the router thread's answer: keep that off the async workers.
+        let (shared, client_id, clean) = (self.shared.clone(), self.client_id.clone(), !self.persistent);
+        let opened = tokio::task::spawn_blocking(move || (shared.open_link)(&client_id, clean))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        match opened {
             Ok((tx, rx, _connack)) => {
                 self.link = Some((tx, rx));
                 Ok(())
