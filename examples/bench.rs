@@ -985,152 +985,79 @@ mod mq {
     use std::net::SocketAddr;
     use std::time::Duration;
 
-    use bytes::{Buf, BufMut, Bytes, BytesMut};
+    use bytes::{Bytes, BytesMut};
+    use hivehub::mqtt::codec::{self, Connect, DecodeError};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
     use tokio::net::{TcpSocket, TcpStream};
 
-    pub enum Packet {
-        ConnAck { code: u8 },
-        Publish { qos: u8, pkid: u16, payload: Bytes },
-        PubAck(u16),
-        SubAck(Vec<u8>),
-        PingResp,
-        Other,
-    }
+    pub use hivehub::mqtt::codec::{Packet, Publish};
 
-    fn put_len(out: &mut BytesMut, mut len: usize) {
-        loop {
-            let mut b = (len % 128) as u8;
-            len /= 128;
-            if len > 0 {
-                b |= 0x80;
-            }
-            out.put_u8(b);
-            if len == 0 {
-                break;
-            }
-        }
-    }
-
-    fn put_str(out: &mut BytesMut, s: &[u8]) {
-        out.put_u16(s.len() as u16);
-        out.put_slice(s);
-    }
+    /// Largest packet MQTT can frame (remaining length 268,435,455 + 5 header bytes): no limit of
+    /// the client's own.
+    const MAX_PACKET: usize = 268_435_460;
 
     pub fn connect(out: &mut BytesMut, client_id: &str, keep_alive: u16, credentials: Option<(&str, &str)>) {
-        let mut body = BytesMut::with_capacity(64);
-        put_str(&mut body, b"MQTT");
-        body.put_u8(4);
-        body.put_u8(if credentials.is_some() { 0xC2 } else { 0x02 }); // clean session (+ user, password)
-        body.put_u16(keep_alive);
-        put_str(&mut body, client_id.as_bytes());
-        if let Some((user, password)) = credentials {
-            put_str(&mut body, user.as_bytes());
-            put_str(&mut body, password.as_bytes());
-        }
-        out.put_u8(0x10);
-        put_len(out, body.len());
-        out.put_slice(&body);
+        let connect = Connect {
+            protocol_level: 4,
+            client_id: client_id.to_string(),
+            clean_session: true,
+            keep_alive,
+            username: credentials.map(|(user, _)| user.to_string()),
+            password: credentials.map(|(_, password)| Bytes::copy_from_slice(password.as_bytes())),
+            will: None,
+        };
+        codec::encode(&Packet::Connect(Box::new(connect)), out);
     }
 
     pub fn publish(out: &mut BytesMut, topic: &str, payload: &[u8], qos: u8, pkid: u16) {
-        out.put_u8(0x30 | (qos << 1));
-        put_len(out, 2 + topic.len() + if qos > 0 { 2 } else { 0 } + payload.len());
-        put_str(out, topic.as_bytes());
-        if qos > 0 {
-            out.put_u16(pkid);
-        }
-        out.put_slice(payload);
+        let publish = Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: topic.to_string(),
+            pkid,
+            payload: Bytes::copy_from_slice(payload),
+        };
+        codec::encode(&Packet::Publish(publish), out);
     }
 
     pub fn puback(out: &mut BytesMut, pkid: u16) {
-        out.put_slice(&[0x40, 2]);
-        out.put_u16(pkid);
+        codec::encode(&Packet::PubAck(pkid), out);
     }
 
     pub fn subscribe(out: &mut BytesMut, pkid: u16, filter: &str, qos: u8) {
-        out.put_u8(0x82);
-        put_len(out, 2 + 2 + filter.len() + 1);
-        out.put_u16(pkid);
-        put_str(out, filter.as_bytes());
-        out.put_u8(qos);
+        codec::encode(&Packet::Subscribe { pkid, filters: vec![(filter.to_string(), qos)] }, out);
     }
 
     pub fn pingreq(out: &mut BytesMut) {
-        out.put_slice(&[0xC0, 0]);
+        codec::encode(&Packet::PingReq, out);
     }
 
     pub fn disconnect(out: &mut BytesMut) {
-        out.put_slice(&[0xE0, 0]);
-    }
-
-    /// Length of the complete packet at the front of `buf`, `None` while incomplete.
-    fn frame_len(buf: &[u8]) -> Result<Option<usize>, &'static str> {
-        let (mut len, mut shift, mut i) = (0usize, 0, 1);
-        loop {
-            let Some(&b) = buf.get(i) else { return Ok(None) };
-            len |= ((b & 0x7f) as usize) << shift;
-            i += 1;
-            if b & 0x80 == 0 {
-                break;
-            }
-            shift += 7;
-            if i > 4 {
-                return Err("malformed remaining length");
-            }
-        }
-        Ok((buf.len() >= i + len).then_some(i + len))
-    }
-
-    fn decode(buf: &mut BytesMut) -> Result<Option<Packet>, &'static str> {
-        let Some(total) = frame_len(buf)? else { return Ok(None) };
-        let header = buf[0];
-        let mut frame = buf.split_to(total).freeze();
-        let mut i = 1;
-        while frame[i] & 0x80 != 0 {
-            i += 1;
-        }
-        frame.advance(i + 1);
-        let short = "packet too short";
-        let p = match header >> 4 {
-            2 => Packet::ConnAck { code: *frame.get(1).ok_or(short)? },
-            3 => {
-                let qos = (header >> 1) & 3;
-                if frame.len() < 2 {
-                    return Err(short);
-                }
-                let topic_len = frame.get_u16() as usize;
-                if frame.len() < topic_len + if qos > 0 { 2 } else { 0 } {
-                    return Err(short);
-                }
-                frame.advance(topic_len);
-                let pkid = if qos > 0 { frame.get_u16() } else { 0 };
-                Packet::Publish { qos, pkid, payload: frame }
-            }
-            4 if frame.len() >= 2 => Packet::PubAck(frame.get_u16()),
-            9 if frame.len() >= 2 => {
-                frame.advance(2);
-                Packet::SubAck(frame.to_vec())
-            }
-            13 => Packet::PingResp,
-            _ => Packet::Other,
-        };
-        Ok(Some(p))
+        codec::encode(&Packet::Disconnect, out);
     }
 
     pub struct Reader {
         rd: OwnedReadHalf,
         buf: BytesMut,
+        /// A packet (or decode error) taken from `buf` by `has_packet` and not yet returned by `next`.
+        peeked: Option<Result<Packet, DecodeError>>,
     }
 
     impl Reader {
+        fn decode(&mut self) -> Option<Result<Packet, DecodeError>> {
+            self.peeked.take().or_else(|| codec::decode(&mut self.buf, MAX_PACKET).transpose())
+        }
+
         pub async fn next(&mut self) -> std::io::Result<Packet> {
             loop {
-                match decode(&mut self.buf) {
-                    Ok(Some(p)) => return Ok(p),
-                    Ok(None) => {}
-                    Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+                match self.decode() {
+                    Some(Ok(p)) => return Ok(p),
+                    Some(Err(e)) => {
+                        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{e:?}")));
+                    }
+                    None => {}
                 }
                 if self.buf.capacity() - self.buf.len() < 1024 {
                     self.buf.reserve(16 * 1024);
@@ -1142,8 +1069,11 @@ mod mq {
         }
 
         /// Whether another complete packet is already buffered (so a reply can wait for a batch).
-        pub fn has_packet(&self) -> bool {
-            matches!(frame_len(&self.buf), Ok(Some(_)))
+        pub fn has_packet(&mut self) -> bool {
+            if self.peeked.is_none() {
+                self.peeked = self.decode();
+            }
+            self.peeked.is_some()
         }
 
         /// Reads until the peer closes the connection or `limit` passes; true when it closed.
@@ -1212,10 +1142,10 @@ mod mq {
             let mut w = Writer { wr, buf: BytesMut::with_capacity(256) };
             connect(&mut w.buf, client_id, keep_alive, credentials);
             w.flush().await.map_err(|e| ConnectError::Io(e.to_string()))?;
-            let mut r = Reader { rd, buf: BytesMut::with_capacity(64) };
+            let mut r = Reader { rd, buf: BytesMut::with_capacity(64), peeked: None };
             match r.next().await {
-                Ok(Packet::ConnAck { code: 0 }) => Ok((r, w)),
-                Ok(Packet::ConnAck { code }) => Err(ConnectError::Refused(code)),
+                Ok(Packet::ConnAck { code: codec::connack::ACCEPTED, .. }) => Ok((r, w)),
+                Ok(Packet::ConnAck { code, .. }) => Err(ConnectError::Refused(code)),
                 Ok(_) => Err(ConnectError::Io("a packet other than CONNACK came first".into())),
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ConnectError::Closed),
                 Err(e) => Err(ConnectError::Io(e.to_string())),
@@ -1231,7 +1161,9 @@ mod mq {
         let wait = async {
             loop {
                 match r.next().await.map_err(|e| e.to_string())? {
-                    Packet::SubAck(codes) => return codes.first().copied().ok_or_else(|| "empty SUBACK".to_string()),
+                    Packet::SubAck { codes, .. } => {
+                        return codes.first().copied().ok_or_else(|| "empty SUBACK".to_string())
+                    }
                     _ => continue,
                 }
             }
@@ -1837,7 +1769,7 @@ async fn scenario_mqtt_latency(hub: &BenchHub, config: &Config) -> BenchResult<(
     let sub_tx = tx.clone();
     let sub_task = tokio::spawn(async move {
         while let Ok(p) = sr.next().await {
-            if let mq::Packet::Publish { qos, pkid, payload } = p {
+            if let mq::Packet::Publish(mq::Publish { qos, pkid, payload, .. }) = p {
                 let at = Instant::now();
                 if let Some(seq) = find_i64(&String::from_utf8_lossy(&payload), "\"seq\":") {
                     let _ = sub_tx.send((LatSource::MqttSubscriber, seq, at));
@@ -2417,7 +2349,7 @@ async fn plain_fanin(addr: SocketAddr, publishers: usize, seconds: u64, qos: u8,
         let (delivered, last) = (delivered.clone(), last.clone());
         tokio::spawn(async move {
             while let Ok(p) = sr.next().await {
-                if let mq::Packet::Publish { qos, pkid, .. } = p {
+                if let mq::Packet::Publish(mq::Publish { qos, pkid, .. }) = p {
                     delivered.fetch_add(1, Ordering::Relaxed);
                     last.store(nanos_since(t0, Instant::now()), Ordering::Relaxed);
                     if qos > 0 {
@@ -2483,7 +2415,7 @@ async fn plain_latency(addr: SocketAddr, m: usize, rate: u64) -> BenchResult<(Ve
     let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Instant)>();
     let subscriber = tokio::spawn(async move {
         while let Ok(p) = sr.next().await {
-            if let mq::Packet::Publish { qos, pkid, payload } = p {
+            if let mq::Packet::Publish(mq::Publish { qos, pkid, payload, .. }) = p {
                 let at = Instant::now();
                 if payload.len() >= 8 {
                     let _ = tx.send((u64::from_be_bytes(payload[..8].try_into().unwrap_or_default()), at));

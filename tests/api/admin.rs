@@ -34,12 +34,7 @@ async fn raw(hub: &TestHub, method: Method, path: &str, headers: &[(&str, &str)]
     if let Some(b) = body {
         rb = rb.body(b.to_string());
     }
-    let resp = rb.send().await.expect("request sent");
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let text = resp.text().await.unwrap_or_default();
-    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Reply { status, headers, body, text }
+    Reply::read(rb.send().await.expect("request sent")).await
 }
 
 async fn anon(hub: &TestHub, method: Method, path: &str, body: Option<Value>) -> Reply {

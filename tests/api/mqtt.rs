@@ -15,7 +15,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use crate::common::{TestHub, ADMIN_LOGIN, ADMIN_PASSWORD};
+use crate::common::{
+    assert_error, assert_keys, assert_success, numbered_request, TestHub, ADMIN_LOGIN, ADMIN_PASSWORD,
+};
 use crate::ws::Ws;
 
 const SAMPLE_DEVICE: &str = "e50d6085-2aba-48e9-b1c3-73c673e414be";
@@ -269,11 +271,7 @@ impl Mqtt {
 
     /// Publishes `action` with a fresh numeric requestId and returns its response.
     pub async fn call(&mut self, action: &str, fields: Value) -> Value {
-        let id = self.next_id;
-        self.next_id += 1;
-        let mut req = fields;
-        req["action"] = json!(action);
-        req["requestId"] = json!(id);
+        let (id, req) = numbered_request(&mut self.next_id, action, fields);
         let r = self.request_raw(req).await;
         assert_eq!(r["requestId"], id, "{r}");
         r
@@ -282,11 +280,7 @@ impl Mqtt {
     /// Calls and asserts a success envelope whose keys are exactly the envelope plus `payload`.
     pub async fn ok(&mut self, action: &str, fields: Value, payload: &[&str]) -> Value {
         let r = self.call(action, fields).await;
-        assert_eq!(r["status"], "success", "{action}: {r}");
-        assert_eq!(r["action"], action, "{r}");
-        let mut expected = vec!["action", "requestId", "status"];
-        expected.extend_from_slice(payload);
-        assert_keys(&r, &expected);
+        assert_success(&r, action, payload);
         r
     }
 
@@ -294,25 +288,12 @@ impl Mqtt {
     pub async fn err(&mut self, action: &str, fields: Value, code: u16, message: &str) {
         let id = self.next_id;
         let r = self.call(action, fields.clone()).await;
-        assert_eq!(
-            r,
-            json!({"action": action, "requestId": id, "status": "error", "code": code, "error": message}),
-            "{action} {fields}"
-        );
+        assert_error(&r, action, id, &fields, code, message);
     }
 
     pub async fn disconnect(self) {
         let _ = self.client.disconnect().await;
     }
-}
-
-fn assert_keys(v: &Value, expected: &[&str]) {
-    let mut got: Vec<&str> =
-        v.as_object().unwrap_or_else(|| panic!("not an object: {v}")).keys().map(String::as_str).collect();
-    got.sort_unstable();
-    let mut want = expected.to_vec();
-    want.sort_unstable();
-    assert_eq!(got, want, "keys of {v}");
 }
 
 /// Asserts a push message: `{"action", "subscriptionId", "<notification|command>": message}`.
@@ -328,9 +309,21 @@ async fn sleep_ms(ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
-/// Registers a device (as admin) in a network with a device type.
-async fn device_in(hub: &TestHub, id: &str, network: i64) {
-    hub.device(id, network).await;
+/// A network `network` holding `devices`, and an MQTT session `client_id` of a client user `login`
+/// assigned to it, connected with the user's access token; returns (network id, session).
+async fn network_and_device_session(
+    hub: &TestHub,
+    network: &str,
+    devices: &[&str],
+    login: &str,
+    client_id: &str,
+) -> (i64, Mqtt) {
+    let net = hub.network(network).await;
+    for device in devices {
+        hub.device(device, net).await;
+    }
+    let (_, token) = hub.client_user(login, &[net]).await;
+    (net, Mqtt::token(hub, client_id, &token).await)
 }
 
 async fn notification_names(hub: &TestHub, device: &str) -> Vec<String> {
@@ -712,10 +705,7 @@ async fn malformed_json_answers_an_error_and_other_sessions_are_unaffected() {
 #[tokio::test]
 async fn device_notifications_reach_rest_long_polls_and_websockets() {
     let hub = TestHub::start().await;
-    let net = hub.network("sensors").await;
-    device_in(&hub, "mq-sensor", net).await;
-    let (_, device_token) = hub.client_user("sensor-user", &[net]).await;
-    let mut device = Mqtt::token(&hub, "sensor", &device_token).await;
+    let (net, mut device) = network_and_device_session(&hub, "sensors", &["mq-sensor"], "sensor-user", "sensor").await;
     // The device watches its own notifications: it must get the hub's push, never its raw publish.
     assert_eq!(device.subscribe("dh/notification/+/+/mq-sensor/#").await, GRANTED);
     let mut observer = Mqtt::login(&hub, "sensor-observer", ADMIN_LOGIN, ADMIN_PASSWORD).await;
@@ -823,11 +813,8 @@ async fn device_notifications_reach_rest_long_polls_and_websockets() {
 #[tokio::test]
 async fn commands_reach_devices_and_their_updates_wake_waiters() {
     let hub = TestHub::start().await;
-    let net = hub.network("actuators").await;
-    device_in(&hub, "mq-actuator", net).await;
-    device_in(&hub, "mq-other", net).await;
-    let (_, device_token) = hub.client_user("actuator-user", &[net]).await;
-    let mut device = Mqtt::token(&hub, "actuator", &device_token).await;
+    let (net, mut device) =
+        network_and_device_session(&hub, "actuators", &["mq-actuator", "mq-other"], "actuator-user", "actuator").await;
     assert_eq!(device.subscribe("dh/command/+/+/mq-actuator/#").await, GRANTED);
     let mut observer = Mqtt::login(&hub, "cmd-observer", ADMIN_LOGIN, ADMIN_PASSWORD).await;
     assert_eq!(observer.subscribe("dh/command_update/#").await, GRANTED);
@@ -990,7 +977,7 @@ async fn overlapping_filters_deliver_once_and_unsubscribe_stops_delivery() {
 async fn topic_levels_filter_by_network_type_device_and_name() {
     let hub = TestHub::start().await;
     let n2 = hub.network("second").await;
-    device_in(&hub, "f-dev", n2).await;
+    hub.device("f-dev", n2).await;
     let notify = |device: &'static str, name: &'static str| {
         let hub = &hub;
         async move {
@@ -1092,8 +1079,8 @@ async fn clients_and_anonymous_sessions_never_see_or_touch_another_network() {
     let hub = TestHub::start().await;
     let net_a = hub.network("net-a").await;
     let net_b = hub.network("net-b").await;
-    device_in(&hub, "a-dev", net_a).await;
-    device_in(&hub, "b-dev", net_b).await;
+    hub.device("a-dev", net_a).await;
+    hub.device("b-dev", net_b).await;
     let b_cmd = hub.post(&hub.admin, "/device/b-dev/command", json!({"command": "b-cmd"})).await.expect(201)["id"]
         .as_i64()
         .unwrap();

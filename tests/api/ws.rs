@@ -13,7 +13,9 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::common::{TestHub, ADMIN_LOGIN, ADMIN_PASSWORD};
+use crate::common::{
+    assert_error, assert_keys, assert_success, numbered_request, TestHub, ADMIN_LOGIN, ADMIN_PASSWORD,
+};
 
 type Stream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -147,11 +149,7 @@ impl Ws {
 
     /// Sends an action with a fresh numeric requestId and returns its response.
     pub async fn call(&mut self, action: &str, fields: Value) -> Value {
-        let id = self.next_id;
-        self.next_id += 1;
-        let mut req = fields;
-        req["action"] = json!(action);
-        req["requestId"] = json!(id);
+        let (_, req) = numbered_request(&mut self.next_id, action, fields);
         self.request(req).await
     }
 
@@ -159,12 +157,8 @@ impl Ws {
     pub async fn ok(&mut self, action: &str, fields: Value, payload: &[&str]) -> Value {
         let id = self.next_id;
         let r = self.call(action, fields).await;
-        assert_eq!(r["status"], "success", "{action}: {r}");
-        assert_eq!(r["action"], action, "{r}");
+        assert_success(&r, action, payload);
         assert_eq!(r["requestId"], id, "{r}");
-        let mut expected = vec!["action", "requestId", "status"];
-        expected.extend_from_slice(payload);
-        assert_keys(&r, &expected);
         r
     }
 
@@ -172,11 +166,7 @@ impl Ws {
     pub async fn err(&mut self, action: &str, fields: Value, code: u16, message: &str) {
         let id = self.next_id;
         let r = self.call(action, fields.clone()).await;
-        assert_eq!(
-            r,
-            json!({"action": action, "requestId": id, "status": "error", "code": code, "error": message}),
-            "{action} {fields}"
-        );
+        assert_error(&r, action, id, &fields, code, message);
     }
 
     /// Subscribes and returns the subscription id.
@@ -188,15 +178,6 @@ impl Ws {
     pub async fn close(mut self) {
         let _ = self.stream.close(None).await;
     }
-}
-
-fn assert_keys(v: &Value, expected: &[&str]) {
-    let mut got: Vec<&str> =
-        v.as_object().unwrap_or_else(|| panic!("object expected: {v}")).keys().map(String::as_str).collect();
-    got.sort_unstable();
-    let mut want = expected.to_vec();
-    want.sort_unstable();
-    assert_eq!(got, want, "keys of {v}");
 }
 
 /// `yyyy-MM-ddTHH:mm:ss.SSS`, no zone.
