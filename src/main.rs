@@ -33,6 +33,8 @@ fn main() {
 
 fn serve(config: Option<String>) {
     tracing_subscriber::fmt()
+        // Colour codes only on a terminal, so redirected logs stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,sqlx=warn,rumqttd=off".into()),

@@ -1,6 +1,7 @@
 //! Integration tests: the real hub on port 0 with a temporary database, over real HTTP.
 
 mod admin;
+mod binary;
 mod common;
 mod firmware;
 mod messages;
