@@ -133,6 +133,24 @@ struct Registry {
     index: HashMap<IndexKey, HashSet<u64>>,
 }
 
+impl Registry {
+    /// Removes a subscription and every index entry pointing at it.
+    fn remove(&mut self, id: u64) -> bool {
+        let Some(sub) = self.subs.remove(&id) else {
+            return false;
+        };
+        for key in index_keys(sub.kind, &sub.filter) {
+            if let Some(set) = self.index.get_mut(&key) {
+                set.remove(&id);
+                if set.is_empty() {
+                    self.index.remove(&key);
+                }
+            }
+        }
+        true
+    }
+}
+
 pub struct Bus {
     registry: Mutex<Registry>,
     next_id: AtomicU64,
@@ -165,18 +183,7 @@ impl Bus {
 
     pub fn unsubscribe(&self, id: u64) -> bool {
         let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(sub) = reg.subs.remove(&id) else {
-            return false;
-        };
-        for key in index_keys(sub.kind, &sub.filter) {
-            if let Some(set) = reg.index.get_mut(&key) {
-                set.remove(&id);
-                if set.is_empty() {
-                    reg.index.remove(&key);
-                }
-            }
-        }
-        true
+        reg.remove(id)
     }
 
     /// Ends every subscription pinned to `device_id` (§9.3: a deleted device's subscriptions must not
@@ -186,12 +193,30 @@ impl Bus {
         let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         let mut ended = 0;
         for kind in [EventKind::Notification, EventKind::CommandInsert, EventKind::CommandUpdate] {
-            let Some(ids) = reg.index.remove(&IndexKey::Device(kind, device_id.to_string())) else {
-                continue;
+            let ids: Vec<u64> = match reg.index.get(&IndexKey::Device(kind, device_id.to_string())) {
+                Some(ids) => ids.iter().copied().collect(),
+                None => continue,
             };
+            let key = IndexKey::Device(kind, device_id.to_string());
             for id in ids {
-                reg.subs.remove(&id);
-                ended += 1;
+                // A `deviceIds` subscription keeps its other devices; one for this device alone ends.
+                let narrowed = match reg.subs.get_mut(&id).and_then(|s| s.filter.devices.as_mut()) {
+                    Some(devices) if devices.len() > 1 => {
+                        devices.retain(|d| d != device_id);
+                        true
+                    }
+                    _ => false,
+                };
+                if narrowed {
+                    if let Some(set) = reg.index.get_mut(&key) {
+                        set.remove(&id);
+                    }
+                } else {
+                    ended += reg.remove(id) as usize;
+                }
+            }
+            if reg.index.get(&key).is_some_and(|set| set.is_empty()) {
+                reg.index.remove(&key);
             }
         }
         ended
@@ -240,14 +265,14 @@ impl Bus {
                 }
             }
             for id in candidates {
-                let sub = &reg.subs[&id];
+                let Some(sub) = reg.subs.get(&id) else { continue };
                 if sub.filter.matches(device, network, device_type, name) {
                     per_sub.entry(id).or_default().push(ev.clone());
                 }
             }
         }
         for (id, events) in per_sub {
-            let sink = &reg.subs[&id].sink;
+            let Some(sink) = reg.subs.get(&id).map(|s| &s.sink) else { continue };
             let delivery = Delivery { subscription_id: id, events };
             if let Err(mpsc::error::TrySendError::Full(_)) = sink.tx.try_send(delivery) {
                 // Long polls need only their first delivery; sessions are told to disconnect.

@@ -2496,3 +2496,25 @@ async fn subscribe_to_several_devices_with_device_ids() {
     let mut c = Ws::authenticated(&hub, &client).await;
     c.err("command/subscribe", json!({"deviceIds": ["ids-1"]}), 403, "Access is denied").await;
 }
+
+#[tokio::test]
+async fn deleting_one_of_several_subscribed_devices_keeps_the_others() {
+    let hub = hub().await;
+    let net = hub.network("multi-del").await;
+    for d in ["md-1", "md-2"] {
+        hub.device(d, net).await;
+    }
+    let mut ws = Ws::authenticated(&hub, &hub.admin).await;
+    let sub = ws.subscribe("notification/subscribe", json!({"deviceIds": ["md-1", "md-2"]})).await;
+    hub.delete(&hub.admin, "/device/md-1").await.expect(204);
+    // A new device with the deleted id is not delivered; the remaining device still is.
+    hub.device("md-1", net).await;
+    rest_notification(&hub, "md-1", json!({"notification": "reborn"})).await;
+    rest_notification(&hub, "md-2", json!({"notification": "still"})).await;
+    let push = ws.push().await;
+    assert_eq!(
+        (push["subscriptionId"].as_u64(), push["notification"]["notification"].as_str()),
+        (Some(sub), Some("still"))
+    );
+    ws.quiet(Duration::from_millis(300)).await;
+}
