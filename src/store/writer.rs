@@ -105,7 +105,12 @@ async fn run(
         let results = commit_batch(&store, &jobs, ts).await;
         let committed: Vec<Written> = results.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
         if !committed.is_empty() {
-            on_commit(&committed);
+            // The rows are committed whatever happens next: a bug in fan-out must not take the writer
+            // (and with it every later insert) down.
+            let fan_out = std::panic::AssertUnwindSafe(|| on_commit(&committed));
+            if std::panic::catch_unwind(fan_out).is_err() {
+                tracing::error!(rows = committed.len(), "fan-out of a commit panicked; its subscribers missed it");
+            }
         }
         for (job, result) in jobs.drain(..).zip(results) {
             let _ = job.reply.send(result);
