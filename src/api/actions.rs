@@ -327,7 +327,7 @@ pub async fn dispatch(session: &mut Session, action: &str, req: &Value) -> Resul
 /// anonymous sessions).
 fn is_known(action: &str) -> bool {
     const GROUP_VERBS: [&str; 6] = ["list", "count", "get", "insert", "update", "delete"];
-    const OTHERS: [&str; 37] = [
+    const OTHERS: [&str; 38] = [
         "configuration/get",
         "configuration/put",
         "configuration/delete",
@@ -365,8 +365,9 @@ fn is_known(action: &str) -> bool {
         "user/assignDeviceType",
         "user/unassignDeviceType",
         "user/allowAllDeviceTypes",
+        "user/disallowAllDeviceTypes",
     ];
-    if OTHERS.contains(&action) || action == "user/disallowAllDeviceTypes" {
+    if OTHERS.contains(&action) {
         return true;
     }
     match action.split_once('/') {
