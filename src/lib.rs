@@ -87,6 +87,7 @@ impl App {
             ),
             recent_last_login: Default::default(),
             assignment_epoch: Default::default(),
+            revocations: tokio::sync::broadcast::channel(1024).0,
             stats: Default::default(),
         });
         tracing::info!(%http_addr, "hivehub listening");

@@ -1,10 +1,8 @@
 //! HTTP transport: the REST router (under `/api/rest`, `/dh/rest`, and the token routes under
 //! `/auth/rest`), CORS, method override, and the JSON error format for everything axum itself refuses.
 
-pub mod actions;
 pub mod extract;
 pub mod rest;
-pub mod session;
 pub mod ws;
 
 use std::sync::Arc;

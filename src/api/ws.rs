@@ -16,8 +16,7 @@ use tokio::sync::mpsc::error::{SendTimeoutError, TrySendError};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
-use super::actions;
-use super::session::Session;
+use crate::hub::dispatch::{self as actions, Session};
 use crate::hub::Hub;
 
 pub async fn upgrade(State(hub): State<Arc<Hub>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {

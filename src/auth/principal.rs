@@ -84,7 +84,12 @@ impl Principal {
     /// The rights of a token (§5.2) for its (freshly loaded, active) user.
     pub fn from_token(payload: &TokenPayload, user: User) -> Result<Principal> {
         let ids = payload.action_ids().ok_or_else(ApiError::unauthorized)?;
-        let actions = ActionSet::from_claim(&ids).ok_or_else(ApiError::unauthorized)?;
+        let mut actions = ActionSet::from_claim(&ids).ok_or_else(ApiError::unauthorized)?;
+        // `*` means everything the user's role allows: an administrator demoted to client keeps no
+        // administrator rights through the tokens it already holds.
+        if ids.contains(&0) && !user.is_admin() {
+            actions = ActionSet::client();
+        }
         let networks = IdSet::from_claim(payload.n.as_ref());
         let mut device_types = if user.all_device_types_available { IdSet::All } else { IdSet::none() };
         if let Some(dt) = payload.dt.as_ref() {
@@ -92,6 +97,17 @@ impl Principal {
             device_types = if claim.is_all() || user.all_device_types_available { IdSet::All } else { claim };
         }
         Ok(Principal { user: Some(Arc::new(user)), actions, networks, device_types })
+    }
+
+    /// The same token rights for a freshly read `user`: a user who is no longer an administrator loses
+    /// what only the administrator role gave (`*` actions mean the client set for a client).
+    pub fn with_user(&self, user: User) -> Principal {
+        let mut p = self.clone();
+        if !user.is_admin() && p.actions.is_admin_set() {
+            p.actions = ActionSet::client();
+        }
+        p.user = Some(Arc::new(user));
+        p
     }
 
     pub fn is_authenticated(&self) -> bool {

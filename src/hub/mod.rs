@@ -5,6 +5,7 @@
 pub mod bus;
 mod configuration;
 mod device;
+pub mod dispatch;
 pub mod fields;
 mod group;
 mod message;
@@ -48,6 +49,10 @@ pub struct Hub {
     /// Bumped whenever a user's network assignments may have changed; sessions re-read the assignments
     /// of their (non-admin) user when it moves, so unassigning a network stops deliveries at once.
     pub assignment_epoch: std::sync::atomic::AtomicU64,
+    /// Ids of users whose rights may have shrunk (locked, deleted, role lowered, password changed,
+    /// assignments changed). Live sessions of that user re-check it (`recheck_principal`) and close
+    /// or narrow themselves at once.
+    pub revocations: tokio::sync::broadcast::Sender<i64>,
     pub stats: HubStats,
     /// When this process last wrote each user's `lastLogin` (throttles concurrent logins).
     pub recent_last_login: std::sync::Mutex<std::collections::HashMap<i64, i64>>,
@@ -121,6 +126,31 @@ impl Hub {
 
     pub fn assignments_changed(&self) {
         self.assignment_epoch.fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Live sessions hear here of users whose rights may have shrunk. A lagging receiver
+    /// (`RecvError::Lagged`) must re-check its principal as if its own user had been named.
+    pub fn revocations(&self) -> tokio::sync::broadcast::Receiver<i64> {
+        self.revocations.subscribe()
+    }
+
+    /// Tells every live session that `user_id`'s rights may have shrunk; also drops its remembered
+    /// credentials and makes sessions re-read network assignments.
+    pub fn user_rights_changed(&self, user_id: i64) {
+        self.assignments_changed();
+        let _ = self.revocations.send(user_id);
+    }
+
+    /// Re-reads the user a live session acts as. `None`: the user is gone or no longer active, so the
+    /// session must end. Otherwise the principal with the fresh user (its role decides from now on).
+    pub async fn recheck_principal(&self, principal: &Principal) -> Option<Principal> {
+        let user = principal.user.as_ref()?;
+        match self.store.user_get(user.id).await {
+            Ok(Some(fresh)) if fresh.is_active() => Some(principal.with_user(fresh)),
+            Ok(_) => None,
+            // On a read error keep the session as it is rather than drop or widen it.
+            Err(_) => Some(principal.clone()),
+        }
     }
 
     /// The `cacheStats` text of `GET /info/cache` and WebSocket `server/cacheInfo`.

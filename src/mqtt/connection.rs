@@ -24,8 +24,7 @@ use super::codec::{self, connack, Connect, DecodeError, Packet, Publish, SUBACK_
 use super::presence::PresenceEvent;
 use super::topics::{self, DhFilter};
 use super::MqttShared;
-use crate::api::actions;
-use crate::api::session::{push_text, Session};
+use crate::hub::dispatch::{self as actions, push_text, Session};
 use crate::auth::Principal;
 use crate::config::PlainTopics;
 use crate::hub::bus::{Delivery, EventKind};

@@ -4,7 +4,9 @@
 
 use serde_json::{json, Map, Value};
 
-use super::session::Session;
+mod session;
+
+pub use session::{push_text, Session};
 use crate::error::{ApiError, Result};
 use crate::hub::bus::EventKind;
 use crate::hub::fields::Fields;
