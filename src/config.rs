@@ -79,6 +79,10 @@ pub struct AuthSettings {
     pub refresh_token_lifetime_ms: i64,
     pub restrict_token_create: bool,
     pub credential_cache_secs: u64,
+    pub lockout_secs: u64,
+    pub login_throttle_free_attempts: u32,
+    pub login_throttle_base_ms: u64,
+    pub require_old_password: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

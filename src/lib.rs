@@ -65,6 +65,10 @@ impl App {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (writer_stop, writer_stop_rx) = watch::channel(false);
         let settings_credential_ttl = settings.auth.credential_cache_secs;
+        let login_throttle = auth::throttle::LoginThrottle::new(
+            settings.auth.login_throttle_free_attempts,
+            Duration::from_millis(settings.auth.login_throttle_base_ms),
+        );
         let bus = Arc::new(Bus::new());
         let publish_bus = bus.clone();
         let (writer, writer_task) = Writer::spawn(
@@ -85,6 +89,7 @@ impl App {
                 Duration::from_secs(settings_credential_ttl),
                 100_000,
             ),
+            login_throttle,
             recent_last_login: Default::default(),
             assignment_epoch: Default::default(),
             revocations: tokio::sync::broadcast::channel(1024).0,
@@ -143,7 +148,7 @@ pub async fn run(listener: TcpListener, hub: Arc<Hub>, shutdown: impl Future<Out
     use tower::Layer;
     let app = api::app(hub);
     let service = axum::middleware::from_fn(api::edge).layer(app);
-    let make = axum::ServiceExt::<axum::extract::Request>::into_make_service(service);
+    let make = axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(service);
     // Without TCP_NODELAY small pushes (WebSocket messages, long-poll answers) wait for delayed ACKs:
     // 40 ms latency tails.
     use axum::serve::ListenerExt;

@@ -25,6 +25,8 @@ pub struct User {
     pub role: i64,
     pub status: i64,
     pub login_attempts: i64,
+    /// When a lockout after wrong passwords lifts (`None`: not locked that way).
+    pub locked_until: Option<i64>,
     pub last_login: Option<i64>,
     pub data: Option<Value>,
     pub intro_reviewed: bool,

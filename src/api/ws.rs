@@ -16,13 +16,19 @@ use tokio::sync::mpsc::error::{SendTimeoutError, TrySendError};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
+use crate::api::extract::Peer;
 use crate::hub::dispatch::{self as actions, Session};
 use crate::hub::Hub;
 
-pub async fn upgrade(State(hub): State<Arc<Hub>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+pub async fn upgrade(
+    State(hub): State<Arc<Hub>>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("localhost").to_string();
     let limit = hub.settings.websocket.max_message_bytes;
-    ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| run_session(hub, socket, host))
+    ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| run_session(hub, socket, host, peer))
 }
 
 /// Hands a session's outgoing messages to its writer task.
@@ -69,9 +75,11 @@ enum End {
     NotReading,
     Silent,
     Shutdown,
+    /// The session's user was locked, disabled or deleted.
+    Revoked,
 }
 
-async fn run_session(hub: Arc<Hub>, socket: WebSocket, host: String) {
+async fn run_session(hub: Arc<Hub>, socket: WebSocket, host: String, peer: Option<std::net::IpAddr>) {
     let settings = hub.settings.websocket.clone();
     let ping_every = Duration::from_secs(settings.ping_interval_secs.max(1));
     let (mut ws_tx, mut ws_rx) = socket.split();
@@ -103,6 +111,8 @@ async fn run_session(hub: Arc<Hub>, socket: WebSocket, host: String) {
     });
 
     let (mut session, mut deliveries, overflow) = Session::new(hub.clone(), host, settings.queue_capacity);
+    session.peer = peer;
+    let mut revocations = hub.revocations();
     let mut last_heard = Instant::now();
     let mut liveness = tokio::time::interval(ping_every);
     let out = Outbox { tx: &out_tx, overflow: &overflow, hub: &hub, grace: ping_every * 2 };
@@ -133,6 +143,23 @@ async fn run_session(hub: Arc<Hub>, socket: WebSocket, host: String) {
                     break end;
                 }
             }
+            revoked = revocations.recv() => {
+                use tokio::sync::broadcast::error::RecvError;
+                let mine = match revoked {
+                    Ok(user_id) => session.principal.user_id() == Some(user_id),
+                    Err(RecvError::Lagged(_)) => true,
+                    Err(RecvError::Closed) => false,
+                };
+                if mine && session.principal.is_authenticated() {
+                    match hub.recheck_principal(&session.principal).await {
+                        None => break End::Revoked,
+                        Some(p) => {
+                            session.principal = p;
+                            session.refresh_visibility().await;
+                        }
+                    }
+                }
+            }
             _ = overflow.notified() => break End::NotReading,
             _ = liveness.tick() => {
                 if last_heard.elapsed() > ping_every * 2 {
@@ -148,6 +175,7 @@ async fn run_session(hub: Arc<Hub>, socket: WebSocket, host: String) {
             "closing WebSocket session: the client is not reading and its queue is full"
         ),
         End::Silent => tracing::info!("closing WebSocket session: no answer to pings"),
+        End::Revoked => tracing::info!("closing WebSocket session: its user was locked or deleted"),
         End::ClientClosed | End::Shutdown => {}
     }
     drop(session);
@@ -156,7 +184,14 @@ async fn run_session(hub: Arc<Hub>, socket: WebSocket, host: String) {
         // The client cannot be trusted to drain the queue; do not wait for it.
         writer.abort();
     } else {
-        let _ = out_tx.try_send(Message::Close(None));
+        let close = match end {
+            End::Revoked => Some(axum::extract::ws::CloseFrame {
+                code: axum::extract::ws::close_code::POLICY,
+                reason: "user locked, disabled or deleted".into(),
+            }),
+            _ => None,
+        };
+        let _ = out_tx.try_send(Message::Close(close));
         drop(out_tx);
         let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
     }

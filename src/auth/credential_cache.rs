@@ -87,6 +87,7 @@ mod tests {
             role: 1,
             status: 0,
             login_attempts: 0,
+            locked_until: None,
             last_login: None,
             data: None,
             intro_reviewed: false,

@@ -6,6 +6,7 @@ pub mod credential_cache;
 pub mod jwt;
 pub mod password;
 pub mod principal;
+pub mod throttle;
 
 pub use action::{Action, ActionSet};
 pub use principal::{IdSet, Principal};

@@ -53,6 +53,14 @@ impl Event {
         Event { kind, message, json }
     }
 
+    /// The network of the message's device when it was written.
+    pub fn network_id(&self) -> Option<i64> {
+        match &self.message {
+            Message::Notification(n) => n.network_id,
+            Message::Command(c) => c.network_id,
+        }
+    }
+
     pub fn id(&self) -> i64 {
         match &self.message {
             Message::Notification(n) => n.id,

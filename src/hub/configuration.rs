@@ -14,16 +14,39 @@ fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Entries the configuration API never shows or changes: rotating the JWT secret is an operator's
+/// job (`HIVEHUB__AUTH__JWT_SECRET`), and whoever reads it can mint any token.
+const OPERATOR_ONLY: [&str; 1] = ["jwt.secret"];
+
+/// The configuration is the administrators' (§6.3): the token action is not enough, the caller's user
+/// must be an administrator too, and operator-only entries are out of reach for everybody.
+fn require_config_access(principal: &Principal, name: &str) -> Result<()> {
+    let user = principal.require(Action::ManageConfiguration)?;
+    if !user.is_admin() {
+        return Err(ApiError::forbidden("Admin permissions required for this action"));
+    }
+    if OPERATOR_ONLY.contains(&name.trim()) {
+        return Err(ApiError::forbidden(format!("Configuration entry {name} is managed by the operator, not the API")));
+    }
+    Ok(())
+}
+
 impl Hub {
+    /// The permission part of every configuration operation (for transports that check it before
+    /// reading a body).
+    pub fn config_access(&self, principal: &Principal, name: &str) -> Result<()> {
+        require_config_access(principal, name)
+    }
+
     pub async fn config_get(&self, principal: &Principal, name: &str) -> Result<Configuration> {
-        principal.require(Action::ManageConfiguration)?;
+        require_config_access(principal, name)?;
         self.store.config_get(name).await?.ok_or_else(|| {
             ApiError::not_found(format!("Requested config with name = {name} not found in the database")).without_body()
         })
     }
 
     pub async fn config_put(&self, principal: &Principal, name: &str, value: Option<&str>) -> Result<Configuration> {
-        principal.require(Action::ManageConfiguration)?;
+        require_config_access(principal, name)?;
         check_name(name)?;
         let value = value.unwrap_or("");
         if value.is_empty() || value.chars().count() > 128 {
@@ -35,7 +58,7 @@ impl Hub {
     }
 
     pub async fn config_delete(&self, principal: &Principal, name: &str) -> Result<()> {
-        principal.require(Action::ManageConfiguration)?;
+        require_config_access(principal, name)?;
         if !self.store.config_delete(name).await? {
             return Err(ApiError::not_found(format!("Requested config with name = {name} not found in the database")));
         }

@@ -62,6 +62,14 @@ impl Hub {
         }
     }
 
+    /// The permission check with a group target, then its existence: 403 outside the principal's
+    /// scope, 404 for a missing group (the dispatcher runs this before validating the request).
+    pub async fn group_target(&self, kind: GroupKind, principal: &Principal, action: Action, id: i64) -> Result<()> {
+        self.require_group(kind, principal, action, id)?;
+        self.store.group_get(kind, id).await?.ok_or_else(|| not_found(kind, id))?;
+        Ok(())
+    }
+
     /// Restrictions of a group list for this principal; `None` = nothing visible.
     fn group_visibility(&self, kind: GroupKind, principal: &Principal) -> Option<(Option<i64>, IdSet)> {
         let user = principal.user.as_ref()?;

@@ -27,6 +27,7 @@ use crate::store::{DeviceScope, Store};
 
 pub use bus::Bus;
 pub use poll::PollRequest;
+pub use user::UserAccess;
 
 /// Counters reported by `GET /info/cache` (`cacheStats`).
 #[derive(Default)]
@@ -46,6 +47,8 @@ pub struct Hub {
     pub shutdown: watch::Receiver<bool>,
     /// Recently verified login/password pairs (see `auth::credential_cache`).
     pub credentials: crate::auth::credential_cache::CredentialCache,
+    /// Delays between failed logins per login name and per source address.
+    pub login_throttle: crate::auth::throttle::LoginThrottle,
     /// Bumped whenever a user's network assignments may have changed; sessions re-read the assignments
     /// of their (non-admin) user when it moves, so unassigning a network stops deliveries at once.
     pub assignment_epoch: std::sync::atomic::AtomicU64,
@@ -81,6 +84,27 @@ impl Hub {
                 Ok(assigned.intersect(&principal.networks))
             }
             _ => Ok(principal.networks.clone()),
+        }
+    }
+
+    /// The device types a principal may see as a concrete set: token scope ∩ live assignment for
+    /// non-admins without "all device types".
+    pub async fn visible_device_types(&self, principal: &Principal) -> Result<IdSet> {
+        match &principal.user {
+            Some(u) if !u.is_admin() && !u.all_device_types_available => {
+                let assigned: std::collections::BTreeSet<i64> =
+                    self.store.user_device_types(u.id).await?.iter().map(|t| t.id).collect();
+                Ok(IdSet::Only(assigned).intersect(&principal.device_types))
+            }
+            _ => Ok(principal.device_types.clone()),
+        }
+    }
+
+    /// 404 unless the device exists (`notification/get|list` check existence before visibility).
+    pub async fn device_must_exist(&self, device_id: &str) -> Result<()> {
+        match self.store.device_get(device_id).await? {
+            Some(_) => Ok(()),
+            None => Err(ApiError::device_not_found(device_id)),
         }
     }
 

@@ -200,6 +200,8 @@ impl Hub {
             _ = tokio::time::sleep(req.wait) => vec![],
             _ = self.shutting_down() => vec![],
         };
+        // Rights may have shrunk while the poll waited (user locked, deleted or unassigned).
+        let events = self.still_visible(principal, events).await?;
         // Events of one commit share a cursor value; client-supplied timestamps may put some at or
         // before the cursor, which the history query would not return either.
         let mut events: Vec<&Arc<Event>> = events.iter().filter(|e| e.cursor() > cursor).collect();
@@ -239,13 +241,31 @@ impl Hub {
                 _ = self.shutting_down() => None,
             };
             let Some(delivery) = delivery else { return Ok(None) };
-            for ev in delivery.events {
+            for ev in self.still_visible(principal, delivery.events).await? {
                 if let super::bus::Message::Command(c) = &ev.message {
                     if c.id == command_id {
                         return Ok(Some(c.as_ref().clone()));
                     }
                 }
             }
+        }
+    }
+}
+
+impl Hub {
+    /// The events a waiting principal may still see at delivery time: none when its user is gone or
+    /// no longer active, and for a non-admin only those of networks it is still assigned to.
+    async fn still_visible(&self, principal: &Principal, events: Vec<Arc<Event>>) -> Result<Vec<Arc<Event>>> {
+        if events.is_empty() {
+            return Ok(events);
+        }
+        let Some(now) = self.recheck_principal(principal).await else { return Ok(vec![]) };
+        match &now.user {
+            Some(u) if !u.is_admin() => {
+                let assigned = self.store.user_network_ids(u.id).await?;
+                Ok(events.into_iter().filter(|e| e.network_id().is_some_and(|n| assigned.contains(&n))).collect())
+            }
+            _ => Ok(events),
         }
     }
 }

@@ -1,5 +1,7 @@
 //! Tokens: login, refresh, create (§4.5, §6.2) and turning a presented access token into a `Principal`.
 
+use std::net::IpAddr;
+
 use serde_json::{json, Value};
 
 use super::fields::Fields;
@@ -13,6 +15,10 @@ use crate::time::now_ms;
 
 const DEFAULT_MAX_LOGIN_ATTEMPTS: i64 = 10;
 const DEFAULT_LAST_LOGIN_TIMEOUT_MS: i64 = 1000;
+
+/// An Argon2 hash no password matches by chance, checked for unknown logins so they cost the same.
+static DUMMY_HASH: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| password::hash("no user has this password").0);
 
 impl Hub {
     /// Validates an access token and loads its user (§4.4). Errors carry the REST messages; the
@@ -35,37 +41,96 @@ impl Hub {
         }
     }
 
-    /// `POST /token`: password login.
-    pub async fn login(&self, body: &Value) -> Result<Value> {
+    /// `POST /token` and WebSocket `token`: password login. Non-string values are a failed login.
+    pub async fn login(&self, body: &Value, peer: Option<IpAddr>) -> Result<Value> {
         let f = Fields::of(body)?;
-        let login = f.str("login")?.unwrap_or("").trim().to_string();
-        let pass = f.str("password")?.unwrap_or("");
-        if login.is_empty() || pass.is_empty() {
-            return Err(ApiError::bad_request("Invalid or empty authorization request parameters"));
-        }
-        let user = self.store.user_by_login(&login).await?.ok_or_else(|| {
-            ApiError::unauthorized_msg(format!("User with login = {login} not found or bad password"))
-        })?;
-        if !user.is_active() {
-            return Err(ApiError::unauthorized_msg("User is locked or disabled"));
-        }
-        if !self.credentials.verified(&login, pass, &user) {
-            if !password::verify(pass, &user.password_hash, &user.password_salt) {
-                let max = self.store.config_i64("user.login.maxAttempts", DEFAULT_MAX_LOGIN_ATTEMPTS).await?;
-                self.store.user_login_failed(user.id, max.max(1)).await?;
-                return Err(ApiError::unauthorized_msg("Invalid credentials"));
+        let text = |key: &str| match f.0.get(key) {
+            None | Some(Value::Null) => Ok(""),
+            Some(Value::String(s)) => Ok(s.as_str()),
+            Some(_) => Err(()),
+        };
+        let user = match (text("login"), text("password")) {
+            (Ok(login), Ok(pass)) => {
+                if login.trim().is_empty() || pass.is_empty() {
+                    return Err(ApiError::bad_request("Invalid or empty authorization request parameters"));
+                }
+                self.check_password(login.trim(), Some(pass), peer).await?
             }
-            self.credentials.remember(&login, pass, &user);
+            (login, _) => self.check_password(login.unwrap_or("").trim(), None, peer).await?,
+        };
+        let payload = self.login_payload(&user).await?;
+        Ok(self.token_pair(payload, None, None))
+    }
+
+    /// The principal of a login/password pair (MQTT CONNECT): the rights a login token would carry,
+    /// without a JWT round trip.
+    pub async fn password_principal(&self, login: &str, password: &str, peer: Option<IpAddr>) -> Result<Principal> {
+        let user = self.check_password(login.trim(), Some(password), peer).await?;
+        let payload = self.login_payload(&user).await?;
+        Principal::from_token(&payload, user)
+    }
+
+    /// Checks a password login, throttled per login and per source address, counting failures towards
+    /// the account lockout. `password: None` is a malformed attempt (a failure). Every refusal of a
+    /// credential answers the same 401 "Invalid credentials", and unknown logins cost the same hash
+    /// as known ones, so neither the message nor the timing tells unknown, wrong and locked apart.
+    async fn check_password(&self, login: &str, password: Option<&str>, peer: Option<IpAddr>) -> Result<User> {
+        let invalid = || ApiError::unauthorized_msg("Invalid credentials");
+        let mut keys = vec![format!("login:{login}")];
+        if let Some(ip) = peer {
+            keys.push(format!("ip:{ip}"));
         }
+        if let Err(wait) = self.login_throttle.check(&keys) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                format!("Too many failed login attempts; retry in {} s", wait.as_secs().max(1)),
+            ));
+        }
+        let user = if login.is_empty() { None } else { self.store.user_by_login(login).await? };
+        let verified = match (&user, password) {
+            (Some(u), Some(pass)) => {
+                self.credentials.verified(login, pass, u) || password::verify(pass, &u.password_hash, &u.password_salt)
+            }
+            (None, Some(pass)) => {
+                // Same cost as a real check: the answer's timing does not reveal unknown logins.
+                password::verify(pass, &DUMMY_HASH, "");
+                false
+            }
+            (_, None) => false,
+        };
+        let Some(user) = user else {
+            self.login_throttle.failed(&keys);
+            return Err(invalid());
+        };
+        if !user.is_active() {
+            if !verified {
+                self.login_throttle.failed(&keys);
+            }
+            return Err(invalid());
+        }
+        if !verified {
+            self.login_throttle.failed(&keys);
+            let max = self.store.config_i64("user.login.maxAttempts", DEFAULT_MAX_LOGIN_ATTEMPTS).await?;
+            let lockout = self.settings.auth.lockout_secs;
+            let lock_until = (lockout > 0).then(|| now_ms() + lockout as i64 * 1000);
+            self.store.user_login_failed(user.id, max.max(1), lock_until).await?;
+            return Err(invalid());
+        }
+        if let Some(pass) = password {
+            self.credentials.remember(login, pass, &user);
+        }
+        self.login_throttle.succeeded(&keys[0]);
         let gap = self.store.config_i64("user.login.lastTimeout", DEFAULT_LAST_LOGIN_TIMEOUT_MS).await?;
         let now = now_ms();
         // Most logins change nothing (no failed attempts to reset, lastLogin recently set): skip the
         // write, also when many logins of one user race (a fleet of devices sharing credentials).
-        if user.login_attempts != 0 || self.last_login_due(user.id, user.last_login, now, gap) {
+        if user.login_attempts != 0
+            || user.locked_until.is_some()
+            || self.last_login_due(user.id, user.last_login, now, gap)
+        {
             self.store.user_login_succeeded(user.id, now, gap).await?;
         }
-        let payload = self.login_payload(&user).await?;
-        Ok(self.token_pair(payload, None, None))
+        Ok(user)
     }
 
     /// Whether `lastLogin` needs writing: neither the stored value nor this process's last write is
@@ -119,7 +184,9 @@ impl Hub {
         json!({"accessToken": self.keys.sign(&access), "refreshToken": self.keys.sign(&refresh)})
     }
 
-    /// `POST /token/refresh`: a new access token with the refresh token's claims.
+    /// `POST /token/refresh`: a new access token. Its claims are the refresh token's, cut down to what
+    /// the user holds *now*: a user demoted to client gets client rights, its current networks and
+    /// device types, whatever the refresh token once said.
     pub async fn refresh(&self, body: &Value) -> Result<Value> {
         let f = Fields::of(body)?;
         let token = f.str("refreshToken")?.ok_or_else(ApiError::invalid_params)?;
@@ -127,22 +194,38 @@ impl Hub {
             Ok(p) => p,
             Err(TokenError::WrongType) => return Err(ApiError::unauthorized_msg("Invalid token type")),
             Err(TokenError::Expired) => return Err(ApiError::unauthorized_msg("Token has expired")),
-            Err(TokenError::Invalid) => return Err(ApiError::unauthorized().without_body()),
+            Err(TokenError::Invalid) => return Err(ApiError::unauthorized()),
         };
-        let user_id = payload.u.ok_or_else(|| ApiError::unauthorized().without_body())?;
-        match self.store.user_get(user_id).await? {
-            Some(u) if u.is_active() => {
-                let gap = self.store.config_i64("user.login.lastTimeout", DEFAULT_LAST_LOGIN_TIMEOUT_MS).await?;
-                self.store.user_touch_last_login(u.id, now_ms(), gap).await?;
-            }
-            _ => return Err(ApiError::unauthorized().without_body()),
-        }
+        let user_id = payload.u.ok_or_else(ApiError::unauthorized)?;
+        let user = match self.store.user_get(user_id).await? {
+            Some(u) if u.is_active() => u,
+            _ => return Err(ApiError::unauthorized()),
+        };
+        let gap = self.store.config_i64("user.login.lastTimeout", DEFAULT_LAST_LOGIN_TIMEOUT_MS).await?;
+        self.store.user_touch_last_login(user.id, now_ms(), gap).await?;
+        let claims = self.current_claims(&user, payload).await?;
         let access = TokenPayload {
             e: Some(now_ms() + self.settings.auth.access_token_lifetime_ms),
             t: Some(TYPE_ACCESS),
-            ..payload
+            ..claims
         };
         Ok(json!({"accessToken": self.keys.sign(&access)}))
+    }
+
+    /// A token's claims limited to the user's current role and assignments (administrators keep
+    /// them as they are).
+    async fn current_claims(&self, user: &User, payload: TokenPayload) -> Result<TokenPayload> {
+        if user.is_admin() {
+            return Ok(payload);
+        }
+        let now = self.login_payload(user).await?;
+        let ids = payload.action_ids().ok_or_else(ApiError::unauthorized)?;
+        let a = if ids.contains(&0) { now.a.clone() } else { payload.a.clone() };
+        let limit = |claim: &Option<Vec<Value>>, current: &Option<Vec<Value>>| {
+            let allowed = IdSet::from_claim(current.as_ref());
+            claim.as_ref().map(|c| IdSet::from_claim(Some(c)).intersect(&allowed).to_claim())
+        };
+        Ok(TokenPayload { a, n: limit(&payload.n, &now.n), dt: limit(&payload.dt, &now.dt), ..payload })
     }
 
     /// `POST /token/create`: a token pair with the requested claims. With `restrict_token_create`
@@ -202,7 +285,8 @@ impl Hub {
             && principal.actions.is_admin_set()
             && principal.networks.is_all()
             && principal.device_types.is_all();
-        if self.settings.auth.restrict_token_create && !full_admin {
+        // A client-role user never mints beyond its own rights, whatever the setting says.
+        if (self.settings.auth.restrict_token_create || !caller.is_admin()) && !full_admin {
             self.check_within_own_rights(principal, caller, &payload, expiration, refresh_expiration)?;
         }
         Ok(self.token_pair(payload, expiration, refresh_expiration))

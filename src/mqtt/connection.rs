@@ -24,10 +24,10 @@ use super::codec::{self, connack, Connect, DecodeError, Packet, Publish, SUBACK_
 use super::presence::PresenceEvent;
 use super::topics::{self, DhFilter};
 use super::MqttShared;
-use crate::hub::dispatch::{self as actions, push_text, Session};
 use crate::auth::Principal;
 use crate::config::PlainTopics;
 use crate::hub::bus::{Delivery, EventKind};
+use crate::hub::dispatch::{self as actions, push_text, Session};
 use crate::store::SessionRecord;
 
 /// Answers a connection over the limit with CONNACK "server unavailable".
@@ -292,15 +292,7 @@ async fn authenticate(shared: &MqttShared, connect: &Connect) -> Result<Principa
             hub.principal_from_token(&pw).await.map_err(|_| connack::BAD_USERNAME_OR_PASSWORD)
         }
         (Some(login), Some(pw)) => {
-            let tokens = hub.login(&json!({"login": login, "password": pw})).await.map_err(|e| {
-                if e.message == "User is locked or disabled" {
-                    connack::NOT_AUTHORIZED
-                } else {
-                    connack::BAD_USERNAME_OR_PASSWORD
-                }
-            })?;
-            let access = tokens["accessToken"].as_str().unwrap_or_default();
-            hub.principal_from_token(access).await.map_err(|_| connack::NOT_AUTHORIZED)
+            hub.password_principal(login, &pw, None).await.map_err(|_| connack::BAD_USERNAME_OR_PASSWORD)
         }
         (Some(_), None) | (None, Some(_)) => Err(connack::BAD_USERNAME_OR_PASSWORD),
         (None, None) if hub.settings.mqtt.allow_anonymous => Ok(Principal::anonymous()),

@@ -5,19 +5,28 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{json_column, json_text, Store};
 use crate::error::Result;
-use crate::model::{DeviceType, Network, User};
+use crate::model::{DeviceType, Network, User, STATUS_ACTIVE, STATUS_LOCKED_OUT};
 
 const COLUMNS: &str = "id, login, password_hash, password_salt, role, status, login_attempts, last_login, \
-                       data, intro_reviewed, all_device_types_available";
+                       data, intro_reviewed, all_device_types_available, locked_until";
 
 fn user_from_row(r: &SqliteRow) -> User {
+    let mut status: i64 = r.get("status");
+    let mut locked_until: Option<i64> = r.get("locked_until");
+    // A lockout after wrong passwords lifts by itself when its time has passed.
+    if status == STATUS_LOCKED_OUT && locked_until.is_some_and(|t| t <= crate::time::now_ms()) {
+        status = STATUS_ACTIVE;
+    } else if status != STATUS_LOCKED_OUT {
+        locked_until = None;
+    }
     User {
         id: r.get("id"),
         login: r.get("login"),
         password_hash: r.get("password_hash"),
         password_salt: r.get("password_salt"),
         role: r.get("role"),
-        status: r.get("status"),
+        status,
+        locked_until,
         login_attempts: r.get("login_attempts"),
         last_login: r.get("last_login"),
         data: json_column(r.get("data")),
@@ -41,11 +50,17 @@ pub struct UserListQuery {
     pub descending: bool,
     pub take: Option<i64>,
     pub skip: Option<i64>,
+    /// Only this user (what a client-role caller may list).
+    pub only_id: Option<i64>,
 }
 
 impl UserListQuery {
     fn push_where(&self, qb: &mut QueryBuilder<'_, Sqlite>) {
         qb.push(" WHERE 1=1");
+        if let Some(id) = self.only_id {
+            qb.push(" AND id = ");
+            qb.push_bind(id);
+        }
         if let Some(p) = &self.login_pattern {
             qb.push(" AND login LIKE ");
             qb.push_bind(p.clone());
@@ -147,7 +162,8 @@ impl Store {
         }
         if let Some(s) = up.status {
             qb.push(", status = ").push_bind(s);
-            qb.push(", login_attempts = 0");
+            // A status set by an administrator never expires by itself.
+            qb.push(", login_attempts = 0, locked_until = NULL");
         }
         if let Some(i) = up.intro_reviewed {
             qb.push(", intro_reviewed = ").push_bind(i);
@@ -166,7 +182,9 @@ impl Store {
     /// the throttle window.
     pub async fn user_login_succeeded(&self, id: i64, now: i64, last_login_min_gap_ms: i64) -> Result<()> {
         sqlx::query(
-            "UPDATE dh_user SET login_attempts = 0, last_login = CASE WHEN last_login IS NULL OR ? - last_login >= ? \
+            "UPDATE dh_user SET login_attempts = 0, \
+             status = CASE WHEN locked_until IS NOT NULL THEN 0 ELSE status END, locked_until = NULL, \
+             last_login = CASE WHEN last_login IS NULL OR ? - last_login >= ? \
              THEN ? ELSE last_login END WHERE id = ?",
         )
         .bind(now)
@@ -190,17 +208,23 @@ impl Store {
         Ok(())
     }
 
-    /// A wrong password: count it, locking the account when the count reaches `max_attempts`.
-    pub async fn user_login_failed(&self, id: i64, max_attempts: i64) -> Result<()> {
+    /// A wrong password: count it, locking the account when the count reaches `max_attempts` (until
+    /// `lock_until`, or for good when `None`). One statement, and only an active account counts, so
+    /// concurrent failures lock it exactly once at exactly `max_attempts`.
+    pub async fn user_login_failed(&self, id: i64, max_attempts: i64, lock_until: Option<i64>) -> Result<()> {
         sqlx::query(
             "UPDATE dh_user SET \
-               status = CASE WHEN login_attempts + 1 >= ? THEN 1 ELSE status END, \
+               status = CASE WHEN login_attempts + 1 >= ? THEN 1 ELSE 0 END, \
+               locked_until = CASE WHEN login_attempts + 1 >= ? THEN ? ELSE NULL END, \
                login_attempts = CASE WHEN login_attempts + 1 >= ? THEN 0 ELSE login_attempts + 1 END \
-             WHERE id = ?",
+             WHERE id = ? AND (status = 0 OR (status = 1 AND locked_until IS NOT NULL AND locked_until <= ?))",
         )
         .bind(max_attempts)
         .bind(max_attempts)
+        .bind(lock_until)
+        .bind(max_attempts)
         .bind(id)
+        .bind(crate::time::now_ms())
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -6,7 +6,6 @@ use axum::extract::{Path, State};
 
 use super::{no_content, ok, ApiResult};
 use crate::api::extract::{Auth, Body};
-use crate::auth::Action;
 use crate::hub::fields::Fields;
 use crate::hub::Hub;
 
@@ -16,7 +15,7 @@ pub async fn get(State(hub): State<Arc<Hub>>, Auth(p): Auth, Path(name): Path<St
 
 pub async fn put(State(hub): State<Arc<Hub>>, Auth(p): Auth, Path(name): Path<String>, Body(body): Body) -> ApiResult {
     // Permission first: a caller without rights learns nothing from body validation.
-    p.require(Action::ManageConfiguration)?;
+    hub.config_access(&p, &name)?;
     let value = Fields::of(&body)?.text("value")?;
     ok(&hub.config_put(&p, &name, value.as_deref()).await?)
 }

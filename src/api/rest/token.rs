@@ -6,11 +6,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 
 use super::{json, ApiResult};
-use crate::api::extract::{Auth, Body};
+use crate::api::extract::{Auth, Body, Peer};
 use crate::hub::Hub;
 
-pub async fn login(State(hub): State<Arc<Hub>>, Body(body): Body) -> ApiResult {
-    Ok(json(StatusCode::CREATED, &hub.login(&body).await?))
+pub async fn login(State(hub): State<Arc<Hub>>, Peer(peer): Peer, Body(body): Body) -> ApiResult {
+    Ok(json(StatusCode::CREATED, &hub.login(&body, peer).await?))
 }
 
 pub async fn refresh(State(hub): State<Arc<Hub>>, Body(body): Body) -> ApiResult {

@@ -4,22 +4,21 @@
 
 use serde_json::{json, Map, Value};
 
+mod action;
 mod session;
 
-pub use session::{push_text, Session};
 use crate::error::{ApiError, Result};
 use crate::hub::bus::EventKind;
 use crate::hub::fields::Fields;
+use crate::hub::UserAccess;
 use crate::model::User;
 use crate::store::GroupKind;
 use crate::time::{format_ms, now_ms};
+pub use action::{ApiAction, Permission, Target};
+pub use session::{push_text, Session};
 
 /// Page size of WebSocket lists when the request gives no `take`.
 const WS_DEFAULT_TAKE: i64 = 20;
-
-/// Actions an unauthenticated session may call.
-const ANONYMOUS: [&str; 6] =
-    ["server/info", "server/cacheInfo", "cluster/info", "authenticate", "token", "token/refresh"];
 
 /// Success or error envelope around a payload.
 pub fn envelope(action: Option<&Value>, request_id: Option<&Value>, result: Result<Map<String, Value>>) -> Value {
@@ -50,10 +49,66 @@ pub async fn handle(session: &mut Session, request: &Value) -> Value {
     let request_id = obj.get("requestId");
     let action = obj.get("action");
     let result = match action.and_then(Value::as_str) {
-        Some(name) => dispatch(session, name, request).await,
+        Some(name) => match ApiAction::parse(name) {
+            Some(a) => dispatch(session, a, request).await,
+            None => Err(ApiError::bad_request(format!("Illegal argument: {name}"))),
+        },
         None => Err(ApiError::bad_request("'action' field could not be parsed to known endpoint")),
     };
     envelope(action, request_id, result)
+}
+
+/// The checks every action goes through before its handler, in this order: (1) an anonymous session
+/// may call it, else 401; (2) the token carries its action, else 403 "Access is denied"; (3) the
+/// object its id field names is within the principal's scope (403) and exists (404) — a missing or
+/// malformed id field is 400. Only then does the handler validate the rest of the request.
+async fn authorize(session: &Session, action: ApiAction, f: &Fields<'_>) -> Result<()> {
+    let p = &session.principal;
+    match action.permission() {
+        Permission::Anonymous => return Ok(()),
+        _ if !p.is_authenticated() => return Err(ApiError::unauthorized()),
+        Permission::One(a) => {
+            p.require(a)?;
+        }
+        Permission::Either(a, b) => {
+            if p.require(a).is_err() {
+                p.require(b)?;
+            }
+        }
+    }
+    let hub = session.hub();
+    let Some(right) = action.target_action() else { return Ok(()) };
+    match action.target() {
+        Target::None => {}
+        Target::Device => {
+            let device = required_text(f, "deviceId", "Device id is wrong or empty")?;
+            hub.authorize_device(p, right, &device).await?;
+        }
+        Target::ExistingDevice => {
+            let device = required_text(f, "deviceId", "Device id is wrong or empty")?;
+            hub.device_must_exist(&device).await?;
+            hub.authorize_device(p, right, &device).await?;
+        }
+        Target::Group(kind) => {
+            let (id_key, noun) = group_id_words(kind);
+            let id = required_id(f, id_key, &format!("{noun} id is wrong or empty"))?;
+            hub.group_target(kind, p, right, id).await?;
+        }
+        Target::User => {
+            let id = required_id(f, "userId", "User id is wrong or empty")?;
+            let access = match action {
+                ApiAction::UserGet
+                | ApiAction::UserGetNetwork
+                | ApiAction::UserGetDeviceType
+                | ApiAction::UserGetDeviceTypes => UserAccess::Read,
+                ApiAction::UserUpdate => UserAccess::Update(f.nested("user")),
+                ApiAction::UserDelete => UserAccess::Delete,
+                _ => UserAccess::Assign,
+            };
+            hub.user_target(p, id, access).await?;
+        }
+    }
+    Ok(())
 }
 
 fn one(key: &str, value: impl serde::Serialize) -> Result<Map<String, Value>> {
@@ -92,26 +147,31 @@ fn with_default_take(req: &Value) -> Value {
     r
 }
 
-fn group_words(action: &str) -> Option<(GroupKind, &'static str, &'static str, &'static str, &'static str)> {
-    if action.starts_with("network/") {
-        Some((GroupKind::Network, "network", "networks", "networkId", "Network"))
-    } else if action.starts_with("devicetype/") {
-        Some((GroupKind::DeviceType, "deviceType", "deviceTypes", "deviceTypeId", "Device type"))
-    } else {
-        None
+/// (id field, noun) of a group kind, for the messages of its actions.
+fn group_id_words(kind: GroupKind) -> (&'static str, &'static str) {
+    match kind {
+        GroupKind::Network => ("networkId", "Network"),
+        GroupKind::DeviceType => ("deviceTypeId", "Device type"),
     }
 }
 
-/// Runs one action for the session.
-pub async fn dispatch(session: &mut Session, action: &str, req: &Value) -> Result<Map<String, Value>> {
-    if !ANONYMOUS.contains(&action) && !session.principal.is_authenticated() && is_known(action) {
-        return Err(ApiError::unauthorized());
+/// (object key, list key) of a group kind.
+fn group_keys(kind: GroupKind) -> (&'static str, &'static str) {
+    match kind {
+        GroupKind::Network => ("network", "networks"),
+        GroupKind::DeviceType => ("deviceType", "deviceTypes"),
     }
+}
+
+/// Runs one action for the session: the shared checks (`authorize`), then the handler.
+pub async fn dispatch(session: &mut Session, action: ApiAction, req: &Value) -> Result<Map<String, Value>> {
+    let f = Fields::of(req)?;
+    authorize(session, action, &f).await?;
     let hub = session.hub().clone();
     let p = session.principal.clone();
-    let f = Fields::of(req)?;
+    use ApiAction as A;
     match action {
-        "server/info" => one(
+        A::ServerInfo => one(
             "info",
             json!({
                 "apiVersion": crate::API_VERSION,
@@ -119,21 +179,21 @@ pub async fn dispatch(session: &mut Session, action: &str, req: &Value) -> Resul
                 "restServerUrl": format!("http://{}{}", session.host, hub.settings.http.rest_prefix),
             }),
         ),
-        "server/cacheInfo" => one(
+        A::ServerCacheInfo => one(
             "cacheInfo",
             json!({"serverTimestamp": format_ms(now_ms()),
                    "cacheStats": hub.cache_stats()}),
         ),
-        "cluster/info" => one("clusterInfo", json!({"bootstrap.servers": null, "zookeeper.connect": null})),
-        "authenticate" => session.authenticate(req).await,
-        "token" => into_map(hub.login(req).await?),
-        "token/refresh" => {
+        A::ClusterInfo => one("clusterInfo", json!({"bootstrap.servers": null, "zookeeper.connect": null})),
+        A::Authenticate => session.authenticate(req).await,
+        A::Token => into_map(hub.login(req, session.peer).await?),
+        A::TokenRefresh => {
             if f.str("refreshToken").ok().flatten().is_none() {
                 return Err(ApiError::bad_request("Missing or invalid payload in request"));
             }
             into_map(hub.refresh(req).await?)
         }
-        "token/create" => {
+        A::TokenCreate => {
             let payload = f
                 .nested("payload")
                 .filter(|v| v.is_object())
@@ -141,241 +201,178 @@ pub async fn dispatch(session: &mut Session, action: &str, req: &Value) -> Resul
             into_map(hub.create_token(&p, payload).await?)
         }
 
-        "configuration/get" => {
-            p.require(crate::auth::Action::ManageConfiguration)?;
+        A::ConfigurationGet => {
             let name = required_text(&f, "name", "Configuration name is wrong or empty")?;
             one("configuration", hub.config_get(&p, &name).await.map_err(with_body)?)
         }
-        "configuration/put" => {
-            p.require(crate::auth::Action::ManageConfiguration)?;
+        A::ConfigurationPut => {
             let name = required_text(&f, "name", "Configuration name is wrong or empty")?;
             one("configuration", hub.config_put(&p, &name, f.text("value")?.as_deref()).await?)
         }
-        "configuration/delete" => {
-            p.require(crate::auth::Action::ManageConfiguration)?;
+        A::ConfigurationDelete => {
             let name = required_text(&f, "name", "Configuration name is wrong or empty")?;
             hub.config_delete(&p, &name).await?;
             empty()
         }
 
-        "notification/insert" => {
+        A::NotificationInsert => {
             let device = required_text(&f, "deviceId", "Device id is wrong or empty")?;
             let body = required_object(&f, "notification", "Notification is required")?;
             let n = hub.notification_insert(&p, &device, body).await?;
             one("notification", json!({"id": n.id, "timestamp": format_ms(n.timestamp)}))
         }
-        "notification/get" => {
+        A::NotificationGet => {
             let device = required_text(&f, "deviceId", "Device id is wrong or empty")?;
             let id = match f.get("notificationId") {
                 None => return Err(ApiError::bad_request("Notification id is wrong or empty")),
                 Some(v) => crate::hub::fields::as_i64(v)
                     .ok_or_else(|| ApiError::bad_request("Notification id should be an integer value."))?,
             };
-            p.require(crate::auth::Action::GetDeviceNotification)?;
-            existing_device(&hub, &device).await?;
             one("notification", hub.notification_get(&p, &device, id).await?)
         }
-        "notification/list" => {
+        A::NotificationList => {
             let device = required_text(&f, "deviceId", "Device id is wrong or empty")?;
-            p.require(crate::auth::Action::GetDeviceNotification)?;
-            existing_device(&hub, &device).await?;
             one("notifications", hub.notification_query(&p, &device, req, WS_DEFAULT_TAKE).await?)
         }
-        "notification/subscribe" => session.subscribe(EventKind::Notification, req).await,
-        "notification/unsubscribe" => session.unsubscribe(true, req),
+        A::NotificationSubscribe => session.subscribe(EventKind::Notification, req).await,
+        A::NotificationUnsubscribe => session.unsubscribe(true, req),
 
-        "command/insert" => {
+        A::CommandInsert => {
             let device = required_text(&f, "deviceId", "Device id is wrong or empty")?;
             let body = required_object(&f, "command", "Command is required")?;
             let c = hub.command_insert(&p, &device, body).await?;
             one("command", c.insert_view())
         }
-        "command/update" => {
+        A::CommandUpdate => {
             let device = required_text(&f, "deviceId", "Device id is wrong or empty")?;
             let id = required_id(&f, "commandId", "Command id is wrong or empty")?;
             let body = f.nested("command").cloned().unwrap_or(Value::Null);
             hub.command_update(&p, &device, id, &body).await?;
             empty()
         }
-        "command/get" => {
+        A::CommandGet => {
             let device = required_text(&f, "deviceId", "Device id is wrong or empty")?;
             let id = required_id(&f, "commandId", "Command id is wrong or empty")?;
             one("command", hub.command_get(&p, &device, id, false).await?)
         }
-        "command/list" => {
+        A::CommandList => {
             let device = required_text(&f, "deviceId", "Device id is wrong or empty")?;
             one("commands", hub.command_query(&p, &device, req, WS_DEFAULT_TAKE).await?)
         }
-        "command/subscribe" => session.subscribe(EventKind::CommandInsert, req).await,
-        "command/unsubscribe" => session.unsubscribe(false, req),
-        "subscription/list" => session.list(req),
+        A::CommandSubscribe => session.subscribe(EventKind::CommandInsert, req).await,
+        A::CommandUnsubscribe => session.unsubscribe(false, req),
+        A::SubscriptionList => session.list(req),
 
-        "device/get" => {
+        A::DeviceGet => {
             let device = required_text(&f, "deviceId", "Device id is wrong or empty")?;
             one("device", hub.device_get(&p, &device).await?)
         }
-        "device/list" => one("devices", hub.device_list(&p, &with_default_take(req)).await?),
-        "device/count" => one("count", hub.device_count(&p, req).await?),
-        "device/save" => {
+        A::DeviceList => one("devices", hub.device_list(&p, &with_default_take(req)).await?),
+        A::DeviceCount => one("count", hub.device_count(&p, req).await?),
+        A::DeviceSave => {
             let device = required_text(&f, "deviceId", "Device id is wrong or empty")?;
             let body = f.nested("device").cloned().unwrap_or(Value::Null);
             hub.device_save(&p, &device, &body).await?;
             empty()
         }
-        "device/delete" => {
+        A::DeviceDelete => {
             let device = required_text(&f, "deviceId", "Device id is wrong or empty")?;
             hub.device_delete(&p, &device).await?;
             empty()
         }
 
-        "user/list" => one("users", hub.user_list(&p, &with_default_take(req)).await?),
-        "user/count" => one("count", hub.user_count(&p, req).await?),
-        "user/get" => {
-            let id = required_id(&f, "userId", "User id is wrong or empty")?;
-            one("user", hub.user_get(&p, id).await?)
+        A::NetworkList | A::DeviceTypeList => {
+            let kind = group_kind(action);
+            one(group_keys(kind).1, hub.group_list(kind, &p, &with_default_take(req)).await?)
         }
-        "user/insert" => {
+        A::NetworkCount | A::DeviceTypeCount => one("count", hub.group_count(group_kind(action), &p, req).await?),
+        A::NetworkGet | A::DeviceTypeGet => {
+            let kind = group_kind(action);
+            let id = required_id(&f, group_id_words(kind).0, "")?;
+            one(group_keys(kind).0, hub.group_get(kind, &p, id).await?)
+        }
+        A::NetworkInsert | A::DeviceTypeInsert => {
+            let kind = group_kind(action);
+            let key = group_keys(kind).0;
+            let body = required_object(&f, key, &format!("{} is required", group_id_words(kind).1))?;
+            if body.get("id").is_some_and(|v| !v.is_null()) {
+                return Err(ApiError::bad_request("Invalid request parameters. Id cannot be specified."));
+            }
+            one(key, json!({"id": hub.group_insert(kind, &p, body).await?}))
+        }
+        A::NetworkUpdate | A::DeviceTypeUpdate => {
+            let kind = group_kind(action);
+            let id = required_id(&f, group_id_words(kind).0, "")?;
+            let body = required_object(&f, group_keys(kind).0, &format!("{} is required", group_id_words(kind).1))?;
+            hub.group_update(kind, &p, id, body).await?;
+            empty()
+        }
+        A::NetworkDelete | A::DeviceTypeDelete => {
+            let kind = group_kind(action);
+            let id = required_id(&f, group_id_words(kind).0, "")?;
+            hub.group_delete(kind, &p, id, f.bool("force")?.unwrap_or(false)).await?;
+            empty()
+        }
+
+        A::UserList => one("users", hub.user_list(&p, &with_default_take(req)).await?),
+        A::UserCount => one("count", hub.user_count(&p, req).await?),
+        A::UserGet => one("user", hub.user_get(&p, user_id(&f)?).await?),
+        A::UserInsert => {
             let body = required_object(&f, "user", "User is required")?;
             one("user", User::insert_view(&hub.user_insert(&p, body).await?))
         }
-        "user/update" => {
-            let id = required_id(&f, "userId", "User id is wrong or empty")?;
+        A::UserUpdate => {
+            let id = user_id(&f)?;
             let body = required_object(&f, "user", "User is required")?;
             hub.user_update(&p, id, body).await?;
             empty()
         }
-        "user/getCurrent" => one("current", hub.user_current(&p).await?),
-        "user/updateCurrent" => {
+        A::UserGetCurrent => one("current", hub.user_current(&p).await?),
+        A::UserUpdateCurrent => {
             let body = required_object(&f, "user", "User is required")?;
             hub.user_update_current(&p, body).await?;
             empty()
         }
-        "user/delete" => {
-            let id = required_id(&f, "userId", "User id is wrong or empty")?;
-            hub.user_delete(&p, id).await?;
+        A::UserDelete => {
+            hub.user_delete(&p, user_id(&f)?).await?;
             empty()
         }
-        "user/getNetwork" => {
-            let id = required_id(&f, "userId", "User id is wrong or empty")?;
+        A::UserGetNetwork => {
             let net = required_id(&f, "networkId", "Network id is wrong or empty")?;
-            one("network", hub.user_get_network(&p, id, net).await?)
+            one("network", hub.user_get_network(&p, user_id(&f)?, net).await?)
         }
-        "user/assignNetwork" | "user/unassignNetwork" => {
-            let id = required_id(&f, "userId", "User id is wrong or empty")?;
+        A::UserAssignNetwork | A::UserUnassignNetwork => {
             let net = required_id(&f, "networkId", "Network id is wrong or empty")?;
-            hub.user_assign_network(&p, id, net, action == "user/assignNetwork").await?;
+            hub.user_assign_network(&p, user_id(&f)?, net, action == A::UserAssignNetwork).await?;
             empty()
         }
-        "user/getDeviceType" => {
-            let id = required_id(&f, "userId", "User id is wrong or empty")?;
+        A::UserGetDeviceType => {
             let t = required_id(&f, "deviceTypeId", "Device type id is wrong or empty")?;
-            one("deviceType", hub.user_get_device_type(&p, id, t).await?)
+            one("deviceType", hub.user_get_device_type(&p, user_id(&f)?, t).await?)
         }
-        "user/getDeviceTypes" => {
-            let id = required_id(&f, "userId", "User id is wrong or empty")?;
-            one("deviceTypes", hub.user_device_types(&p, id).await?)
-        }
-        "user/assignDeviceType" | "user/unassignDeviceType" => {
-            let id = required_id(&f, "userId", "User id is wrong or empty")?;
+        A::UserGetDeviceTypes => one("deviceTypes", hub.user_device_types(&p, user_id(&f)?).await?),
+        A::UserAssignDeviceType | A::UserUnassignDeviceType => {
             let t = required_id(&f, "deviceTypeId", "Device type id is wrong or empty")?;
-            hub.user_assign_device_type(&p, id, t, action == "user/assignDeviceType").await?;
+            hub.user_assign_device_type(&p, user_id(&f)?, t, action == A::UserAssignDeviceType).await?;
             empty()
         }
-        "user/allowAllDeviceTypes" | "user/disallowAllDeviceTypes" => {
-            let id = required_id(&f, "userId", "User id is wrong or empty")?;
-            hub.user_allow_all_device_types(&p, id, action == "user/allowAllDeviceTypes").await?;
+        A::UserAllowAllDeviceTypes | A::UserDisallowAllDeviceTypes => {
+            hub.user_allow_all_device_types(&p, user_id(&f)?, action == A::UserAllowAllDeviceTypes).await?;
             empty()
         }
-
-        _ => match group_words(action) {
-            Some((kind, key, list_key, id_key, noun)) => {
-                let verb = &action[action.find('/').map_or(0, |i| i + 1)..];
-                let id_message = format!("{noun} id is wrong or empty");
-                let required_message = format!("{noun} is required");
-                match verb {
-                    "list" => one(list_key, hub.group_list(kind, &p, &with_default_take(req)).await?),
-                    "count" => one("count", hub.group_count(kind, &p, req).await?),
-                    "get" => {
-                        let id = required_id(&f, id_key, &id_message)?;
-                        one(key, hub.group_get(kind, &p, id).await?)
-                    }
-                    "insert" => {
-                        let body = required_object(&f, key, &required_message)?;
-                        if body.get("id").is_some_and(|v| !v.is_null()) {
-                            return Err(ApiError::bad_request("Invalid request parameters. Id cannot be specified."));
-                        }
-                        one(key, json!({"id": hub.group_insert(kind, &p, body).await?}))
-                    }
-                    "update" => {
-                        let id = required_id(&f, id_key, &id_message)?;
-                        let body = required_object(&f, key, &required_message)?;
-                        hub.group_update(kind, &p, id, body).await?;
-                        empty()
-                    }
-                    "delete" => {
-                        let id = required_id(&f, id_key, &id_message)?;
-                        hub.group_delete(kind, &p, id, f.bool("force")?.unwrap_or(false)).await?;
-                        empty()
-                    }
-                    _ => Err(ApiError::bad_request(format!("Illegal argument: {action}"))),
-                }
-            }
-            None => Err(ApiError::bad_request(format!("Illegal argument: {action}"))),
-        },
     }
 }
 
-/// Whether `action` names an entry of the table (unknown ones answer `Illegal argument` even to
-/// anonymous sessions).
-fn is_known(action: &str) -> bool {
-    const GROUP_VERBS: [&str; 6] = ["list", "count", "get", "insert", "update", "delete"];
-    const OTHERS: [&str; 38] = [
-        "configuration/get",
-        "configuration/put",
-        "configuration/delete",
-        "token/create",
-        "notification/insert",
-        "notification/get",
-        "notification/list",
-        "notification/subscribe",
-        "notification/unsubscribe",
-        "command/insert",
-        "command/update",
-        "command/get",
-        "command/list",
-        "command/subscribe",
-        "command/unsubscribe",
-        "subscription/list",
-        "device/get",
-        "device/list",
-        "device/count",
-        "device/save",
-        "device/delete",
-        "user/list",
-        "user/count",
-        "user/get",
-        "user/insert",
-        "user/update",
-        "user/getCurrent",
-        "user/updateCurrent",
-        "user/delete",
-        "user/getNetwork",
-        "user/assignNetwork",
-        "user/unassignNetwork",
-        "user/getDeviceType",
-        "user/getDeviceTypes",
-        "user/assignDeviceType",
-        "user/unassignDeviceType",
-        "user/allowAllDeviceTypes",
-        "user/disallowAllDeviceTypes",
-    ];
-    if OTHERS.contains(&action) {
-        return true;
+fn group_kind(action: ApiAction) -> GroupKind {
+    match action.target() {
+        Target::Group(kind) => kind,
+        _ if action.name().starts_with("network/") => GroupKind::Network,
+        _ => GroupKind::DeviceType,
     }
-    match action.split_once('/') {
-        Some(("network" | "devicetype", verb)) => GROUP_VERBS.contains(&verb),
-        _ => false,
-    }
+}
+
+fn user_id(f: &Fields) -> Result<i64> {
+    required_id(f, "userId", "User id is wrong or empty")
 }
 
 fn into_map(v: Value) -> Result<Map<String, Value>> {
@@ -389,12 +386,4 @@ fn into_map(v: Value) -> Result<Map<String, Value>> {
 fn with_body(mut e: ApiError) -> ApiError {
     e.empty_body = false;
     e
-}
-
-/// `notification/get|list` check the device's existence before the device permission (§12.3 note 2).
-async fn existing_device(hub: &crate::hub::Hub, device_id: &str) -> Result<()> {
-    match hub.store.device_get(device_id).await? {
-        Some(_) => Ok(()),
-        None => Err(ApiError::device_not_found(device_id)),
-    }
 }

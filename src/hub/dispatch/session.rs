@@ -29,6 +29,8 @@ pub struct Session {
     pub principal: Principal,
     /// `Host` the client connected to (for `server/info`).
     pub host: String,
+    /// The client's address (login throttling), when the transport knows it.
+    pub peer: Option<std::net::IpAddr>,
     subs: HashMap<u64, SubState>,
     sink: Sink,
     /// Pushes to send after the current response (history replay).
@@ -49,6 +51,7 @@ impl Session {
             hub,
             principal: Principal::anonymous(),
             host,
+            peer: None,
             subs: HashMap::new(),
             sink,
             pending: Vec::new(),
