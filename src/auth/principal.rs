@@ -149,8 +149,10 @@ impl Principal {
         Ok(user)
     }
 
-    /// Whether both token scopes are unrestricted (then unknown devices are 404, not 403).
+    /// Whether the principal sees every device: an administrator with both token scopes unrestricted
+    /// (then unknown devices are 404, not 403). A client-role user is always limited by its live
+    /// network assignments, so it learns nothing about devices outside them.
     pub fn is_unrestricted(&self) -> bool {
-        self.networks.is_all() && self.device_types.is_all()
+        self.is_admin() && self.networks.is_all() && self.device_types.is_all()
     }
 }

@@ -64,10 +64,23 @@ impl Hub {
 
     /// The permission check with a group target, then its existence: 403 outside the principal's
     /// scope, 404 for a missing group (the dispatcher runs this before validating the request).
-    pub async fn group_target(&self, kind: GroupKind, principal: &Principal, action: Action, id: i64) -> Result<()> {
+    /// A client-role user's scope is its token's *and* its live assignments.
+    pub async fn group_target(
+        &self,
+        kind: GroupKind,
+        principal: &Principal,
+        action: Action,
+        id: i64,
+    ) -> Result<Network> {
         self.require_group(kind, principal, action, id)?;
-        self.store.group_get(kind, id).await?.ok_or_else(|| not_found(kind, id))?;
-        Ok(())
+        let visible = match kind {
+            GroupKind::Network => self.visible_networks(principal).await?,
+            GroupKind::DeviceType => self.visible_device_types(principal).await?,
+        };
+        if !visible.contains(Some(id)) {
+            return Err(ApiError::access_denied());
+        }
+        self.store.group_get(kind, id).await?.ok_or_else(|| not_found(kind, id))
     }
 
     /// Restrictions of a group list for this principal; `None` = nothing visible.

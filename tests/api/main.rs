@@ -8,4 +8,5 @@ mod messages;
 mod mqtt;
 mod mqtt_sessions;
 mod retention;
+mod security;
 mod ws;

@@ -175,6 +175,19 @@ impl Ws {
         r["subscriptionId"].as_u64().expect("numeric subscriptionId")
     }
 
+    /// Waits for the server to close the socket; returns the close frame's (code, reason), `None` if
+    /// the socket ended without one or nothing happened within `d`. Other messages are skipped.
+    pub async fn closed_within(&mut self, d: Duration) -> Option<(u16, String)> {
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.next()).await.ok()?? {
+                Ok(Message::Close(Some(frame))) => return Some((frame.code.into(), frame.reason.to_string())),
+                Ok(Message::Close(None)) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
     pub async fn close(mut self) {
         let _ = self.stream.close(None).await;
     }
