@@ -7,5 +7,6 @@ mod firmware;
 mod messages;
 mod mqtt;
 mod mqtt_sessions;
+mod net;
 mod retention;
 mod ws;
