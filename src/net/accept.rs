@@ -34,7 +34,9 @@ pub struct Cap {
 /// A connection's place under its cap. It is released when dropped, wherever that happens — the
 /// connection ends, fails, or its task panics and unwinds — so a slot cannot leak. Keep it with the
 /// socket (moved into the connection's task, or carried by the socket itself).
-pub struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+}
 
 impl Cap {
     pub fn new(max: usize) -> Arc<Cap> {
@@ -51,11 +53,11 @@ impl Cap {
     }
 
     fn try_take(&self) -> Option<Slot> {
-        self.slots.clone().try_acquire_owned().ok().map(Slot)
+        self.slots.clone().try_acquire_owned().ok().map(|p| Slot { _permit: p })
     }
 
     fn try_refusal(&self) -> Option<Slot> {
-        self.refusals.clone().try_acquire_owned().ok().map(Slot)
+        self.refusals.clone().try_acquire_owned().ok().map(|p| Slot { _permit: p })
     }
 }
 
