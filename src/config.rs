@@ -59,6 +59,9 @@ pub struct HttpSettings {
     pub listen: String,
     pub rest_prefix: String,
     pub websocket_path: String,
+    pub header_read_timeout_secs: u64,
+    pub body_read_timeout_secs: u64,
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

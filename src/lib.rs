@@ -8,6 +8,7 @@ pub mod error;
 pub mod hub;
 pub mod model;
 pub mod mqtt;
+pub mod net;
 pub mod store;
 pub mod time;
 
@@ -45,7 +46,8 @@ pub struct App {
 
 impl App {
     /// Opens the database, seeds it when empty, and starts serving on `settings.http.listen`.
-    pub async fn start(settings: Settings) -> Result<App, StartupError> {
+    pub async fn start(mut settings: Settings) -> Result<App, StartupError> {
+        net::budget::fit_to_open_file_limit(&mut settings);
         let store = Store::open(&settings.database).await?;
         let seeded = store.seed_if_empty(&settings.auth.admin_login, &settings.auth.admin_password).await?;
         if let Some(password) = seeded.generated_admin_password {
@@ -143,21 +145,36 @@ impl App {
     }
 }
 
-/// Serves the HTTP API on `listener` until `shutdown` completes, then waits for in-flight requests.
+/// Serves the HTTP API on `listener` until `shutdown` completes, then waits for in-flight requests
+/// (upgraded WebSocket sessions end on the hub's own shutdown signal).
 pub async fn run(listener: TcpListener, hub: Arc<Hub>, shutdown: impl Future<Output = ()> + Send + 'static) {
     use tower::Layer;
-    let app = api::app(hub);
-    let service = axum::middleware::from_fn(api::edge).layer(app);
-    let make = axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(service);
-    // Without TCP_NODELAY small pushes (WebSocket messages, long-poll answers) wait for delayed ACKs:
-    // 40 ms latency tails.
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    if let Err(e) = axum::serve(listener, make).with_graceful_shutdown(shutdown).await {
-        tracing::error!(error = %e, "HTTP server failed");
-    }
+    let timeouts = net::http::Timeouts::from_settings(&hub.settings.http);
+    let cap = net::accept::Cap::new(hub.settings.http.max_connections);
+    let service = axum::middleware::from_fn(api::edge).layer(api::app(hub));
+    let (stop, stopped) = watch::channel(false);
+    // Every connection task holds a sender; when all are dropped, every connection has finished.
+    let (in_flight, mut all_done) = tokio::sync::mpsc::channel::<()>(1);
+    net::accept::run(
+        "http",
+        listener,
+        cap,
+        shutdown,
+        |stream, peer, slot| {
+            let service = service.clone();
+            let stopped = stopped.clone();
+            let in_flight = in_flight.clone();
+            tokio::spawn(async move {
+                net::http::serve_connection(stream, peer, slot, service, timeouts, stopped).await;
+                drop(in_flight);
+            });
+        },
+        |stream, _peer, _slot| net::http::refuse_busy(stream),
+    )
+    .await;
+    let _ = stop.send(true);
+    drop(in_flight);
+    let _ = all_done.recv().await;
 }
 
 /// §4.2: configured secret (then also stored), else the stored one, else a new one, stored.

@@ -49,7 +49,10 @@ impl FromRequest<Arc<Hub>> for Body {
             return Err(ApiError::unauthorized());
         }
         let limit = hub.settings.limits.max_body_bytes;
-        let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|_| {
+        let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|e| {
+            if crate::net::http::is_body_timeout(&e) {
+                return ApiError::new(StatusCode::REQUEST_TIMEOUT, "Request body was not received in time");
+            }
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("Request body is larger than {limit} bytes"))
         })?;
         if bytes.iter().all(u8::is_ascii_whitespace) {

@@ -30,8 +30,8 @@ use crate::hub::bus::{Delivery, EventKind};
 use crate::hub::dispatch::{self as actions, push_text, Session};
 use crate::store::SessionRecord;
 
-/// Answers a connection over the limit with CONNACK "server unavailable".
-pub async fn refuse_busy(mut stream: TcpStream) {
+/// Answers a connection over the limit with CONNACK "server unavailable" (over TCP, TLS or WebSocket).
+pub async fn refuse_busy(mut stream: impl AsyncRead + AsyncWrite + Unpin) {
     let mut buf = BytesMut::with_capacity(64);
     let deadline = Duration::from_secs(5);
     let _ = tokio::time::timeout(deadline, async {

@@ -1,8 +1,8 @@
 //! The embedded MQTT broker. rumqttd's router does what it is good at — topic matching, fan-out,
 //! retained messages, QoS state for plain topics — while the hub owns the network edge
-//! (`connection.rs`): its own accept loop (TCP_NODELAY, no sleeps, a connection limit), small buffers,
-//! proper CONNACK codes, authentication against the hub's users and tokens, authorization of every
-//! SUBSCRIBE and PUBLISH, and the DeviceHive topics (`dh/...`), which never reach the router: requests
+//! (`connection.rs`): the hub's one accept loop (`net::accept`) with a connection cap shared by TCP, TLS
+//! and WebSocket, small buffers, proper CONNACK codes, authentication against the hub's users and
+//! tokens, authorization of every SUBSCRIBE and PUBLISH, and the DeviceHive topics (`dh/...`), which never reach the router: requests
 //! go to the shared action table, event subscriptions to the hub's subscription engine, and device
 //! publishes are stored before they are acknowledged.
 
@@ -26,6 +26,8 @@ use tokio::task::JoinHandle;
 
 use crate::error::StartupError;
 use crate::hub::Hub;
+use crate::net;
+use crate::net::accept::{Cap, Slot};
 
 /// Opens a router link for a client: (client id, clean session) → link halves and the router's CONNACK.
 type LinkFactory = Box<dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), String> + Send + Sync>;
@@ -38,9 +40,32 @@ pub struct MqttShared {
     sessions: Mutex<HashMap<String, (u64, Arc<Notify>)>>,
     next_connection: AtomicU64,
     presence: presence::Presence,
+    /// `[mqtt] max_connections`, shared by the TCP, TLS and WebSocket listeners.
+    cap: Arc<Cap>,
+}
+
+/// An MQTT connection's place under the cap. While it is held the connection counts in
+/// `hub.stats.mqtt_connections`; dropping it — also when the connection's task panics — releases both.
+struct MqttSlot {
+    _slot: Slot,
+    hub: Arc<Hub>,
+}
+
+impl MqttSlot {
+    fn new(slot: Slot, hub: &Arc<Hub>) -> MqttSlot {
+        hub.stats.mqtt_connections.fetch_add(1, Ordering::Relaxed);
+        MqttSlot { _slot: slot, hub: hub.clone() }
+    }
+}
+
+impl Drop for MqttSlot {
+    fn drop(&mut self) {
+        self.hub.stats.mqtt_connections.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl MqttShared {
+    /// Current MQTT connections (TCP, TLS and WebSocket).
     pub fn connection_count(&self) -> usize {
         self.hub.stats.mqtt_connections.load(Ordering::Relaxed)
     }
@@ -96,6 +121,7 @@ pub async fn start(hub: Arc<Hub>) -> Result<Broker, StartupError> {
         presence: presence::Presence::start(hub.clone()),
         sessions: Mutex::new(HashMap::new()),
         next_connection: AtomicU64::new(1),
+        cap: Cap::new(settings.max_connections),
     });
     tracing::info!(%addr, "MQTT broker listening");
     let ws_addr = match settings.ws_listen.is_empty() {
@@ -104,32 +130,27 @@ pub async fn start(hub: Arc<Hub>) -> Result<Broker, StartupError> {
     };
     let accept_shared = shared.clone();
     let task = tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = hub.shutting_down() => break,
-            };
-            let (stream, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: report and keep accepting.
-                    tracing::warn!(error = %e, "MQTT accept failed");
-                    tokio::task::yield_now().await;
-                    continue;
-                }
-            };
-            let shared = accept_shared.clone();
-            if shared.hub.stats.mqtt_connections.load(Ordering::Relaxed) >= settings.max_connections {
-                tracing::warn!(%peer, "MQTT connection refused: connection limit reached");
-                tokio::spawn(connection::refuse_busy(stream));
-                continue;
-            }
-            shared.hub.stats.mqtt_connections.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(async move {
-                connection::run(shared.clone(), stream).await;
-                shared.hub.stats.mqtt_connections.fetch_sub(1, Ordering::Relaxed);
-            });
-        }
+        net::accept::run(
+            "mqtt",
+            listener,
+            accept_shared.cap.clone(),
+            hub.shutting_down(),
+            |stream, _peer, slot| {
+                let slot = MqttSlot::new(slot, &accept_shared.hub);
+                let shared = accept_shared.clone();
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    connection::run(shared, stream).await;
+                });
+            },
+            |stream, _peer, refusal| {
+                tokio::spawn(async move {
+                    let _refusal = refusal;
+                    connection::refuse_busy(stream).await;
+                });
+            },
+        )
+        .await;
     });
     let tls_addr = match settings.tls_listen.is_empty() {
         true => None,

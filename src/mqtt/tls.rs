@@ -1,32 +1,34 @@
 //! MQTT over TLS (`[mqtt] tls_listen` with a PEM certificate chain and private key): the TLS stream is
-//! served by the same connection loop as plain TCP.
+//! served by the same connection loop as plain TCP, under the same connection cap.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 
-use super::{connection, MqttShared};
+use super::{connection, MqttShared, MqttSlot};
 use crate::error::StartupError;
+use crate::net;
 
 fn load(cert_file: &str, key_file: &str) -> Result<ServerConfig, StartupError> {
     let read = |path: &str| std::fs::read(path).map_err(|e| StartupError(format!("cannot read {path}: {e}")));
     let cert_pem = read(cert_file)?;
     let key_pem = read(key_file)?;
-    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| StartupError(format!("bad certificate in {cert_file}: {e}")))?;
     if certs.is_empty() {
         return Err(StartupError(format!("no certificate in {cert_file}")));
     }
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|e| StartupError(format!("bad private key in {key_file}: {e}")))?
-        .ok_or_else(|| StartupError(format!("no private key in {key_file}")))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+        pem::Error::NoItemsFound => StartupError(format!("no private key in {key_file}")),
+        e => StartupError(format!("bad private key in {key_file}: {e}")),
+    })?;
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -45,29 +47,37 @@ pub async fn start(shared: Arc<MqttShared>) -> Result<SocketAddr, StartupError> 
     let addr = listener.local_addr().map_err(|e| StartupError(e.to_string()))?;
     tracing::info!(%addr, "MQTT over TLS listening");
     let hub = shared.hub.clone();
+    // The handshake counts against the client's time to send CONNECT.
+    let handshake_timeout = Duration::from_secs(settings.connect_timeout_secs);
+    let refuse_acceptor = acceptor.clone();
     tokio::spawn(async move {
-        loop {
-            let (stream, _) = tokio::select! {
-                a = listener.accept() => match a { Ok(a) => a, Err(_) => { tokio::task::yield_now().await; continue } },
-                _ = hub.shutting_down() => break,
-            };
-            if shared.hub.stats.mqtt_connections.load(Ordering::Relaxed) >= settings.max_connections {
-                continue;
-            }
-            let _ = stream.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let shared = shared.clone();
-            shared.hub.stats.mqtt_connections.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(async move {
-                let handshake =
-                    tokio::time::timeout(Duration::from_secs(settings.connect_timeout_secs), acceptor.accept(stream));
-                if let Ok(Ok(tls)) = handshake.await {
-                    let (reader, writer) = tokio::io::split(tls);
-                    connection::run_io(shared.clone(), Box::new(reader), Box::new(writer)).await;
-                }
-                shared.hub.stats.mqtt_connections.fetch_sub(1, Ordering::Relaxed);
-            });
-        }
+        net::accept::run(
+            "mqtt-tls",
+            listener,
+            shared.cap.clone(),
+            hub.shutting_down(),
+            |stream, _peer, slot| {
+                let slot = MqttSlot::new(slot, &shared.hub);
+                let (acceptor, shared) = (acceptor.clone(), shared.clone());
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    if let Ok(Ok(tls)) = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        let (reader, writer) = tokio::io::split(tls);
+                        connection::run_io(shared, Box::new(reader), Box::new(writer)).await;
+                    }
+                });
+            },
+            |stream, _peer, refusal| {
+                let acceptor = refuse_acceptor.clone();
+                tokio::spawn(async move {
+                    let _refusal = refusal;
+                    if let Ok(Ok(tls)) = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        connection::refuse_busy(tls).await;
+                    }
+                });
+            },
+        )
+        .await;
     });
     Ok(addr)
 }

@@ -1,21 +1,24 @@
 //! MQTT over WebSocket (`ws://host:port/mqtt`, subprotocol `mqtt`) for browser clients such as
 //! MQTT.js: binary WebSocket messages carry the MQTT byte stream into the same connection loop as TCP.
+//! Each TCP connection takes an MQTT slot when accepted (the slot then travels with the socket into
+//! the upgraded session); over the cap, the upgrade is answered 503.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::response::Response;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use super::{connection, MqttShared};
+use super::{connection, MqttShared, MqttSlot};
 use crate::error::StartupError;
+use crate::net;
 
 pub async fn start(shared: Arc<MqttShared>, listen: &str) -> Result<SocketAddr, StartupError> {
     let listener = TcpListener::bind(listen)
@@ -23,9 +26,42 @@ pub async fn start(shared: Arc<MqttShared>, listen: &str) -> Result<SocketAddr, 
         .map_err(|e| StartupError(format!("cannot listen for MQTT/WebSocket on {listen}: {e}")))?;
     let addr = listener.local_addr().map_err(|e| StartupError(e.to_string()))?;
     let hub = shared.hub.clone();
-    let app = Router::new().route("/mqtt", get(upgrade)).with_state(shared);
+    let timeouts = net::http::Timeouts::from_settings(&hub.settings.http);
+    let app = Router::new().route("/mqtt", get(upgrade)).with_state(shared.clone());
+    // Answers every request of a connection over the cap, then closes it.
+    let busy = Router::new().fallback(|| async {
+        (StatusCode::SERVICE_UNAVAILABLE, [(header::CONNECTION, "close")], "MQTT connection limit reached")
+            .into_response()
+    });
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app).with_graceful_shutdown(async move { hub.shutting_down().await }).await;
+        net::accept::run(
+            "mqtt-ws",
+            listener,
+            shared.cap.clone(),
+            hub.shutting_down(),
+            |stream, peer, slot| {
+                let slot = MqttSlot::new(slot, &hub);
+                tokio::spawn(net::http::serve_connection(
+                    stream,
+                    peer,
+                    slot,
+                    app.clone(),
+                    timeouts,
+                    hub.shutdown.clone(),
+                ));
+            },
+            |stream, peer, refusal| {
+                tokio::spawn(net::http::serve_connection(
+                    stream,
+                    peer,
+                    refusal,
+                    busy.clone(),
+                    timeouts,
+                    hub.shutdown.clone(),
+                ));
+            },
+        )
+        .await;
     });
     tracing::info!(%addr, "MQTT over WebSocket listening on /mqtt");
     Ok(addr)
@@ -38,10 +74,6 @@ async fn upgrade(State(shared): State<Arc<MqttShared>>, ws: WebSocketUpgrade) ->
 
 /// Pumps WebSocket binary messages to and from an in-memory byte stream served by the MQTT edge.
 async fn bridge(shared: Arc<MqttShared>, socket: WebSocket) {
-    if shared.hub.stats.mqtt_connections.load(Ordering::Relaxed) >= shared.hub.settings.mqtt.max_connections {
-        return;
-    }
-    shared.hub.stats.mqtt_connections.fetch_add(1, Ordering::Relaxed);
     let (edge_side, mut pump_side) = tokio::io::duplex(16 * 1024);
     let (reader, writer) = tokio::io::split(edge_side);
     let edge = tokio::spawn(connection::run_io(shared.clone(), Box::new(reader), Box::new(writer)));
@@ -66,5 +98,4 @@ async fn bridge(shared: Arc<MqttShared>, socket: WebSocket) {
     }
     drop(pump_side);
     let _ = edge.await;
-    shared.hub.stats.mqtt_connections.fetch_sub(1, Ordering::Relaxed);
 }

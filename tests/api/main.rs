@@ -7,6 +7,7 @@ mod firmware;
 mod messages;
 mod mqtt;
 mod mqtt_sessions;
+mod net;
 mod retention;
 mod security;
 mod ws;

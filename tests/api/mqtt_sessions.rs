@@ -274,8 +274,9 @@ async fn mqtt_over_tls() {
 
     use bytes::BytesMut;
     use hivehub::mqtt::codec::{self, Connect, Packet};
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, ServerName};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio_rustls::rustls::pki_types::ServerName;
     use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
     let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
@@ -287,7 +288,7 @@ async fn mqtt_over_tls() {
     .await;
     let pem = std::fs::read(format!("{fixtures}/mqtt-test-ca.pem")).unwrap();
     let mut roots = RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+    for cert in CertificateDer::pem_slice_iter(&pem) {
         roots.add(cert.unwrap()).unwrap();
     }
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
