@@ -152,7 +152,9 @@ impl Hub {
             up.status = parse_status(&f)?;
         }
         up.intro_reviewed = f.bool("introReviewed")?;
-        self.store.user_update(id, &up).await.map_err(|e| if e.code() == 409 { login_taken() } else { e })
+        self.store.user_update(id, &up).await.map_err(|e| if e.code() == 409 { login_taken() } else { e })?;
+        self.user_rights_changed(id);
+        Ok(())
     }
 
     pub async fn user_delete(&self, principal: &Principal, id: i64) -> Result<()> {
@@ -165,7 +167,7 @@ impl Hub {
         if !self.store.user_delete(id).await? {
             return Err(ApiError::user_not_found(id));
         }
-        self.assignments_changed();
+        self.user_rights_changed(id);
         Ok(())
     }
 
@@ -197,7 +199,7 @@ impl Hub {
         } else {
             self.store.user_unassign_network(user_id, network_id).await?;
         }
-        self.assignments_changed();
+        self.user_rights_changed(user_id);
         Ok(())
     }
 

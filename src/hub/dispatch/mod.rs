@@ -6,13 +6,13 @@ use serde_json::{json, Map, Value};
 
 mod session;
 
-pub use session::{push_text, Session};
 use crate::error::{ApiError, Result};
 use crate::hub::bus::EventKind;
 use crate::hub::fields::Fields;
 use crate::model::User;
 use crate::store::GroupKind;
 use crate::time::{format_ms, now_ms};
+pub use session::{push_text, Session};
 
 /// Page size of WebSocket lists when the request gives no `take`.
 const WS_DEFAULT_TAKE: i64 = 20;
