@@ -208,7 +208,7 @@ pub async fn run_io(shared: Arc<MqttShared>, mut reader: Reader, mut writer: Wri
     let stored = match claim_session(&shared, &client_id, owner, clean, number, kill.clone()).await {
         Ok(stored) => stored,
         Err(code) => {
-            tracing::info!(client_id = %client_id, code, "MQTT connection refused: the client id is another user's");
+            tracing::info!(client_id = %client_id, code, "MQTT connection refused: client id held by another user");
             let _ = write_packet(&mut writer, &refuse(code)).await;
             return;
         }
@@ -413,6 +413,12 @@ fn to_router(p: &Publish) -> rq::Publish {
     raw.put_slice(p.topic.as_bytes());
     raw.put_slice(&p.payload);
     rq::Publish::deserialize(raw.freeze())
+}
+
+/// `$` topics are the broker's own (3.1.1 §4.7.2): the router drops a link that subscribes to one,
+/// so such a filter is refused here. `$share...` is the router's shared subscription, not one of them.
+fn broker_filter(filter: &str) -> bool {
+    filter.starts_with('$') && !filter.starts_with("$share")
 }
 
 fn suback_code(c: &rq::SubscribeReasonCode) -> u8 {
@@ -816,8 +822,7 @@ impl Conn {
         for (filter, qos) in filters {
             let qos = qos.min(1);
             if !filter.starts_with("dh/") {
-                // `$` topics are the broker's own (3.1.1 §4.7.2); the router would drop the link.
-                if self.plain_allowed() && !filter.starts_with('$') && rq::valid_filter(&filter) {
+                if self.plain_allowed() && !broker_filter(&filter) && rq::valid_filter(&filter) {
                     plain.push(rq::Filter {
                         path: filter,
                         qos: if qos == 1 { rq::QoS::AtLeastOnce } else { rq::QoS::AtMostOnce },

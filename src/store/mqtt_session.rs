@@ -79,15 +79,6 @@ impl Store {
         Ok(())
     }
 
-    /// Whether a session record exists for `client_id`, and whether it was a clean one.
-    pub async fn mqtt_session_clean(&self, client_id: &str) -> Result<Option<bool>> {
-        let row = sqlx::query("SELECT clean FROM mqtt_session WHERE client_id = ?")
-            .bind(client_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| r.get::<bool, _>(0)))
-    }
-
     /// Forgets the stored subscriptions of a session (a clean session replaces a persistent one).
     pub async fn mqtt_subscriptions_clear(&self, client_id: &str) -> Result<()> {
         sqlx::query("DELETE FROM mqtt_subscription WHERE client_id = ?").bind(client_id).execute(&self.pool).await?;
