@@ -192,6 +192,8 @@ pub async fn run_io(shared: Arc<MqttShared>, mut reader: Reader, mut writer: Wri
             return;
         }
     };
+    // Listen before authenticating, so a user locked meanwhile is not missed.
+    let revocations = shared.hub.revocations();
     let principal = match authenticate(&shared, &connect).await {
         Ok(p) => p,
         Err(code) => {
@@ -232,7 +234,7 @@ pub async fn run_io(shared: Arc<MqttShared>, mut reader: Reader, mut writer: Wri
         client_id: client_id.clone(),
         number,
         owner,
-        revocations: shared.hub.revocations(),
+        revocations,
         reader,
         writer,
         rbuf,
