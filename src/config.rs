@@ -39,6 +39,8 @@ pub struct MqttSettings {
     pub max_packet_bytes: usize,
     pub max_client_id_len: usize,
     pub connect_timeout_secs: u64,
+    /// Seconds an anonymous session may stay without authenticating (dh/request `authenticate`); 0 = no limit.
+    pub anonymous_timeout_secs: u64,
     pub write_timeout_secs: u64,
     pub max_inflight: usize,
     pub queue_capacity: usize,

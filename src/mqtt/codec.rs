@@ -143,6 +143,10 @@ fn string_of(b: &mut Bytes) -> Result<String, DecodeError> {
 fn parse(first: u8, mut b: Bytes) -> Result<Packet, DecodeError> {
     let kind = first >> 4;
     let flags = first & 0x0f;
+    // PUBREL, SUBSCRIBE and UNSUBSCRIBE carry fixed flags 0b0010; anything else is malformed (§2.2.2).
+    if matches!(kind, 6 | 8 | 10) && flags != 0b0010 {
+        return Err(DecodeError::Malformed("reserved flags"));
+    }
     let packet = match kind {
         1 => Packet::Connect(Box::new(parse_connect(&mut b)?)),
         2 => {
@@ -223,6 +227,10 @@ fn parse_connect(b: &mut Bytes) -> Result<Connect, DecodeError> {
     let client_id = string_of(b)?;
     let will = if flags & 0x04 != 0 {
         let topic = string_of(b)?;
+        // A will is published to its topic: a filter with wildcards is no topic name (§3.1.3.2).
+        if topic.contains(['+', '#']) {
+            return Err(DecodeError::Malformed("will topic with wildcards"));
+        }
         let payload = bytes_of(b)?;
         let qos = (flags >> 3) & 3;
         if qos == 3 {
@@ -367,6 +375,8 @@ fn put_ack(out: &mut BytesMut, first: u8, id: u16) {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     fn round_trip(p: Packet) {
@@ -452,5 +462,173 @@ mod tests {
         }
         let mut big = BytesMut::from(&[0x30u8, 0xff, 0xff, 0x03][..]);
         assert_eq!(decode(&mut big, 1024), Err(DecodeError::TooLarge(65535 + 4)));
+    }
+
+    /// Deterministic xorshift64*: the same inputs on every run, no dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        fn bool(&mut self) -> bool {
+            self.next() & 1 == 1
+        }
+        fn bytes(&mut self, max: usize) -> Vec<u8> {
+            let len = self.below(max + 1);
+            (0..len).map(|_| self.next() as u8).collect()
+        }
+        /// A valid MQTT string (UTF-8, no NUL), sometimes with wildcards when `wildcards`.
+        fn text(&mut self, max: usize, wildcards: bool) -> String {
+            const PLAIN: [&str; 8] = ["a", "Z", "/", "dh", "é", "日", " ", "$"];
+            const WILD: [&str; 2] = ["+", "#"];
+            let len = self.below(max + 1);
+            (0..len)
+                .map(
+                    |_| {
+                        if wildcards && self.below(8) == 0 {
+                            WILD[self.below(2)]
+                        } else {
+                            PLAIN[self.below(PLAIN.len())]
+                        }
+                    },
+                )
+                .collect()
+        }
+        fn pkid(&mut self) -> u16 {
+            1 + self.below(u16::MAX as usize) as u16
+        }
+    }
+
+    /// A random packet of every kind the codec has, valid as the decoder requires it.
+    fn random_packet(r: &mut Rng) -> Packet {
+        match r.below(14) {
+            0 => Packet::Connect(Box::new(Connect {
+                protocol_level: if r.bool() { 4 } else { 3 },
+                client_id: r.text(23, false),
+                clean_session: r.bool(),
+                keep_alive: r.next() as u16,
+                username: r.bool().then(|| r.text(12, true)),
+                password: r.bool().then(|| Bytes::from(r.bytes(12))),
+                will: r.bool().then(|| Will {
+                    topic: r.text(12, false),
+                    payload: Bytes::from(r.bytes(20)),
+                    qos: r.below(3) as u8,
+                    retain: r.bool(),
+                }),
+            })),
+            1 => Packet::ConnAck { session_present: r.bool(), code: r.below(6) as u8 },
+            2 => {
+                let qos = r.below(3) as u8;
+                // Large enough now and then for a multi-byte remaining length.
+                let max_payload = if r.below(16) == 0 { 400 } else { 30 };
+                Packet::Publish(Publish {
+                    dup: r.bool(),
+                    qos,
+                    retain: r.bool(),
+                    topic: r.text(20, false),
+                    pkid: if qos > 0 { r.pkid() } else { 0 },
+                    payload: Bytes::from(r.bytes(max_payload)),
+                })
+            }
+            3 => Packet::PubAck(r.next() as u16),
+            4 => Packet::PubRec(r.next() as u16),
+            5 => Packet::PubRel(r.next() as u16),
+            6 => Packet::PubComp(r.next() as u16),
+            7 => {
+                let n = 1 + r.below(4);
+                Packet::Subscribe {
+                    pkid: r.next() as u16,
+                    filters: (0..n).map(|_| (r.text(15, true), r.below(3) as u8)).collect(),
+                }
+            }
+            8 => Packet::SubAck { pkid: r.next() as u16, codes: r.bytes(5) },
+            9 => {
+                let n = 1 + r.below(4);
+                Packet::Unsubscribe { pkid: r.next() as u16, filters: (0..n).map(|_| r.text(15, true)).collect() }
+            }
+            10 => Packet::UnsubAck(r.next() as u16),
+            11 => Packet::PingReq,
+            12 => Packet::PingResp,
+            _ => Packet::Disconnect,
+        }
+    }
+
+    /// Decodes what `input` holds, packet by packet, checking the decoder's contract: it never
+    /// panics (a read past the buffer would), `Ok(None)` leaves the bytes alone, and a packet takes
+    /// bytes only from the front. Returns the packets and whether it stopped at an error.
+    fn decode_all(input: &[u8]) -> (Vec<Packet>, bool) {
+        let mut buf = BytesMut::from(input);
+        let mut packets = Vec::new();
+        loop {
+            let before = buf.len();
+            match decode(&mut buf, 1 << 16) {
+                Ok(Some(p)) => {
+                    assert!(buf.len() < before, "a packet consumed nothing: {input:?}");
+                    assert_eq!(&input[input.len() - buf.len()..], &buf[..]);
+                    packets.push(p);
+                }
+                Ok(None) => {
+                    assert_eq!(buf.len(), before, "waiting for more consumed bytes: {input:?}");
+                    return (packets, false);
+                }
+                Err(_) => return (packets, true),
+            }
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic_the_decoder() {
+        let mut r = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..200_000 {
+            let mut input = r.bytes(48);
+            // Mostly plausible first bytes, so parsing goes past the fixed header.
+            if let Some(first) = input.first_mut() {
+                if r.bool() {
+                    *first = (1 + r.below(14) as u8) << 4 | if r.bool() { 2 } else { 0 };
+                }
+            }
+            if input.len() > 1 && r.bool() {
+                input[1] = (input.len() - 2).min(127) as u8;
+            }
+            decode_all(&input);
+        }
+    }
+
+    #[test]
+    fn random_packets_round_trip_and_survive_truncation_and_mutation() {
+        let mut r = Rng(0x0123_4567_89ab_cdef);
+        let mut kinds = HashSet::new();
+        for _ in 0..20_000 {
+            let packet = random_packet(&mut r);
+            kinds.insert(std::mem::discriminant(&packet));
+            let mut out = BytesMut::new();
+            encode(&packet, &mut out);
+            let bytes = out.to_vec();
+            assert_eq!(decode_all(&bytes), (vec![packet.clone()], false), "{packet:?}");
+            // Every strict prefix is an incomplete packet.
+            for cut in 0..bytes.len() {
+                assert_eq!(decode_all(&bytes[..cut]), (vec![], false), "{packet:?} cut at {cut}");
+            }
+            // Every position changed: anything but a panic.
+            let mut mutated = bytes.clone();
+            for i in 0..bytes.len() {
+                mutated[i] = r.next() as u8;
+                decode_all(&mutated);
+                mutated[i] ^= 0xff;
+                decode_all(&mutated);
+                mutated[i] = bytes[i];
+            }
+            // Two packets in a row decode as two.
+            let twice = [bytes.clone(), bytes].concat();
+            assert_eq!(decode_all(&twice), (vec![packet.clone(), packet], false));
+        }
+        assert_eq!(kinds.len(), 14, "every packet kind was generated");
     }
 }

@@ -17,18 +17,19 @@ use rumqttd::Notification;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::{broadcast, mpsc, Notify};
 use tokio::time::Instant;
 
 use super::codec::{self, connack, Connect, DecodeError, Packet, Publish, SUBACK_FAILURE};
 use super::presence::PresenceEvent;
 use super::topics::{self, DhFilter};
-use super::MqttShared;
+use super::{LiveSession, MqttShared};
 use crate::auth::Principal;
 use crate::config::PlainTopics;
 use crate::hub::bus::{Delivery, EventKind};
 use crate::hub::dispatch::{self as actions, push_text, Session};
-use crate::store::SessionRecord;
+use crate::store::{SessionRecord, StoredSession};
 
 /// Answers a connection over the limit with CONNACK "server unavailable" (over TCP, TLS or WebSocket).
 pub async fn refuse_busy(mut stream: impl AsyncRead + AsyncWrite + Unpin) {
@@ -82,11 +83,22 @@ enum End {
     NotReading,
     TakenOver,
     Shutdown,
+    /// The user was locked or deleted while connected.
+    Revoked,
+    /// An anonymous session did not authenticate in time.
+    AnonymousTimeout,
 }
 
 struct Conn {
     shared: Arc<MqttShared>,
     client_id: String,
+    /// This connection's number in `shared.sessions`.
+    number: u64,
+    /// Who the session belongs to (`None`: anonymous); moves to the user an anonymous session
+    /// authenticates as.
+    owner: Option<i64>,
+    /// Ids of users whose rights may have shrunk.
+    revocations: broadcast::Receiver<i64>,
     reader: Reader,
     writer: Writer,
     rbuf: BytesMut,
@@ -120,6 +132,9 @@ struct Conn {
     replayed: HashSet<i64>,
     /// QoS 2 `dh/` publishes handled by the hub, awaiting the client's PUBREL.
     own_qos2: HashSet<u16>,
+    /// QoS 2 plain publishes handed to the router, awaiting the client's PUBREL. The router drops a
+    /// link that releases an id it does not know, so only these go to it.
+    router_qos2: HashSet<u16>,
 }
 
 const RECENT_EVENTS: usize = 512;
@@ -130,14 +145,16 @@ pub type Reader = Box<dyn AsyncRead + Unpin + Send + Sync>;
 pub type Writer = Box<dyn AsyncWrite + Unpin + Send + Sync>;
 
 /// Serves a plain TCP connection.
-pub async fn run(shared: Arc<MqttShared>, stream: TcpStream) {
+pub async fn run(shared: Arc<MqttShared>, stream: TcpStream, peer: std::net::SocketAddr) {
     let _ = stream.set_nodelay(true);
     let (reader, writer) = stream.into_split();
-    run_io(shared, Box::new(reader), Box::new(writer)).await;
+    run_io(shared, Box::new(reader), Box::new(writer), Some(peer.ip())).await;
 }
 
 /// Serves one MQTT connection over any byte stream (TCP, TLS, WebSocket).
-pub async fn run_io(shared: Arc<MqttShared>, mut reader: Reader, mut writer: Writer) {
+/// Serves one MQTT connection over any byte stream; `peer` is the client's address when known (login
+/// throttling).
+pub async fn run_io(shared: Arc<MqttShared>, mut reader: Reader, mut writer: Writer, peer: Option<std::net::IpAddr>) {
     let settings = shared.hub.settings.mqtt.clone();
     let mut rbuf = BytesMut::with_capacity(256);
 
@@ -177,7 +194,9 @@ pub async fn run_io(shared: Arc<MqttShared>, mut reader: Reader, mut writer: Wri
             return;
         }
     };
-    let principal = match authenticate(&shared, &connect).await {
+    // Listen before authenticating, so a user locked meanwhile is not missed.
+    let revocations = shared.hub.revocations();
+    let principal = match authenticate(&shared, &connect, peer).await {
         Ok(p) => p,
         Err(code) => {
             tracing::info!(client_id = %client_id, code, "MQTT connection refused");
@@ -186,19 +205,19 @@ pub async fn run_io(shared: Arc<MqttShared>, mut reader: Reader, mut writer: Wri
         }
     };
 
-    // Take over a live session with the same client id (MQTT 3.1.1 §3.1.4).
     let number = shared.next_connection.fetch_add(1, Ordering::Relaxed);
     let kill = Arc::new(Notify::new());
-    let previous = {
-        let mut sessions = shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        sessions.insert(client_id.clone(), (number, kill.clone()))
-    };
-    if let Some((_, old)) = previous {
-        old.notify_one();
-    }
-
     let clean = connect.clean_session;
-    let previous = shared.hub.store.mqtt_session_clean(&client_id).await.ok().flatten();
+    let owner = principal.user_id();
+    let stored = match claim_session(&shared, &client_id, owner, clean, number, kill.clone()).await {
+        Ok(stored) => stored,
+        Err(code) => {
+            tracing::info!(client_id = %client_id, code, "MQTT connection refused: client id held by another user");
+            let _ = write_packet(&mut writer, &refuse(code)).await;
+            return;
+        }
+    };
+    let previous = stored.map(|s| s.clean);
     let session_present = !clean && previous == Some(false);
     if clean && previous == Some(false) {
         // A clean session replaces a persistent one: nothing is owed any more.
@@ -211,10 +230,14 @@ pub async fn run_io(shared: Arc<MqttShared>, mut reader: Reader, mut writer: Wri
         notification: principal.is_authenticated().then(|| json!({"clientId": client_id, "cleanSession": clean})),
     });
     let (mut session, deliveries, overflow) = Session::new(shared.hub.clone(), String::new(), settings.queue_capacity);
+    session.peer = peer;
     session.principal = principal;
     let mut conn = Conn {
         shared: shared.clone(),
         client_id: client_id.clone(),
+        number,
+        owner,
+        revocations,
         reader,
         writer,
         rbuf,
@@ -237,6 +260,7 @@ pub async fn run_io(shared: Arc<MqttShared>, mut reader: Reader, mut writer: Wri
         persistent: !connect.clean_session,
         replayed: HashSet::new(),
         own_qos2: HashSet::new(),
+        router_qos2: HashSet::new(),
     };
     conn.queue(&Packet::ConnAck { session_present, code: connack::ACCEPTED });
     if !clean {
@@ -260,9 +284,61 @@ pub async fn run_io(shared: Arc<MqttShared>, mut reader: Reader, mut writer: Wri
 
 fn forget_session(shared: &MqttShared, client_id: &str, number: u64) {
     let mut sessions = shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
-    if sessions.get(client_id).is_some_and(|(n, _)| *n == number) {
+    if sessions.get(client_id).is_some_and(|s| s.number == number) {
         sessions.remove(client_id);
     }
+}
+
+/// Whether a session owned by `owner` (`None`: anonymous) may be used by `by`.
+fn may_use(owner: Option<Option<i64>>, by: Option<i64>) -> bool {
+    owner.is_none_or(|o| o == by)
+}
+
+/// Takes the client id for this connection, taking over a live connection of the same user (MQTT
+/// 3.1.1 §3.1.4). A session belongs to the user who created it: when another user (or anonymous, or
+/// a user when anonymous owns it) holds it live or stored persistent, the CONNECT is refused with
+/// the CONNACK code returned and nothing changes. Otherwise returns the stored record as it was.
+async fn claim_session(
+    shared: &MqttShared,
+    client_id: &str,
+    owner: Option<i64>,
+    clean: bool,
+    number: u64,
+    kill: Arc<Notify>,
+) -> Result<Option<StoredSession>, u8> {
+    let store = &shared.hub.store;
+    let stored = store.mqtt_session_get(client_id).await.map_err(|_| connack::SERVER_UNAVAILABLE)?;
+    if stored.as_ref().is_some_and(|s| !s.clean && !may_use(s.owner, owner)) {
+        return Err(connack::NOT_AUTHORIZED);
+    }
+    let previous = {
+        let mut sessions = shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if sessions.get(client_id).is_some_and(|live| live.owner != owner) {
+            return Err(connack::NOT_AUTHORIZED);
+        }
+        sessions.insert(client_id.to_string(), LiveSession { number, kill, owner })
+    };
+    // The record changes hands where ownership matters: a persistent session is made, or a clean one
+    // replaces a persistent one. The claim is one conditional statement, so a connection of another
+    // user that stored its session since the read above keeps it.
+    let persistent_before = stored.as_ref().is_some_and(|s| !s.clean);
+    if !clean || persistent_before {
+        let claimed = store.mqtt_session_claim(client_id, owner, clean).await;
+        if !matches!(claimed, Ok(true)) {
+            let mut sessions = shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            if sessions.get(client_id).is_some_and(|s| s.number == number) {
+                match previous {
+                    Some(p) => sessions.insert(client_id.to_string(), p),
+                    None => sessions.remove(client_id),
+                };
+            }
+            return Err(if claimed.is_err() { connack::SERVER_UNAVAILABLE } else { connack::NOT_AUTHORIZED });
+        }
+    }
+    if let Some(old) = previous {
+        old.kill.notify_one();
+    }
+    Ok(stored)
 }
 
 /// The client id to use, or `None` to refuse it. An empty id gets a generated one when the session is
@@ -284,7 +360,7 @@ fn client_id_for(connect: &Connect, max_len: usize) -> Option<String> {
 }
 
 /// CONNECT credentials: login/password of a hub user, or an access JWT as the password.
-async fn authenticate(shared: &MqttShared, connect: &Connect) -> Result<Principal, u8> {
+async fn authenticate(shared: &MqttShared, connect: &Connect, peer: Option<std::net::IpAddr>) -> Result<Principal, u8> {
     let hub = &shared.hub;
     let password = connect.password.as_ref().map(|p| String::from_utf8_lossy(p).into_owned());
     match (&connect.username, password) {
@@ -292,7 +368,7 @@ async fn authenticate(shared: &MqttShared, connect: &Connect) -> Result<Principa
             hub.principal_from_token(&pw).await.map_err(|_| connack::BAD_USERNAME_OR_PASSWORD)
         }
         (Some(login), Some(pw)) => {
-            hub.password_principal(login, &pw, None).await.map_err(|_| connack::BAD_USERNAME_OR_PASSWORD)
+            hub.password_principal(login, &pw, peer).await.map_err(|_| connack::BAD_USERNAME_OR_PASSWORD)
         }
         (Some(_), None) | (None, Some(_)) => Err(connack::BAD_USERNAME_OR_PASSWORD),
         (None, None) if hub.settings.mqtt.allow_anonymous => Ok(Principal::anonymous()),
@@ -334,6 +410,12 @@ fn to_router(p: &Publish) -> rq::Publish {
     raw.put_slice(p.topic.as_bytes());
     raw.put_slice(&p.payload);
     rq::Publish::deserialize(raw.freeze())
+}
+
+/// `$` topics are the broker's own (3.1.1 §4.7.2): the router drops a link that subscribes to one,
+/// so such a filter is refused here. `$share...` is the router's shared subscription, not one of them.
+fn broker_filter(filter: &str) -> bool {
+    filter.starts_with('$') && !filter.starts_with("$share")
 }
 
 fn suback_code(c: &rq::SubscribeReasonCode) -> u8 {
@@ -407,7 +489,12 @@ impl Conn {
     /// The connection loop; returns why it ended.
     async fn serve(&mut self) -> End {
         let mut deadline = self.keepalive.map(|k| Instant::now() + k);
+        let anonymous_limit = Duration::from_secs(self.settings().anonymous_timeout_secs);
+        let anonymous_deadline = (!anonymous_limit.is_zero()).then(|| Instant::now() + anonymous_limit);
         loop {
+            // Only a session still anonymous has a deadline to authenticate.
+            let anonymous_deadline = anonymous_deadline.filter(|_| !self.session.principal.is_authenticated());
+            let me = self.session.principal.user_id();
             let step = tokio::select! {
                 read = self.reader.read_buf(&mut self.rbuf) => match read {
                     Ok(0) | Err(_) => Err(End::Network),
@@ -421,12 +508,11 @@ impl Conn {
                     Ok(None) => Ok(()),
                     Err(_) => Err(End::TakenOver),
                 },
-                Some(d) = self.deliveries.recv() => {
-                    self.session.refresh_visibility().await;
-                    self.push(d)
-                }
+                Some(d) = self.deliveries.recv() => self.deliver(d).await,
+                r = next_revocation_for(&mut self.revocations, me) => self.on_revocation(r.err()).await,
                 _ = self.overflow.notified() => Err(End::NotReading),
                 _ = sleep_until_opt(deadline) => Err(End::KeepAlive),
+                _ = sleep_until_opt(anonymous_deadline) => Err(End::AnonymousTimeout),
                 _ = self.kill.notified() => Err(End::TakenOver),
                 _ = self.shared.hub.shutting_down() => Err(End::Shutdown),
             };
@@ -461,12 +547,64 @@ impl Conn {
                 None => break,
             }
         }
+        self.apply_revocations().await?;
         self.session.refresh_visibility().await;
         for _ in 0..DRAIN_BATCH {
             match self.deliveries.try_recv() {
                 Ok(d) => self.push(d)?,
                 Err(_) => break,
             }
+        }
+        Ok(())
+    }
+
+    /// Pushes one delivery with the rights the user has now.
+    async fn deliver(&mut self, d: Delivery) -> Result<(), End> {
+        self.apply_revocations().await?;
+        self.session.refresh_visibility().await;
+        self.push(d)
+    }
+
+    /// A revocation of this session's user was announced (`None`), or some were missed (`Lagged`):
+    /// the session re-reads its user. Gone or inactive ends the connection; otherwise the fresh
+    /// rights (role, assignments) apply from now on.
+    async fn on_revocation(&mut self, missed: Option<RecvError>) -> Result<(), End> {
+        match missed {
+            None => self.recheck_principal().await,
+            Some(RecvError::Lagged(_)) => self.recheck_principal().await,
+            Some(RecvError::Closed) => Ok(()),
+        }
+    }
+
+    async fn recheck_principal(&mut self) -> Result<(), End> {
+        // Anonymous sessions have nothing to lose.
+        if !self.session.principal.is_authenticated() {
+            return Ok(());
+        }
+        match self.shared.hub.recheck_principal(&self.session.principal).await {
+            Some(fresh) => {
+                self.session.principal = fresh;
+                self.session.refresh_visibility().await;
+                Ok(())
+            }
+            None => Err(End::Revoked),
+        }
+    }
+
+    /// Applies revocations already announced, so nothing is served with rights the user has lost
+    /// (the select loop may pick a request or a delivery before the revocation).
+    async fn apply_revocations(&mut self) -> Result<(), End> {
+        let me = self.session.principal.user_id();
+        let mut concerned = false;
+        loop {
+            match self.revocations.try_recv() {
+                Ok(id) => concerned |= me == Some(id),
+                Err(TryRecvError::Lagged(_)) => concerned = true,
+                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            }
+        }
+        if concerned {
+            self.recheck_principal().await?;
         }
         Ok(())
     }
@@ -499,12 +637,15 @@ impl Conn {
                 Ok(())
             }
             Packet::PubRel(pkid) => {
-                if self.own_qos2.remove(&pkid) {
-                    self.queue(&Packet::PubComp(pkid));
-                    return Ok(());
+                if self.router_qos2.remove(&pkid) {
+                    let rel = rq::PubRel { pkid, reason: rq::PubRelReason::Success };
+                    return self.send_to_router(rq::Packet::PubRel(rel, None)).await;
                 }
-                let rel = rq::PubRel { pkid, reason: rq::PubRelReason::Success };
-                self.send_to_router(rq::Packet::PubRel(rel, None)).await
+                // Ours, or an id nobody knows (e.g. resent after a reconnect, when the publish was
+                // already released): either way it is complete (3.1.1 §4.3.3).
+                self.own_qos2.remove(&pkid);
+                self.queue(&Packet::PubComp(pkid));
+                Ok(())
             }
             Packet::PubRec(_) | Packet::PubComp(_) => Ok(()),
             Packet::Subscribe { pkid, filters } => self.on_subscribe(pkid, filters).await,
@@ -543,9 +684,15 @@ impl Conn {
     /// or insert is committed. Refused publishes are acknowledged too: MQTT 3.1.1 has no negative
     /// acknowledgement, and a client must not resend forever what will never be accepted.
     async fn on_publish(&mut self, p: Publish) -> Result<(), End> {
+        if p.topic.starts_with("dh/") {
+            self.apply_revocations().await?;
+        }
         if !p.topic.starts_with("dh/") {
             if self.plain_allowed() && !p.topic.is_empty() && !p.topic.contains(['+', '#']) {
                 // The router acknowledges plain publishes itself (PUBACK, or PUBREC for QoS 2).
+                if p.qos == 2 {
+                    self.router_qos2.insert(p.pkid);
+                }
                 return self.send_to_router(rq::Packet::Publish(to_router(&p), None)).await;
             }
             self.refuse_publish("plain topic not allowed", &p);
@@ -572,12 +719,34 @@ impl Conn {
     async fn on_request(&mut self, p: &Publish) {
         let request: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
         let response = actions::handle(&mut self.session, &request).await;
+        self.follow_owner().await;
         let action = request.get("action").and_then(Value::as_str).unwrap_or("error");
         let topic = format!("dh/response/{action}@{}", self.client_id);
         if let Some(sub_qos) = self.response_topics.get(&topic).copied() {
             let payload = Bytes::from(response.to_string());
             if !self.publish_from_hub(topic, payload, p.qos.min(sub_qos)) {
                 tracing::debug!(client_id = %self.client_id, "response dropped: too many unacknowledged publishes");
+            }
+        }
+    }
+
+    /// After `authenticate` the session belongs to the user it authenticated as: from then on only
+    /// that user may take it over.
+    async fn follow_owner(&mut self) {
+        let user = self.session.principal.user_id();
+        if user == self.owner {
+            return;
+        }
+        self.owner = user;
+        {
+            let mut sessions = self.shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(live) = sessions.get_mut(&self.client_id).filter(|s| s.number == self.number) {
+                live.owner = user;
+            }
+        }
+        if self.persistent {
+            if let Err(e) = self.shared.hub.store.mqtt_session_set_owner(&self.client_id, user).await {
+                tracing::warn!(client_id = %self.client_id, error = %e, "cannot store the MQTT session owner");
             }
         }
     }
@@ -650,7 +819,7 @@ impl Conn {
         for (filter, qos) in filters {
             let qos = qos.min(1);
             if !filter.starts_with("dh/") {
-                if self.plain_allowed() && rq::valid_filter(&filter) {
+                if self.plain_allowed() && !broker_filter(&filter) && rq::valid_filter(&filter) {
                     plain.push(rq::Filter {
                         path: filter,
                         qos: if qos == 1 { rq::QoS::AtLeastOnce } else { rq::QoS::AtMostOnce },
@@ -909,7 +1078,8 @@ impl Conn {
             End::Clean | End::Shutdown | End::TakenOver => {}
             ref other => tracing::info!(client_id = %self.client_id, reason = ?other, "MQTT connection closed"),
         }
-        let will = end != End::Clean && self.will.is_some();
+        // A revoked user has no right left to publish, its last will included.
+        let will = !matches!(end, End::Clean | End::Revoked) && self.will.is_some();
         let reason = end.reason();
         // After a takeover the session lives on in the new connection: it is not a disconnect.
         if end != End::TakenOver {
@@ -923,7 +1093,7 @@ impl Conn {
                 principal,
             });
         }
-        if end != End::Clean {
+        if will {
             if let Some(will) = self.will.take() {
                 let p = Publish {
                     dup: false,
@@ -959,6 +1129,21 @@ impl End {
             End::NotReading => "not-reading",
             End::TakenOver => "taken-over",
             End::Shutdown => "shutdown",
+            End::Revoked => "revoked",
+            End::AnonymousTimeout => "anonymous-timeout",
+        }
+    }
+}
+
+/// Waits for a revocation of user `me` (`Ok`) or for missed ones (`Err(Lagged)`); others' are
+/// skipped here, so they cost no wake-up of the connection loop. Never completes when closed.
+async fn next_revocation_for(rx: &mut broadcast::Receiver<i64>, me: Option<i64>) -> Result<(), RecvError> {
+    loop {
+        match rx.recv().await {
+            Ok(id) if Some(id) == me => return Ok(()),
+            Ok(_) => {}
+            Err(RecvError::Closed) => return std::future::pending().await,
+            Err(lagged) => return Err(lagged),
         }
     }
 }

@@ -32,12 +32,22 @@ use crate::net::accept::{Cap, Slot};
 /// Opens a router link for a client: (client id, clean session) → link halves and the router's CONNACK.
 type LinkFactory = Box<dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), String> + Send + Sync>;
 
+/// A connection holding a client id.
+struct LiveSession {
+    /// Which connection (a takeover leaves a newer one in the map).
+    number: u64,
+    /// Closes it on takeover.
+    kill: Arc<Notify>,
+    /// The user it acts as (`None`: anonymous); only that user may take it over.
+    owner: Option<i64>,
+}
+
 /// State shared by every MQTT connection.
 pub struct MqttShared {
     hub: Arc<Hub>,
     open_link: LinkFactory,
-    /// Live sessions by client id: (connection number, signal that closes it on takeover).
-    sessions: Mutex<HashMap<String, (u64, Arc<Notify>)>>,
+    /// Live sessions by client id.
+    sessions: Mutex<HashMap<String, LiveSession>>,
     next_connection: AtomicU64,
     presence: presence::Presence,
     /// `[mqtt] max_connections`, shared by the TCP, TLS and WebSocket listeners.
@@ -135,12 +145,12 @@ pub async fn start(hub: Arc<Hub>) -> Result<Broker, StartupError> {
             listener,
             accept_shared.cap.clone(),
             hub.shutting_down(),
-            |stream, _peer, slot| {
+            |stream, peer, slot| {
                 let slot = MqttSlot::new(slot, &accept_shared.hub);
                 let shared = accept_shared.clone();
                 tokio::spawn(async move {
                     let _slot = slot;
-                    connection::run(shared, stream).await;
+                    connection::run(shared, stream, peer).await;
                 });
             },
             |stream, _peer, refusal| {

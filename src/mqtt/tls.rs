@@ -56,14 +56,14 @@ pub async fn start(shared: Arc<MqttShared>) -> Result<SocketAddr, StartupError> 
             listener,
             shared.cap.clone(),
             hub.shutting_down(),
-            |stream, _peer, slot| {
+            |stream, peer, slot| {
                 let slot = MqttSlot::new(slot, &shared.hub);
                 let (acceptor, shared) = (acceptor.clone(), shared.clone());
                 tokio::spawn(async move {
                     let _slot = slot;
                     if let Ok(Ok(tls)) = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         let (reader, writer) = tokio::io::split(tls);
-                        connection::run_io(shared, Box::new(reader), Box::new(writer)).await;
+                        connection::run_io(shared, Box::new(reader), Box::new(writer), Some(peer.ip())).await;
                     }
                 });
             },

@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::{connection, MqttShared, MqttSlot};
+use crate::api::extract::Peer;
 use crate::error::StartupError;
 use crate::net;
 
@@ -67,16 +68,16 @@ pub async fn start(shared: Arc<MqttShared>, listen: &str) -> Result<SocketAddr, 
     Ok(addr)
 }
 
-async fn upgrade(State(shared): State<Arc<MqttShared>>, ws: WebSocketUpgrade) -> Response {
+async fn upgrade(State(shared): State<Arc<MqttShared>>, Peer(peer): Peer, ws: WebSocketUpgrade) -> Response {
     let max = shared.hub.settings.mqtt.max_packet_bytes;
-    ws.protocols(["mqtt"]).max_message_size(max).on_upgrade(move |socket| bridge(shared, socket))
+    ws.protocols(["mqtt"]).max_message_size(max).on_upgrade(move |socket| bridge(shared, socket, peer))
 }
 
 /// Pumps WebSocket binary messages to and from an in-memory byte stream served by the MQTT edge.
-async fn bridge(shared: Arc<MqttShared>, socket: WebSocket) {
+async fn bridge(shared: Arc<MqttShared>, socket: WebSocket, peer: Option<std::net::IpAddr>) {
     let (edge_side, mut pump_side) = tokio::io::duplex(16 * 1024);
     let (reader, writer) = tokio::io::split(edge_side);
-    let edge = tokio::spawn(connection::run_io(shared.clone(), Box::new(reader), Box::new(writer)));
+    let edge = tokio::spawn(connection::run_io(shared.clone(), Box::new(reader), Box::new(writer), peer));
     let (mut ws_tx, mut ws_rx) = socket.split();
     let mut buf = vec![0u8; 8 * 1024];
     loop {

@@ -20,14 +20,63 @@ pub enum SessionRecord {
     Disconnected { client_id: String, at: i64, reason: &'static str },
 }
 
+/// The stored facts about a client id that decide who may connect with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSession {
+    pub clean: bool,
+    /// `Some(None)`: owned by anonymous; `None`: no owner recorded.
+    pub owner: Option<Option<i64>>,
+}
+
+/// The `owner` column: the user id, or `anonymous`.
+fn owner_text(owner: Option<i64>) -> String {
+    owner.map_or_else(|| "anonymous".to_string(), |id| id.to_string())
+}
+
+fn owner_of(text: Option<String>) -> Option<Option<i64>> {
+    match text.as_deref() {
+        None => None,
+        Some("anonymous") => Some(None),
+        // An unreadable owner owns the session for nobody: refuse rather than hand it out.
+        Some(other) => Some(Some(other.parse().unwrap_or(i64::MIN))),
+    }
+}
+
 impl Store {
-    /// Whether a session record exists for `client_id`, and whether it was a clean one.
-    pub async fn mqtt_session_clean(&self, client_id: &str) -> Result<Option<bool>> {
-        let row = sqlx::query("SELECT clean FROM mqtt_session WHERE client_id = ?")
+    /// The stored session of `client_id`, if any.
+    pub async fn mqtt_session_get(&self, client_id: &str) -> Result<Option<StoredSession>> {
+        let row = sqlx::query("SELECT clean, owner FROM mqtt_session WHERE client_id = ?")
             .bind(client_id)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.map(|r| r.get::<bool, _>(0)))
+        Ok(row.map(|r| StoredSession { clean: r.get::<bool, _>(0), owner: owner_of(r.get(1)) }))
+    }
+
+    /// Makes `owner` the owner of `client_id`'s session, unless another owner holds it persistent.
+    /// One statement, so two connections racing for a client id cannot both win. `false`: refused.
+    pub async fn mqtt_session_claim(&self, client_id: &str, owner: Option<i64>, clean: bool) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO mqtt_session (client_id, user_id, clean, owner) VALUES (?, ?, ?, ?) \
+             ON CONFLICT(client_id) DO UPDATE SET owner = excluded.owner, clean = excluded.clean \
+             WHERE mqtt_session.clean = 1 OR mqtt_session.owner IS NULL OR mqtt_session.owner = excluded.owner",
+        )
+        .bind(client_id)
+        .bind(owner)
+        .bind(clean)
+        .bind(owner_text(owner))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Hands a session to a new owner (an anonymous session that authenticated).
+    pub async fn mqtt_session_set_owner(&self, client_id: &str, owner: Option<i64>) -> Result<()> {
+        sqlx::query("UPDATE mqtt_session SET owner = ? WHERE client_id = ?")
+            .bind(owner_text(owner))
+            .bind(client_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Forgets the stored subscriptions of a session (a clean session replaces a persistent one).

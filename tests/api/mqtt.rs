@@ -1925,3 +1925,169 @@ async fn pushed_topics_are_valid_mqtt_topic_names_whatever_the_message_name() {
     }
     m.quiet(QUIET).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Revocation and protocol edge cases
+// ---------------------------------------------------------------------------------------------
+
+/// The name of the next notification pushed to `s`, skipping presence (`$device-...`) ones.
+async fn next_notification_name(s: &mut Mqtt) -> String {
+    loop {
+        let name = s.msg().await.payload["notification"]["notification"].as_str().unwrap_or_default().to_string();
+        if !name.starts_with("$device-") {
+            return name;
+        }
+    }
+}
+
+/// Asserts that nothing but presence notifications reaches `s` for `QUIET`.
+async fn only_presence_arrives(s: &mut Mqtt) {
+    for m in s.drain(QUIET).await {
+        let name = m.payload["notification"]["notification"].as_str().unwrap_or_default().to_string();
+        assert!(name.starts_with("$device-"), "{}: unexpected publish {}", s.id, m.payload);
+    }
+}
+
+#[tokio::test]
+async fn locking_or_deleting_a_user_closes_its_mqtt_sessions() {
+    let hub = TestHub::start().await;
+    let net = hub.network("revoke").await;
+    hub.device("rv-dev", net).await;
+    let (locked, _) = hub.client_user("rv-locked", &[net]).await;
+    let (deleted, _) = hub.client_user("rv-deleted", &[net]).await;
+    // The locked user's client id is a device, so its disconnect is reported as presence.
+    let mut a = Mqtt::login(&hub, "rv-dev", "rv-locked", CLIENT_PASSWORD).await;
+    let mut b = Mqtt::login(&hub, "rv-b", "rv-deleted", CLIENT_PASSWORD).await;
+    for s in [&mut a, &mut b] {
+        assert_eq!(s.subscribe("dh/notification/+/+/rv-dev/#").await, GRANTED);
+    }
+    hub.post(&hub.admin, "/device/rv-dev/notification", json!({"notification": "before"})).await.expect(201);
+    for s in [&mut a, &mut b] {
+        assert_eq!(next_notification_name(s).await, "before");
+    }
+
+    hub.put(&hub.admin, &format!("/user/{locked}"), json!({"status": 1})).await.expect(204);
+    assert!(a.closed_within(Duration::from_secs(10)).await, "the locked user's session is still open");
+    hub.post(&hub.admin, "/device/rv-dev/notification", json!({"notification": "after-lock"})).await.expect(201);
+    assert_eq!(next_notification_name(&mut b).await, "after-lock");
+    only_presence_arrives(&mut a).await;
+
+    hub.delete(&hub.admin, &format!("/user/{deleted}")).await.expect(204);
+    assert!(b.closed_within(Duration::from_secs(10)).await, "the deleted user's session is still open");
+    hub.post(&hub.admin, "/device/rv-dev/notification", json!({"notification": "after-delete"})).await.expect(201);
+    only_presence_arrives(&mut b).await;
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reason = loop {
+        let list = hub.get(&hub.admin, "/device/rv-dev/notification?notification=$device-disconnected").await;
+        if let Some(n) = list.expect(200).as_array().and_then(|l| l.first().cloned()) {
+            break n["parameters"]["reason"].clone();
+        }
+        assert!(Instant::now() < deadline, "no $device-disconnected for the locked user's session");
+        sleep_ms(50).await;
+    };
+    assert_eq!(reason, "revoked");
+}
+
+#[tokio::test]
+async fn requests_after_a_role_change_use_the_new_role() {
+    let hub = TestHub::start().await;
+    let id = hub
+        .post(&hub.admin, "/user", json!({"login": "rv-admin", "password": CLIENT_PASSWORD, "role": 0}))
+        .await
+        .expect(201)["id"]
+        .as_i64()
+        .unwrap();
+    let mut s = Mqtt::login(&hub, "rv-admin-1", "rv-admin", CLIENT_PASSWORD).await;
+    s.ok("user/list", json!({}), &["users"]).await;
+    hub.put(&hub.admin, &format!("/user/{id}"), json!({"role": 1})).await.expect(204);
+    let r = s.call("user/list", json!({})).await;
+    assert_eq!((r["status"].as_str(), r["code"].as_u64()), (Some("error"), Some(403)), "{r}");
+    s.ok("server/info", json!({}), &["info"]).await;
+}
+
+#[tokio::test]
+async fn dollar_filters_are_refused_in_the_suback() {
+    let hub = TestHub::start().await;
+    let mut raw = raw_session(&hub, "dollar", Some((ADMIN_LOGIN, ADMIN_PASSWORD))).await;
+    let filters = vec![("$SYS/#".to_string(), 1), ("ok/#".to_string(), 1), ("$other".to_string(), 0)];
+    raw.send_packet(&Wire::Subscribe { pkid: 3, filters }).await;
+    assert_eq!(raw.packet().await, Some(Wire::SubAck { pkid: 3, codes: vec![0x80, 1, 0x80] }));
+    raw.send_packet(&Wire::PingReq).await;
+    assert_eq!(raw.packet().await, Some(Wire::PingResp));
+}
+
+#[tokio::test]
+async fn a_will_topic_with_wildcards_is_refused() {
+    let hub = TestHub::start().await;
+    for topic in ["status/+", "status/#", "#"] {
+        let mut raw = Raw::open(&hub).await;
+        raw.send_packet(&Wire::Connect(Box::new(codec::Connect {
+            protocol_level: 4,
+            client_id: "bad-will".into(),
+            clean_session: true,
+            keep_alive: 30,
+            username: Some(ADMIN_LOGIN.into()),
+            password: Some(Bytes::from_static(ADMIN_PASSWORD.as_bytes())),
+            will: Some(codec::Will { topic: topic.into(), payload: Bytes::from_static(b"x"), qos: 0, retain: false }),
+        })))
+        .await;
+        assert_eq!(raw.until_closed().await, Vec::<Wire>::new(), "{topic}");
+    }
+}
+
+#[tokio::test]
+async fn reserved_flags_of_subscribe_unsubscribe_and_pubrel_are_checked() {
+    let hub = TestHub::start().await;
+    let subscribe = [0x80, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x00];
+    let unsubscribe = [0xa0, 0x05, 0x00, 0x01, 0x00, 0x01, b'a'];
+    let pubrel = [0x60, 0x02, 0x00, 0x01];
+    for (name, bytes) in [("SUBSCRIBE", &subscribe[..]), ("UNSUBSCRIBE", &unsubscribe[..]), ("PUBREL", &pubrel[..])] {
+        let mut raw = raw_session(&hub, "flags", Some((ADMIN_LOGIN, ADMIN_PASSWORD))).await;
+        raw.send(bytes).await;
+        assert_eq!(raw.until_closed().await, Vec::<Wire>::new(), "{name} with flags 0 was accepted");
+    }
+}
+
+#[tokio::test]
+async fn pubrel_for_an_unknown_packet_id_gets_pubcomp() {
+    let hub = TestHub::start().await;
+    let mut raw = raw_session(&hub, "stray-pubrel", Some((ADMIN_LOGIN, ADMIN_PASSWORD))).await;
+    raw.send_packet(&Wire::PubRel(77)).await;
+    assert_eq!(raw.packet().await, Some(Wire::PubComp(77)));
+    raw.send_packet(&Wire::PingReq).await;
+    assert_eq!(raw.packet().await, Some(Wire::PingResp));
+    // A plain QoS 2 publish still completes through the router.
+    raw.send_packet(&Wire::Publish(codec::Publish {
+        dup: false,
+        qos: 2,
+        retain: false,
+        topic: "plain/qos2".into(),
+        pkid: 78,
+        payload: Bytes::from_static(b"x"),
+    }))
+    .await;
+    assert_eq!(raw.packet().await, Some(Wire::PubRec(78)));
+    raw.send_packet(&Wire::PubRel(78)).await;
+    assert_eq!(raw.packet().await, Some(Wire::PubComp(78)));
+}
+
+#[tokio::test]
+async fn anonymous_sessions_that_never_authenticate_are_closed() {
+    let hub = TestHub::start_with(|s| s.mqtt.anonymous_timeout_secs = 1).await;
+    let mut idle = Raw::open(&hub).await;
+    idle.send(&connect_packet("MQTT", 4, "anon-idle", None)).await;
+    assert_eq!(idle.packet().await, Some(connack_code(0)));
+    let t = Instant::now();
+    assert_eq!(idle.until_closed().await, Vec::<Wire>::new());
+    assert!(t.elapsed() >= Duration::from_millis(900), "{:?}", t.elapsed());
+
+    // Authenticating in time keeps the session; so do credentials at CONNECT.
+    let mut anon = Mqtt::anonymous(&hub, "anon-auth").await;
+    let mut user = Mqtt::login(&hub, "anon-user", ADMIN_LOGIN, ADMIN_PASSWORD).await;
+    let token = hub.admin.clone();
+    anon.ok("authenticate", json!({"token": token}), &[]).await;
+    assert!(!anon.closed_within(Duration::from_millis(2000)).await, "an authenticated session was closed");
+    assert!(!user.closed_within(Duration::from_millis(10)).await);
+    anon.ok("server/info", json!({}), &["info"]).await;
+}

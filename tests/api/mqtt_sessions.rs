@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -12,6 +12,7 @@ use crate::common::{TestHub, ADMIN_LOGIN, ADMIN_PASSWORD};
 struct Device {
     client: AsyncClient,
     rx: mpsc::UnboundedReceiver<(String, Value)>,
+    subacks: mpsc::UnboundedReceiver<()>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -35,14 +36,21 @@ async fn connect(o: MqttOptions) -> (Device, bool) {
         }
     };
     let (tx, rx) = mpsc::unbounded_channel();
+    let (stx, subacks) = mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
         while let Ok(e) = ev.poll().await {
-            if let Event::Incoming(Packet::Publish(p)) = e {
-                let _ = tx.send((p.topic.clone(), serde_json::from_slice(&p.payload).unwrap_or(Value::Null)));
+            match e {
+                Event::Incoming(Packet::Publish(p)) => {
+                    let _ = tx.send((p.topic.clone(), serde_json::from_slice(&p.payload).unwrap_or(Value::Null)));
+                }
+                Event::Incoming(Packet::SubAck(_)) => {
+                    let _ = stx.send(());
+                }
+                _ => {}
             }
         }
     });
-    (Device { client, rx, task }, present)
+    (Device { client, rx, subacks, task }, present)
 }
 
 impl Device {
@@ -56,6 +64,11 @@ impl Device {
             names.push(v["command"]["command"].as_str().unwrap_or_default().to_string());
         }
         names
+    }
+    /// Subscribes and waits for the SUBACK (the subscription is live and stored by then).
+    async fn subscribe(&mut self, filter: &str) {
+        self.client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.subacks.recv()).await.expect("SUBACK in time");
     }
     async fn disconnect(self) {
         let _ = self.client.disconnect().await;
@@ -380,4 +393,101 @@ async fn refused_publishes_are_dropped_and_counted() {
     assert!(text.contains("1 MQTT connections") && text.ends_with("; 2 MQTT publishes dropped"), "{text}");
     let list = hub.get(&hub.admin, "/device/e50d6085-2aba-48e9-b1c3-73c673e414be/notification?notification=x").await;
     assert_eq!(list.expect(200), json!([]));
+}
+
+/// Options for `id` with a login/password, or anonymous (`None`).
+fn opts_as(hub: &TestHub, id: &str, clean: bool, credentials: Option<(&str, &str)>) -> MqttOptions {
+    let addr = hub.mqtt_addr();
+    let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    if let Some((login, password)) = credentials {
+        o.set_credentials(login, password);
+    }
+    o.set_clean_session(clean);
+    o.set_keep_alive(Duration::from_secs(5));
+    o
+}
+
+/// The CONNACK code a CONNECT with these options gets (the connection is dropped afterwards).
+async fn connack_code(o: MqttOptions) -> ConnectReturnCode {
+    let (_client, mut ev) = AsyncClient::new(o, 10);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ev.poll()).await.expect("CONNACK in time") {
+            Ok(Event::Incoming(Packet::ConnAck(a))) => return a.code,
+            Ok(_) => {}
+            Err(rumqttc::ConnectionError::ConnectionRefused(code)) => return code,
+            Err(e) => panic!("connect failed: {e}"),
+        }
+    }
+}
+
+/// Polls `check` until it holds, for at most 10 s.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let waited = tokio::time::timeout(Duration::from_secs(10), async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "timed out waiting for {what}");
+}
+
+async fn presence_count(hub: &TestHub, device: &str, name: &str) -> usize {
+    let list = hub.get(&hub.admin, &format!("/device/{device}/notification?take=1000")).await.expect(200);
+    list.as_array().unwrap().iter().filter(|n| n["notification"] == name).count()
+}
+
+const OWNER: Option<(&str, &str)> = Some(("sess-owner", "client-pass-1"));
+const INTRUDER: Option<(&str, &str)> = Some(("sess-intruder", "client-pass-1"));
+
+/// Anonymous and another user, each with a clean and a persistent session, get CONNACK 5.
+async fn intruders_are_refused(hub: &TestHub, id: &str) {
+    for credentials in [None, INTRUDER] {
+        for clean in [false, true] {
+            let code = connack_code(opts_as(hub, id, clean, credentials)).await;
+            assert_eq!(code, ConnectReturnCode::NotAuthorized, "{credentials:?}, clean session {clean}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn another_user_or_anonymous_cannot_take_over_a_session() {
+    let hub = TestHub::start().await;
+    let net = hub.network("owned").await;
+    hub.device("dev-own", net).await;
+    hub.client_user("sess-owner", &[net]).await;
+    hub.client_user("sess-intruder", &[net]).await;
+    let (mut d, present) = connect(opts_as(&hub, "dev-own", false, OWNER)).await;
+    assert!(!present);
+    d.subscribe("dh/command/+/+/dev-own/#").await;
+
+    // While the owner is connected: refused, and the owner's connection keeps working.
+    intruders_are_refused(&hub, "dev-own").await;
+    let live = command(&hub, "dev-own", "live", json!({})).await;
+    assert_eq!(d.commands(Duration::from_millis(800)).await, ["live"]);
+    hub.put(&hub.admin, &format!("/device/dev-own/command/{live}"), json!({"status": "done"})).await.expect(204);
+    assert!(!d.task.is_finished(), "the owner's connection was closed");
+    d.disconnect().await;
+    let disconnected = || async { presence_count(&hub, "dev-own", "$device-disconnected").await > 0 };
+    eventually("the owner's disconnect", disconnected).await;
+
+    // While only the stored session exists: refused, and the stored subscription stays.
+    command(&hub, "dev-own", "owed", json!({})).await;
+    intruders_are_refused(&hub, "dev-own").await;
+    let (mut d, present) = connect(opts_as(&hub, "dev-own", false, OWNER)).await;
+    assert!(present, "the owner's session is still stored");
+    assert_eq!(d.commands(Duration::from_millis(800)).await, ["owed"]);
+
+    // The same user may take its session over.
+    let (mut again, present) = connect(opts_as(&hub, "dev-own", false, OWNER)).await;
+    assert!(present);
+    assert!(tokio::time::timeout(Duration::from_secs(5), &mut d.task).await.is_ok(), "old connection still open");
+    let mut got = again.commands(Duration::from_millis(800)).await;
+    command(&hub, "dev-own", "after-takeover", json!({})).await;
+    got.extend(again.commands(Duration::from_millis(800)).await);
+    assert_eq!(got, ["owed", "after-takeover"]);
+    again.disconnect().await;
 }
