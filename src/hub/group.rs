@@ -78,7 +78,9 @@ impl Hub {
             GroupKind::DeviceType => self.visible_device_types(principal).await?,
         };
         if !visible.contains(Some(id)) {
-            return Err(ApiError::access_denied());
+            // Reading a group the user is not assigned to is "not found" (as in the reference);
+            // managing one is refused. Either way existing and missing groups answer alike.
+            return Err(if action == words(kind).get { not_found(kind, id) } else { ApiError::access_denied() });
         }
         self.store.group_get(kind, id).await?.ok_or_else(|| not_found(kind, id))
     }
@@ -138,18 +140,7 @@ impl Hub {
 
     /// One group with its visible devices.
     pub async fn group_get(&self, kind: GroupKind, principal: &Principal, id: i64) -> Result<Value> {
-        self.require_group(kind, principal, words(kind).get, id)?;
-        let group = self.store.group_get(kind, id).await?.ok_or_else(|| not_found(kind, id))?;
-        if let Some((Some(user), _)) = self.group_visibility(kind, principal) {
-            let q = GroupListQuery {
-                assigned_to_user: Some(user),
-                ids: Some(IdSet::Only([id].into())),
-                ..Default::default()
-            };
-            if self.store.group_count(kind, &q).await? == 0 {
-                return Err(not_found(kind, id));
-            }
-        }
+        let group = self.group_target(kind, principal, words(kind).get, id).await?;
         let devices = self.store.devices_in_group(kind, id, &self.device_scope(principal)).await?;
         let devices: Vec<Value> = devices.iter().map(Device::nested_view).collect();
         Ok(json!({"id": group.id, "name": group.name, "description": group.description, "devices": devices}))
@@ -174,9 +165,8 @@ impl Hub {
     }
 
     pub async fn group_update(&self, kind: GroupKind, principal: &Principal, id: i64, body: &Value) -> Result<()> {
-        self.require_group(kind, principal, words(kind).manage, id)?;
+        let mut group = self.group_target(kind, principal, words(kind).manage, id).await?;
         let f = Fields::of(body)?;
-        let mut group = self.store.group_get(kind, id).await?.ok_or_else(|| not_found(kind, id))?;
         // A partial update: a missing or null name keeps the old one, but an empty one is invalid.
         let name = match f.0.get("name") {
             None | Some(Value::Null) => None,
@@ -198,8 +188,7 @@ impl Hub {
     }
 
     pub async fn group_delete(&self, kind: GroupKind, principal: &Principal, id: i64, force: bool) -> Result<()> {
-        self.require_group(kind, principal, words(kind).manage, id)?;
-        self.store.group_get(kind, id).await?.ok_or_else(|| not_found(kind, id))?;
+        self.group_target(kind, principal, words(kind).manage, id).await?;
         let devices = self.store.devices_in_group(kind, id, &crate::store::DeviceScope::everything()).await?;
         if !force && !devices.is_empty() {
             let ids: Vec<&str> = devices.iter().map(|d| d.id.as_str()).collect();

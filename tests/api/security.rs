@@ -105,6 +105,15 @@ async fn a_client_grants_only_networks_and_device_types_it_holds() {
     let nets = hub.get(&hub.admin, &format!("/user/{me}")).await.expect(200)["networks"].clone();
     assert_eq!(nets.as_array().unwrap().len(), 1, "{nets}");
 
+    // Managing a network means holding it: not renamed or deleted through a token's `*` scope.
+    hub.put(&token, &format!("/network/{theirs}"), json!({"name": "renamed"}))
+        .await
+        .expect_error(403, "Access is denied");
+    hub.delete(&token, &format!("/network/{theirs}")).await.expect_error(403, "Access is denied");
+    hub.delete(&token, "/network/999999").await.expect_error(403, "Access is denied");
+    assert_eq!(hub.get(&hub.admin, &format!("/network/{theirs}")).await.expect(200)["name"], "theirs");
+    hub.put(&token, &format!("/network/{mine}"), json!({"description": "ok"})).await.expect(204);
+
     // "All device types" is more than a client holds.
     hub.put(&token, &format!("/user/{other}/devicetype/all"), json!({})).await.expect_error(403, ADMIN_ONLY);
     hub.put(&token, &format!("/user/{me}/devicetype/all"), json!({})).await.expect_error(403, ADMIN_ONLY);
