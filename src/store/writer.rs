@@ -1,6 +1,7 @@
 //! The group-commit writer: the one task that inserts notifications and commands and applies command
 //! updates. It gathers whatever requests are waiting (up to `batch_max_rows`) into one transaction,
-//! stamps them all with one server timestamp that is strictly later than the previous commit's, commits,
+//! stamps them all with one server timestamp that is strictly later than the previous commit's and
+//! never later than the clock (when the next millisecond has not begun it waits for it), commits,
 //! hands the committed rows to `on_commit` (the bus) in commit order, and only then answers each caller.
 //!
 //! Why one writer assigns timestamps: clients resume polls from the timestamp of the last message they
@@ -100,7 +101,7 @@ async fn run(
                 _ = stop.wait_for(|s| *s) => { stopping = true; continue; }
             }
         }
-        let ts = now_ms().max(last_ts + 1);
+        let ts = next_stamp(last_ts, &mut rx, &mut jobs, max_batch).await;
         last_ts = ts;
         let results = commit_batch(&store, &jobs, ts).await;
         let committed: Vec<Written> = results.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
@@ -114,6 +115,40 @@ async fn run(
         }
         for (job, result) in jobs.drain(..).zip(results) {
             let _ = job.reply.send(result);
+        }
+    }
+}
+
+/// The longest the writer waits for the clock to pass the previous stamp. Only a clock stepped back
+/// (NTP) makes it wait that long; then stamps run ahead of the clock until it catches up, because
+/// stalling every insert for that long would be worse.
+const MAX_CLOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The stamp of the next commit: the current millisecond when it is later than the previous stamp;
+/// otherwise the writer waits for the next millisecond to begin — never stamping into the future —
+/// while the batch keeps filling, which group commit wants anyway.
+async fn next_stamp(last_ts: i64, rx: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>, max_batch: usize) -> i64 {
+    let started = tokio::time::Instant::now();
+    loop {
+        let now = now_ms();
+        if now > last_ts {
+            return now;
+        }
+        if started.elapsed() >= MAX_CLOCK_WAIT {
+            tracing::warn!(behind_ms = last_ts + 1 - now, "the clock went back; stamping after the last commit");
+            return last_ts + 1;
+        }
+        let room = max_batch.saturating_sub(jobs.len());
+        // tokio's timer has millisecond resolution: this sleeps until the next tick at the latest.
+        let tick = tokio::time::sleep(std::time::Duration::from_micros(200));
+        tokio::select! {
+            _ = tick => {}
+            n = rx.recv_many(jobs, room), if room > 0 => {
+                // A closed channel (n == 0) only means no more jobs: keep waiting for the clock.
+                if n == 0 {
+                    tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+                }
+            }
         }
     }
 }
@@ -147,4 +182,62 @@ async fn commit_batch(store: &Store, jobs: &[Job], ts: i64) -> Vec<Result<Writte
         return jobs.iter().map(|_| Err(err.clone())).collect();
     }
     results
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With one row per commit and many concurrent writers, commits come faster than one per
+    /// millisecond; the stamps must still never be later than the clock when the caller is answered,
+    /// and every commit must get a strictly later stamp than the one before.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stamps_wait_for_the_clock_instead_of_running_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = crate::config::Settings::defaults().database;
+        settings.url = format!("sqlite://{}/w.db", dir.path().display());
+        settings.synchronous = "off".into();
+        let store = Store::open(&settings).await.unwrap();
+        store.seed_if_empty("dhadmin", "admin-pass-1").await.unwrap();
+        let (_stop_tx, stop) = watch::channel(false);
+        let stamps = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = stamps.clone();
+        let on_commit: OnCommit = Box::new(move |rows| {
+            if let Some(Written::Notification(n)) = rows.first() {
+                seen.lock().unwrap().push(n.timestamp);
+            }
+        });
+        let (writer, _task) = Writer::spawn(store, 1, on_commit, stop);
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let writer = writer.clone();
+                tokio::spawn(async move {
+                    let mut ahead = 0;
+                    for _ in 0..150 {
+                        let op = WriteOp::Notification(NewNotification {
+                            device_id: "e50d6085-2aba-48e9-b1c3-73c673e414be".into(),
+                            network_id: Some(1),
+                            device_type_id: Some(1),
+                            notification: "tick".into(),
+                            timestamp: None,
+                            parameters: None,
+                        });
+                        let Ok(Written::Notification(n)) = writer.write(op).await else { panic!("write failed") };
+                        if n.timestamp > now_ms() {
+                            ahead += 1;
+                        }
+                    }
+                    ahead
+                })
+            })
+            .collect();
+        let mut ahead = 0;
+        for t in tasks {
+            ahead += t.await.unwrap();
+        }
+        assert_eq!(ahead, 0, "timestamps ahead of the clock");
+        let stamps = stamps.lock().unwrap();
+        assert_eq!(stamps.len(), 2400);
+        assert!(stamps.windows(2).all(|w| w[0] < w[1]), "every commit is stamped later than the one before");
+    }
 }
