@@ -143,7 +143,7 @@ fn string_of(b: &mut Bytes) -> Result<String, DecodeError> {
 fn parse(first: u8, mut b: Bytes) -> Result<Packet, DecodeError> {
     let kind = first >> 4;
     let flags = first & 0x0f;
-    // PUBREL, SUBSCRIBE and UNSUBSCRIBE carry fixed flags 0b0010; anything else is malformed (§2.2.2).
+    // PUBREL, SUBSCRIBE and UNSUBSCRIBE carry fixed flags 0b0010; anything else is malformed (MQTT 3.1.1 §2.2.2).
     if matches!(kind, 6 | 8 | 10) && flags != 0b0010 {
         return Err(DecodeError::Malformed("reserved flags"));
     }
@@ -227,7 +227,7 @@ fn parse_connect(b: &mut Bytes) -> Result<Connect, DecodeError> {
     let client_id = string_of(b)?;
     let will = if flags & 0x04 != 0 {
         let topic = string_of(b)?;
-        // A will is published to its topic: a filter with wildcards is no topic name (§3.1.3.2).
+        // A will is published to its topic: a filter with wildcards is no topic name (MQTT 3.1.1 §3.1.3.2).
         if topic.contains(['+', '#']) {
             return Err(DecodeError::Malformed("will topic with wildcards"));
         }

@@ -413,7 +413,7 @@ async fn refresh_tokens() {
         .expect_error(401, "Unauthorized");
     anon(&hub, Method::POST, "/token/refresh", Some(json!({}))).await.expect_error(400, "Invalid request parameters");
 
-    // The user of the refresh token is gone → 401 without a body.
+    // The user of the refresh token is gone → 401 (with the JSON error body).
     let gone = user(&hub, json!({"login": "ghost", "password": CLIENT_PASSWORD, "role": 1})).await;
     let (_, ghost_refresh) = login_pair(&hub, "ghost", CLIENT_PASSWORD).await;
     hub.delete(&hub.admin, &format!("/user/{gone}")).await.expect(204);
