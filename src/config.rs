@@ -53,6 +53,8 @@ pub struct WebSocketSettings {
     pub max_message_bytes: usize,
     pub max_subscriptions: usize,
     pub queue_capacity: usize,
+    pub max_queue_bytes: usize,
+    pub send_timeout_secs: u64,
     pub ping_interval_secs: u64,
 }
 

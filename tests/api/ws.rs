@@ -2525,3 +2525,75 @@ async fn deleting_one_of_several_subscribed_devices_keeps_the_others() {
     );
     ws.quiet(Duration::from_millis(300)).await;
 }
+
+/// The close handshake: a client's close frame is answered with a close frame echoing its code, and
+/// every close the hub starts carries a code and a reason (1009 for an oversized message, 1001 at
+/// shutdown).
+#[tokio::test]
+async fn closes_carry_codes_and_reasons() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let hub = hub_with(|s| s.websocket.max_message_bytes = 4096).await;
+
+    // Client-initiated: the echo arrives (the client sees 1000, not an abnormal 1006).
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(&hub)).await.unwrap();
+    ws.send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "bye".into() }))).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(m) = ws.next().await {
+            if let Ok(Message::Close(frame)) = m {
+                return frame;
+            }
+        }
+        None
+    })
+    .await
+    .expect("the hub answers the close");
+    assert_eq!(echoed.map(|f| f.code), Some(CloseCode::Normal));
+
+    // A message over the limit: 1009 with a reason.
+    let mut big = Ws::authenticated(&hub, &hub.admin).await;
+    big.send_text(&format!(r#"{{"action":"server/info","pad":"{}"}}"#, "x".repeat(10_000))).await;
+    let (code, reason) = big.closed_within(Duration::from_secs(5)).await.expect("a close frame");
+    assert_eq!(code, 1009);
+    assert!(reason.contains("4096"), "{reason}");
+
+    // Shutdown: 1001 "going away" with a reason.
+    let mut last = Ws::authenticated(&hub, &hub.admin).await;
+    let stop = tokio::spawn(hub.stop());
+    let (code, reason) = last.closed_within(Duration::from_secs(10)).await.expect("a close frame at shutdown");
+    assert_eq!(code, 1001);
+    assert!(!reason.is_empty());
+    stop.await.unwrap();
+}
+
+/// A client that subscribes and never reads is closed with 1008 and a reason once its queue (bounded
+/// in bytes as well as messages) stays full; a reading client beside it is not disturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_closed_with_a_policy_code() {
+    let hub = hub_with(|s| {
+        s.websocket.max_queue_bytes = 64 * 1024;
+        s.websocket.send_timeout_secs = 1;
+    })
+    .await;
+    hub.device("flood-1", 1).await;
+    let mut reader = Ws::authenticated(&hub, &hub.admin).await;
+    let sub = reader.subscribe("notification/subscribe", json!({"deviceId": "flood-1"})).await;
+    let mut sleeper = Ws::authenticated(&hub, &hub.admin).await;
+    sleeper.subscribe("notification/subscribe", json!({"deviceId": "flood-1"})).await;
+
+    // Several megabytes of pushes: far more than the socket buffers and the 64 KiB queue hold.
+    let pad = "p".repeat(16 * 1024);
+    let mut sent = 0;
+    for i in 0..400 {
+        rest_notification(&hub, "flood-1", json!({"notification": "big", "parameters": {"i": i, "pad": pad}})).await;
+        sent += 1;
+        let p = reader.push().await;
+        check_push(&p, "notification/insert", sub);
+    }
+    assert_eq!(sent, 400);
+    // The sleeper wakes up: it finds a close frame with the policy code after what was buffered.
+    let (code, reason) = sleeper.closed_within(Duration::from_secs(20)).await.expect("a close frame");
+    assert_eq!(code, 1008);
+    assert!(reason.contains("not reading"), "{reason}");
+    reader.ok("server/info", json!({}), &["info"]).await;
+}
