@@ -74,11 +74,34 @@ pub async fn edge(mut req: Request, next: Next) -> Response {
     }
     let mut response =
         if req.method() == Method::OPTIONS { StatusCode::OK.into_response() } else { next.run(req).await };
+    if is_plain_text_error(&response) {
+        response = as_json_error(response).await;
+    }
     let headers = response.headers_mut();
     for (name, value) in CORS_HEADERS {
         headers.insert(HeaderName::from_static(name), HeaderValue::from_static(value));
     }
     response
+}
+
+/// axum's own rejections (a path segment that is not valid UTF-8, a malformed query, a failed
+/// WebSocket upgrade) are plain-text errors; every client error of the hub has the JSON error body.
+fn is_plain_text_error(response: &Response) -> bool {
+    let status = response.status();
+    (status.is_client_error() || status.is_server_error())
+        && response
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.starts_with("text/plain"))
+}
+
+async fn as_json_error(response: Response) -> Response {
+    let status = response.status();
+    let text = axum::body::to_bytes(response.into_body(), 16 * 1024).await.unwrap_or_default();
+    let message = String::from_utf8_lossy(&text).trim().to_string();
+    let message = if message.is_empty() { status.canonical_reason().unwrap_or("Error").to_string() } else { message };
+    ApiError::new(status, message).into_response()
 }
 
 fn strip_trailing_slash(req: &mut Request) {

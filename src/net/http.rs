@@ -72,7 +72,7 @@ pub async fn serve_connection<S, G>(
     });
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(timeouts.header);
-    let conn = builder.serve_connection(TokioIo::new(Guarded { io: stream, _guard: guard }), service).with_upgrades();
+    let conn = builder.serve_connection(TokioIo::new(Guarded::new(stream, guard)), service).with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
         // Errors here are the client's (timeouts, resets, malformed requests): nothing to report.
@@ -152,6 +152,60 @@ impl hyper::body::Body for TimedBody {
 struct Guarded<G> {
     io: TcpStream,
     _guard: G,
+    /// A replacement being written in place of one of hyper's automatic error responses: (bytes,
+    /// written so far, length of the response it replaces).
+    rewrite: Option<(Vec<u8>, usize, usize)>,
+}
+
+/// hyper answers requests it cannot parse (400), URIs it finds too long (414) and heads too large
+/// (431) itself, with an empty body and no way to configure it. Every client error of the hub has
+/// the JSON error body, so such a response is replaced on its way out by the same status with the
+/// body. It is recognised by its status and `content-length: 0`: the hub's own 400/414/431 answers
+/// always carry a body.
+fn replace_automatic_error(out: &[u8]) -> Option<Vec<u8>> {
+    let (code, message) = match out.get(..12)? {
+        b"HTTP/1.1 400" => (400, "Malformed HTTP request"),
+        b"HTTP/1.1 414" => (414, "URI too long"),
+        b"HTTP/1.1 431" => (431, "Request header fields too large"),
+        _ => return None,
+    };
+    let head_end = out.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&out[..head_end]).to_ascii_lowercase();
+    if !head.contains("\r\ncontent-length: 0") || out.len() != head_end + 4 {
+        return None;
+    }
+    let reason = axum::http::StatusCode::from_u16(code).ok()?.canonical_reason().unwrap_or("");
+    let body = format!(r#"{{"error":{code},"message":"{message}"}}"#);
+    Some(
+        format!(
+            "HTTP/1.1 {code} {reason}\r\ncontent-type: application/json;charset=UTF-8\r\ncontent-length: {}\r\n\
+             connection: close\r\naccess-control-allow-origin: *\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+    )
+}
+
+impl<G: Unpin> Guarded<G> {
+    fn new(io: TcpStream, guard: G) -> Self {
+        Guarded { io, _guard: guard, rewrite: None }
+    }
+
+    /// Writes a pending replacement to the end, then reports the replaced response as written.
+    fn poll_rewrite(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let Some((bytes, done, replaced)) = self.rewrite.as_mut() else { return Poll::Ready(Ok(0)) };
+        while *done < bytes.len() {
+            match Pin::new(&mut self.io).poll_write(cx, &bytes[*done..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => *done += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let replaced = *replaced;
+        self.rewrite = None;
+        Poll::Ready(Ok(replaced))
+    }
 }
 
 impl<G: Unpin> AsyncRead for Guarded<G> {
@@ -162,7 +216,14 @@ impl<G: Unpin> AsyncRead for Guarded<G> {
 
 impl<G: Unpin> AsyncWrite for Guarded<G> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        if this.rewrite.is_none() {
+            match replace_automatic_error(buf) {
+                Some(bytes) => this.rewrite = Some((bytes, 0, buf.len())),
+                None => return Pin::new(&mut this.io).poll_write(cx, buf),
+            }
+        }
+        this.poll_rewrite(cx)
     }
 
     fn poll_write_vectored(
@@ -170,7 +231,16 @@ impl<G: Unpin> AsyncWrite for Guarded<G> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if this.rewrite.is_none() {
+            // An automatic error response is a head alone, in the first slice.
+            let total: usize = bufs.iter().map(|b| b.len()).sum();
+            match bufs.first().filter(|b| b.len() == total).and_then(|b| replace_automatic_error(b)) {
+                Some(bytes) => this.rewrite = Some((bytes, 0, total)),
+                None => return Pin::new(&mut this.io).poll_write_vectored(cx, bufs),
+            }
+        }
+        this.poll_rewrite(cx)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -199,6 +269,23 @@ pub fn refuse_busy(stream: TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn automatic_error_responses_get_the_json_body() {
+        let hyper_400 = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\ndate: Sun, 29 Nov 2026 14:00:00 GMT\r\n\r\n";
+        let out = String::from_utf8(replace_automatic_error(hyper_400).unwrap()).unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head}");
+        assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
+        assert_eq!(body, r#"{"error":400,"message":"Malformed HTTP request"}"#);
+        let hyper_431 = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n";
+        assert!(replace_automatic_error(hyper_431).is_some());
+        // The hub's own responses are left alone: they have bodies, or other statuses.
+        let own = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 46\r\n\r\n{\"error\":400,\"message\":\"Invalid request parameters\"}";
+        assert!(replace_automatic_error(own).is_none());
+        assert!(replace_automatic_error(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n").is_none());
+        assert!(replace_automatic_error(b"HTTP/1.1 400 Bad").is_none());
+    }
 
     #[test]
     fn busy_response_declares_its_length() {

@@ -214,3 +214,70 @@ async fn the_mqtt_cap_is_answered_over_tcp_tls_and_websocket() {
     let mut tls = tls_connect().await;
     assert_eq!(mqtt_connect(&mut tls, "after-release").await, accepted);
 }
+
+/// Sends `request` on a fresh connection and reads the whole answer (the hub closes after it).
+async fn raw_exchange(hub: &TestHub, request: &[u8]) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(http_addr(hub)).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 8192];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    out.extend_from_slice(&buf[..n]);
+                    // One response is enough; do not wait for a keep-alive connection to close.
+                    let text = String::from_utf8_lossy(&out).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_string))
+                            .and_then(|v| v.trim().parse::<usize>().ok());
+                        if len.is_some_and(|l| body.len() >= l) {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read).await.expect("an answer within 10 s");
+    let text = String::from_utf8_lossy(&out).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+/// Every client error has the JSON error body, also those the HTTP layer produces before the hub's
+/// router sees the request.
+#[tokio::test]
+async fn http_layer_errors_have_the_json_error_body() {
+    let hub = TestHub::start().await;
+    let json_error = |status: u16, head: &str, body: &str| {
+        assert!(head.contains("content-type: application/json"), "{status}: {head}");
+        let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("{status}: JSON body expected: {body:?}"));
+        assert_eq!(v["error"], status, "{body}");
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    };
+    // A path segment that is not valid UTF-8 (axum's own rejection).
+    let token = hub.admin.clone();
+    let req = format!("GET /api/rest/device/%FF%FE HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\r\n");
+    let (status, head, body) = raw_exchange(&hub, req.as_bytes()).await;
+    assert_eq!(status, 400, "{head}");
+    json_error(status, &head, &body);
+    // A request hyper cannot parse.
+    let (status, head, body) = raw_exchange(&hub, b"GET /api/rest/info HTTP/1.1\r\nbad header line\r\n\r\n").await;
+    assert_eq!(status, 400, "{head}");
+    json_error(status, &head, &body);
+    // A head larger than hyper accepts.
+    let req = format!("GET /api/rest/info HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n", "a".repeat(1 << 20));
+    let (status, head, body) = raw_exchange(&hub, req.as_bytes()).await;
+    assert_eq!(status, 431, "{head}");
+    json_error(status, &head, &body);
+    // The hub's own errors are unchanged.
+    let (status, head, body) = raw_exchange(&hub, b"GET /api/rest/nothing-here HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert_eq!(status, 404, "{head}");
+    json_error(status, &head, &body);
+    hub.stop().await;
+}
