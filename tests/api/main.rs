@@ -4,6 +4,7 @@ mod admin;
 mod binary;
 mod common;
 mod firmware;
+mod fuzz;
 mod messages;
 mod mqtt;
 mod mqtt_sessions;
