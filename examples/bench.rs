@@ -65,6 +65,7 @@ const SCENARIOS: &[(&str, &str)] = &[
     ("mqtt-ingest", "MQTT notification ingest/s over several device connections, QoS0 and QoS1, verified"),
     ("mqtt-connect", "hub child process: authenticated MQTT connects/s (JWT, login), RSS per idle connection"),
     ("mosquitto", "plain-topic MQTT: Mosquitto vs hub (child processes), side-by-side table"),
+    ("ws-slow", "hub child process: WebSocket sessions that never read; RSS, their closing, a reader's latency"),
 ];
 
 /// Set in the environment of the hub child process the bench starts for `mqtt-connect` and `mosquitto`.
@@ -344,6 +345,7 @@ async fn run_scenario(name: &str, hub: &BenchHub, config: &Config) -> BenchResul
         "mqtt-ingest" => scenario_mqtt_ingest(hub, config).await,
         "mqtt-connect" => scenario_mqtt_connect(config).await,
         "mosquitto" => scenario_mosquitto(config).await,
+        "ws-slow" => scenario_ws_slow().await,
         other => Err(format!("scenario {other:?} is listed but not implemented").into()),
     }
 }
@@ -1246,6 +1248,8 @@ struct ChildBroker {
     label: String,
     child: std::process::Child,
     mqtt: SocketAddr,
+    /// The HTTP listener (hub only).
+    http: Option<SocketAddr>,
     /// A hub (stops gracefully when its stdin closes) rather than Mosquitto (killed).
     is_hub: bool,
     /// Admin access token (hub only).
@@ -1279,6 +1283,7 @@ impl ChildBroker {
             label: "hivehub".into(),
             child,
             mqtt: SocketAddr::from(([127, 0, 0, 1], mqtt_port)),
+            http: Some(SocketAddr::from(([127, 0, 0, 1], http_port))),
             is_hub: true,
             admin: String::new(),
             log,
@@ -1319,6 +1324,7 @@ impl ChildBroker {
             label,
             child,
             mqtt: SocketAddr::from(([127, 0, 0, 1], port)),
+            http: None,
             is_hub: false,
             admin: String::new(),
             log: Default::default(),
@@ -2313,6 +2319,101 @@ async fn scenario_mqtt_connect(config: &Config) -> BenchResult<()> {
     } else {
         Err("some connections were refused, failed or timed out (see above)".into())
     }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Scenario: WebSocket sessions that subscribe and never read (hub child process).
+
+const WS_SLOW_SESSIONS: usize = 500;
+const WS_SLOW_MESSAGES: usize = 2_000;
+
+async fn scenario_ws_slow() -> BenchResult<()> {
+    println!("== ws-slow: {}", describe("ws-slow"));
+    let hub = ChildBroker::hub().await?;
+    let http = hub.http.ok_or("child hub without HTTP")?;
+    let rest = format!("http://{http}/api/rest");
+    let ws_url = format!("ws://{http}/api/websocket");
+    let client = dedicated_client()?;
+    let device = "ws-slow-dev";
+    let put = client.put(format!("{rest}/device/{device}")).bearer_auth(&hub.admin);
+    put.json(&json!({"name": device, "networkId": 1})).send().await?.error_for_status()?;
+    let subscribe = json!({"action": "notification/subscribe", "requestId": 2, "deviceId": device});
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let base = hub.rss();
+
+    // The sessions that never read after subscribing, and one that reads and times its pushes.
+    let mut sleepers = Vec::with_capacity(WS_SLOW_SESSIONS);
+    for _ in 0..WS_SLOW_SESSIONS {
+        sleepers.push(ws_session(&ws_url, &hub.admin, &subscribe).await?);
+    }
+    let mut reader = ws_session(&ws_url, &hub.admin, &subscribe).await?;
+    let with_sessions = hub.rss();
+
+    // 2,000 notifications of ~2 KiB each: 4 MB per session, 2 GB in all if nothing were bounded.
+    let pad = "p".repeat(2_000);
+    let mut latencies = Vec::with_capacity(WS_SLOW_MESSAGES);
+    let mut peak = with_sessions;
+    let started = Instant::now();
+    for i in 0..WS_SLOW_MESSAGES {
+        let sent = Instant::now();
+        let body = json!({"notification": "slow", "parameters": {"i": i, "pad": pad}});
+        let post = client.post(format!("{rest}/device/{device}/notification")).bearer_auth(&hub.admin);
+        post.json(&body).send().await?.error_for_status()?;
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(30), reader.next()).await?.ok_or("reader closed")??;
+            if let Message::Text(t) = m {
+                if t.contains("\"slow\"") {
+                    break;
+                }
+            }
+        }
+        latencies.push(micros(sent.elapsed()));
+        if i % 100 == 0 {
+            peak = peak.max(hub.rss());
+        }
+    }
+    let elapsed = started.elapsed();
+    peak = peak.max(hub.rss());
+    // How many sleepers the hub has closed: read each one's socket until its close frame.
+    let mut closed_1008 = 0;
+    let mut still_open = 0;
+    for ws in sleepers.iter_mut() {
+        let code = tokio::time::timeout(Duration::from_secs(15), async {
+            while let Some(Ok(m)) = ws.next().await {
+                if let Message::Close(frame) = m {
+                    return frame.map(|f| u16::from(f.code));
+                }
+            }
+            None
+        })
+        .await;
+        match code {
+            Ok(Some(1008)) => closed_1008 += 1,
+            Ok(_) => {}
+            Err(_) => still_open += 1,
+        }
+    }
+    drop(sleepers);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = hub.rss();
+    latencies.sort_unstable();
+    println!(
+        "  {WS_SLOW_SESSIONS} sessions subscribed and never read while {WS_SLOW_MESSAGES} notifications of ~2 KiB were \
+         inserted ({:.0}/s); one reading session beside them."
+        , per_sec(WS_SLOW_MESSAGES as u64, elapsed)
+    );
+    println!(
+        "  hub RSS: {base} KiB at start, {with_sessions} KiB with the sessions, peak {peak} KiB \
+         ({:.0} KiB per non-reading session), {after} KiB after they were gone.",
+        (peak.saturating_sub(with_sessions)) as f64 / WS_SLOW_SESSIONS as f64
+    );
+    println!(
+        "  non-readers closed by the hub with 1008: {closed_1008}; still open after the run: {still_open}. \
+         Reader: insert -> push {}",
+        summary_us(&mut latencies)
+    );
+    hub.stop().await;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------------
