@@ -73,6 +73,13 @@ pub struct Network {
 
 pub type DeviceType = Network;
 
+/// The two kinds of device groups: networks and device types have the same shape and operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupKind {
+    Network,
+    DeviceType,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Device {

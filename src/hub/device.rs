@@ -9,7 +9,8 @@ use crate::auth::{Action, Principal};
 use crate::error::{ApiError, Result};
 use crate::model::Device;
 use crate::store::writer::WriteOp;
-use crate::store::{DeviceListQuery, GroupKind, NewNotification};
+use crate::model::GroupKind;
+use crate::store::{DeviceListQuery, NewNotification};
 
 pub const DEVICE_ADD: &str = "$device-add";
 pub const DEVICE_UPDATE: &str = "$device-update";

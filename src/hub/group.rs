@@ -7,7 +7,8 @@ use super::Hub;
 use crate::auth::{Action, IdSet, Principal};
 use crate::error::{ApiError, Result};
 use crate::model::{Device, Network};
-use crate::store::{GroupKind, GroupListQuery};
+use crate::model::GroupKind;
+use crate::store::GroupListQuery;
 
 /// Per-kind names, actions and messages.
 struct Words {

@@ -116,7 +116,7 @@ impl Hub {
             Some(ids) => {
                 let mut missing = Vec::new();
                 for id in ids {
-                    let exists = self.store.group_get(crate::store::GroupKind::Network, *id).await?.is_some();
+                    let exists = self.store.group_get(crate::model::GroupKind::Network, *id).await?.is_some();
                     if !exists || !visible_networks.contains(Some(*id)) {
                         missing.push(*id);
                     }
@@ -139,7 +139,7 @@ impl Hub {
             Some(ids) => {
                 let mut missing = Vec::new();
                 for id in ids {
-                    let exists = self.store.group_get(crate::store::GroupKind::DeviceType, *id).await?.is_some();
+                    let exists = self.store.group_get(crate::model::GroupKind::DeviceType, *id).await?.is_some();
                     if !exists || !principal.device_types.contains(Some(*id)) {
                         missing.push(*id);
                     }

@@ -7,7 +7,8 @@ use super::Hub;
 use crate::auth::{password, Action, Principal};
 use crate::error::{ApiError, Result};
 use crate::model::{User, ROLE_ADMIN, ROLE_CLIENT, STATUS_ACTIVE, STATUS_DISABLED};
-use crate::store::{GroupKind, UserListQuery, UserUpdate};
+use crate::model::GroupKind;
+use crate::store::{UserListQuery, UserUpdate};
 
 /// `^[\w@.-]+$` with Java's (ASCII) `\w`, 3..128 characters after trimming.
 fn validate_login(raw: &str) -> Result<String> {

@@ -5,7 +5,8 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::scope::DeviceScope;
 use super::user::push_paging;
-use super::{json_column, json_text, GroupKind, Store};
+use super::{json_column, json_text, Store};
+use crate::model::GroupKind;
 use crate::error::Result;
 use crate::model::Device;
 

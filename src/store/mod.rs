@@ -23,7 +23,7 @@ use sqlx::SqlitePool;
 pub use command::{CommandUpdate, NewCommand};
 pub use device::{DeviceListQuery, DeviceUpdate};
 pub use mqtt_session::{SessionRecord, StoredSession, StoredSubscription};
-pub use network::{GroupKind, GroupListQuery};
+pub use network::GroupListQuery;
 pub use notification::{MessageQuery, NewNotification};
 pub use scope::{DeviceScope, MessageFilter};
 pub use seed::SeedOutcome;

@@ -8,13 +8,7 @@ use super::user::{group_from_row, push_paging};
 use super::Store;
 use crate::auth::IdSet;
 use crate::error::Result;
-use crate::model::Network;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GroupKind {
-    Network,
-    DeviceType,
-}
+use crate::model::{GroupKind, Network};
 
 impl GroupKind {
     fn table(self) -> &'static str {

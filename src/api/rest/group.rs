@@ -11,7 +11,7 @@ use super::{base_of, created, no_content, ok, ApiResult};
 use crate::api::extract::{path_id, Auth, Body, Params};
 use crate::hub::fields::Fields;
 use crate::hub::Hub;
-use crate::store::GroupKind;
+use crate::model::GroupKind;
 
 type S = State<Arc<Hub>>;
 

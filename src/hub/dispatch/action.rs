@@ -4,7 +4,7 @@
 //! the order of errors is a property of the table, not of each handler.
 
 use crate::auth::Action;
-use crate::store::GroupKind;
+use crate::model::GroupKind;
 
 /// The token permission an action needs before anything else is looked at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

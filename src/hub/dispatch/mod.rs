@@ -12,7 +12,7 @@ use crate::hub::bus::EventKind;
 use crate::hub::fields::Fields;
 use crate::hub::UserAccess;
 use crate::model::User;
-use crate::store::GroupKind;
+use crate::model::GroupKind;
 use crate::time::{format_ms, now_ms};
 pub use action::{ApiAction, Permission, Target};
 pub use session::{push_text, Session};
