@@ -1,5 +1,6 @@
-//! hivehub: a DeviceHive-compatible device hub in one process. `App::start` opens the store, seeds an
-//! empty database, starts the group-commit writer and binds the HTTP API; tests start it on port 0.
+//! hivehub: a DeviceHive-compatible device hub in one process. `App::start` opens the store, starts the
+//! group-commit writer, binds the HTTP API and the MQTT listeners, and only then seeds an empty
+//! database; tests start it on port 0.
 
 pub mod api;
 pub mod auth;
@@ -40,24 +41,20 @@ pub struct App {
     pub mqtt_ws_addr: Option<SocketAddr>,
     /// The MQTT-over-TLS listener, when `[mqtt] tls_listen` is set.
     pub mqtt_tls_addr: Option<SocketAddr>,
+    /// The first administrator's password when this start created it with a generated one: the caller
+    /// shows it (the `hivehub` command prints it on stdout) — it is not logged and cannot be recovered.
+    pub generated_admin_password: Option<String>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
 impl App {
-    /// Opens the database, seeds it when empty, and starts serving on `settings.http.listen`.
+    /// Opens the database, starts serving on `settings.http.listen` (and the MQTT listeners), and seeds
+    /// the database when empty — only once every listener is bound, so a start that fails (a port in
+    /// use) leaves it empty and a generated administrator password is never lost.
     pub async fn start(mut settings: Settings) -> Result<App, StartupError> {
         net::budget::fit_to_open_file_limit(&mut settings);
         let store = Store::open(&settings.database).await?;
-        let seeded = store.seed_if_empty(&settings.auth.admin_login, &settings.auth.admin_password).await?;
-        if let Some(password) = seeded.generated_admin_password {
-            tracing::warn!(
-                login = %settings.auth.admin_login,
-                password = %password,
-                "first start: created the administrator with a generated password (shown only now; \
-                 set HIVEHUB__AUTH__ADMIN_PASSWORD to choose one)"
-            );
-        }
         let secret = resolve_jwt_secret(&store, &settings.auth.jwt_secret).await?;
         let listener = TcpListener::bind(&settings.http.listen)
             .await
@@ -98,7 +95,26 @@ impl App {
             stats: Default::default(),
         });
         tracing::info!(%http_addr, "hivehub listening");
-        let mqtt = if hub.settings.mqtt.enabled { Some(mqtt::start(hub.clone()).await?) } else { None };
+        let abandon = |e: StartupError| {
+            // Stops what was started (the process exits on this error; an embedding caller goes on).
+            let _ = shutdown.send(true);
+            let _ = writer_stop.send(true);
+            e
+        };
+        let mqtt = match hub.settings.mqtt.enabled {
+            true => Some(mqtt::start(hub.clone()).await.map_err(abandon)?),
+            false => None,
+        };
+        let auth = &hub.settings.auth;
+        let seed = store.seed_if_empty(&auth.admin_login, &auth.admin_password).await.map_err(abandon)?;
+        if !seed.seeded && !auth.admin_password.is_empty() {
+            let exists = matches!(store.user_by_login(&auth.admin_login).await, Ok(Some(_)));
+            let note = match exists {
+                true => "the administrator already exists and keeps its password",
+                false => "the database already has users (none with this login), so no administrator is created",
+            };
+            tracing::warn!(login = %auth.admin_login, "auth.admin_password (HIVEHUB__AUTH__ADMIN_PASSWORD) is ignored: {note}");
+        }
         let mqtt_addr = mqtt.as_ref().map(|b| b.addr);
         let mqtt_ws_addr = mqtt.as_ref().and_then(|b| b.ws_addr);
         let mqtt_tls_addr = mqtt.as_ref().and_then(|b| b.tls_addr);
@@ -127,7 +143,15 @@ impl App {
             store.close().await;
             tracing::info!("hivehub stopped");
         });
-        Ok(App { http_addr, mqtt_addr, mqtt_ws_addr, mqtt_tls_addr, shutdown, task })
+        Ok(App {
+            http_addr,
+            mqtt_addr,
+            mqtt_ws_addr,
+            mqtt_tls_addr,
+            generated_admin_password: seed.generated_admin_password,
+            shutdown,
+            task,
+        })
     }
 
     /// Stops accepting, finishes in-flight requests (long polls return at once), flushes pending

@@ -42,21 +42,33 @@ fn serve(config: Option<String>) {
         .init();
     let settings = match Settings::load(config.as_deref()) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("hivehub: bad configuration: {e}");
+        Err(errors) => {
+            eprintln!("hivehub: bad configuration:");
+            for problem in &errors.0 {
+                eprintln!("  {problem}");
+            }
             std::process::exit(2);
         }
     };
+    let admin_login = settings.auth.admin_login.clone();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     runtime.block_on(async move {
         let signal = shutdown_signal();
-        let app = match App::start(settings).await {
+        let mut app = match App::start(settings).await {
             Ok(app) => app,
             Err(e) => {
                 eprintln!("hivehub: cannot start: {e}");
                 std::process::exit(1);
             }
         };
+        // Every listener is bound and the administrator exists: a plain line on stdout, whatever the
+        // log level, and never in the log.
+        if let Some(password) = app.generated_admin_password.take() {
+            println!(
+                "hivehub: first start: created the administrator with a generated password (shown only now; \
+                 set HIVEHUB__AUTH__ADMIN_PASSWORD to choose one): login={admin_login} password={password}"
+            );
+        }
         app.run_until(signal).await;
     });
 }

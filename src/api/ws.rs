@@ -202,6 +202,10 @@ async fn write_burst(
     ws_tx.flush().await.is_ok()
 }
 
+/// How long the end of a session may take: what is owed, then the close frame. A client that does not
+/// read gets its close frame only if it reads again within this time; its session is gone already.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The end of a session's writing, bounded in time: a client that does not read gets nothing more.
 async fn finish(
     mut ws_tx: futures_util::stream::SplitSink<WebSocket, Message>,
@@ -209,7 +213,7 @@ async fn finish(
     closing: Option<Closing>,
 ) {
     let Some(closing) = closing else { return };
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+    let _ = tokio::time::timeout(FINISH_TIMEOUT, async {
         while let (true, Ok(m)) = (closing.drain, out_rx.try_recv()) {
             if ws_tx.feed(m).await.is_err() {
                 return;
@@ -316,7 +320,7 @@ async fn run_session(hub: Arc<Hub>, socket: WebSocket, host: String, peer: Optio
     // does not read, or may no longer read, gets only the close frame.
     let drain = matches!(end, End::ClientClosed | End::Shutdown);
     let _ = close_tx.send(Closing { frame: end.close_frame(settings.max_message_bytes), drain });
-    if tokio::time::timeout(Duration::from_secs(3), &mut writer).await.is_err() {
+    if tokio::time::timeout(FINISH_TIMEOUT + Duration::from_secs(1), &mut writer).await.is_err() {
         writer.abort();
     }
 }

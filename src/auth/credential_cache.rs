@@ -4,9 +4,10 @@
 //! remembered (failed attempts always run the hash and count towards the lockout), entries are keyed
 //! by a keyed SHA-256 of login and password (the key is random per process, nothing leaves memory),
 //! and an entry only counts while the user's stored password hash is still the one it was checked
-//! against, so a password change takes effect at once.
+//! against, so a password change takes effect at once. The cache holds at most `capacity` entries; when
+//! full, the least recently used one makes room.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -14,28 +15,79 @@ use sha2::{Digest, Sha256};
 
 use crate::model::User;
 
+type Fingerprint = [u8; 32];
+
 struct Entry {
     user_id: i64,
     password_hash: String,
     expires: Instant,
+    /// When the entry was last remembered or used: its key in `Lru::order`.
+    used: u64,
+}
+
+/// A map bounded to `capacity` entries that evicts the least recently used one.
+#[derive(Default)]
+struct Lru {
+    entries: HashMap<Fingerprint, Entry>,
+    /// `Entry::used` → fingerprint, oldest first.
+    order: BTreeMap<u64, Fingerprint>,
+    clock: u64,
+}
+
+impl Lru {
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    /// The entry, marked as just used.
+    fn get(&mut self, fp: &Fingerprint) -> Option<&Entry> {
+        let now = self.tick();
+        let entry = self.entries.get_mut(fp)?;
+        self.order.remove(&entry.used);
+        entry.used = now;
+        self.order.insert(now, *fp);
+        Some(entry)
+    }
+
+    fn remove(&mut self, fp: &Fingerprint) {
+        if let Some(old) = self.entries.remove(fp) {
+            self.order.remove(&old.used);
+        }
+    }
+
+    fn insert(&mut self, fp: Fingerprint, mut entry: Entry, capacity: usize) {
+        self.remove(&fp);
+        if capacity == 0 {
+            return;
+        }
+        while self.entries.len() >= capacity {
+            let Some((_, oldest)) = self.order.pop_first() else { break };
+            self.entries.remove(&oldest);
+        }
+        entry.used = self.tick();
+        self.order.insert(entry.used, fp);
+        self.entries.insert(fp, entry);
+    }
 }
 
 pub struct CredentialCache {
     key: [u8; 32],
     ttl: Duration,
     capacity: usize,
-    entries: Mutex<HashMap<[u8; 32], Entry>>,
+    entries: Mutex<Lru>,
 }
 
 impl CredentialCache {
+    /// Remembers successes for `ttl`, at most `capacity` of them (the least recently used goes first).
     pub fn new(ttl: Duration, capacity: usize) -> CredentialCache {
         use rand::RngCore;
         let mut key = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut key);
-        CredentialCache { key, ttl, capacity, entries: Mutex::new(HashMap::new()) }
+        CredentialCache { key, ttl, capacity, entries: Mutex::new(Lru::default()) }
     }
 
-    fn fingerprint(&self, login: &str, password: &str) -> [u8; 32] {
+    fn fingerprint(&self, login: &str, password: &str) -> Fingerprint {
         let mut h = Sha256::new();
         h.update(self.key);
         h.update((login.len() as u64).to_be_bytes());
@@ -50,10 +102,13 @@ impl CredentialCache {
             return false;
         }
         let fp = self.fingerprint(login, password);
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.get(&fp).is_some_and(|e| {
-            e.user_id == user.id && e.password_hash == user.password_hash && e.expires > Instant::now()
-        })
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(e) = entries.get(&fp) else { return false };
+        if e.expires <= Instant::now() {
+            entries.remove(&fp);
+            return false;
+        }
+        e.user_id == user.id && e.password_hash == user.password_hash
     }
 
     pub fn remember(&self, login: &str, password: &str, user: &User) {
@@ -61,16 +116,13 @@ impl CredentialCache {
             return;
         }
         let fp = self.fingerprint(login, password);
-        let now = Instant::now();
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= self.capacity {
-            entries.retain(|_, e| e.expires > now);
-            if entries.len() >= self.capacity {
-                entries.clear();
-            }
-        }
-        entries
-            .insert(fp, Entry { user_id: user.id, password_hash: user.password_hash.clone(), expires: now + self.ttl });
+        let entry = Entry {
+            user_id: user.id,
+            password_hash: user.password_hash.clone(),
+            expires: Instant::now() + self.ttl,
+            used: 0,
+        };
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).insert(fp, entry, self.capacity);
     }
 }
 
@@ -107,5 +159,26 @@ mod tests {
         // A changed password hash invalidates the entry.
         assert!(!cache.verified("dev", "secret", &user("h2")));
         assert!(!CredentialCache::new(Duration::ZERO, 10).verified("dev", "secret", &u));
+    }
+
+    #[test]
+    fn a_full_cache_evicts_the_least_recently_used_entry_only() {
+        let cache = CredentialCache::new(Duration::from_secs(60), 3);
+        let u = user("h1");
+        for password in ["a", "b", "c"] {
+            cache.remember("dev", password, &u);
+        }
+        // "a" is used again, so "b" is now the least recently used.
+        assert!(cache.verified("dev", "a", &u));
+        cache.remember("dev", "d", &u);
+        assert!(cache.verified("dev", "a", &u));
+        assert!(!cache.verified("dev", "b", &u));
+        assert!(cache.verified("dev", "c", &u));
+        assert!(cache.verified("dev", "d", &u));
+        for i in 0..100 {
+            cache.remember("dev", &format!("p{i}"), &u);
+        }
+        assert!(cache.entries.lock().unwrap().entries.len() <= 3);
+        assert!(cache.verified("dev", "p99", &u) && cache.verified("dev", "p98", &u));
     }
 }

@@ -1,6 +1,7 @@
 //! Password hashing. New hashes use Argon2id (PHC string in `password_hash`, `password_salt` empty).
 //! Hashes imported from a DeviceHive database (`base64(SHA-256(salt + password))` with a separate salt)
-//! still verify, so an existing user base can be migrated without resetting passwords.
+//! still verify, so an existing user base can be migrated without resetting passwords; each is replaced
+//! by an Argon2 hash at the user's first successful login (`upgrade_legacy`).
 
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
@@ -15,6 +16,30 @@ pub fn hash(password: &str) -> (String, String) {
         .expect("argon2 with default parameters cannot fail")
         .to_string();
     (phc, String::new())
+}
+
+/// Whether a stored hash is in the imported DeviceHive format (SHA-256 with a separate salt).
+pub fn is_legacy(stored_hash: &str) -> bool {
+    !stored_hash.starts_with("$argon2")
+}
+
+/// After a successful login with `password`: an imported DeviceHive hash is replaced by an Argon2 one
+/// (salt cleared) in the database and in `user`. Best effort — a failed write is logged and the login
+/// goes on — and a password changed meanwhile is never overwritten.
+pub async fn upgrade_legacy(store: &crate::store::Store, user: &mut crate::model::User, password: &str) {
+    if !is_legacy(&user.password_hash) {
+        return;
+    }
+    let (new_hash, new_salt) = hash(password);
+    match store.user_set_password_hash(user.id, &user.password_hash, &new_hash, &new_salt).await {
+        Ok(true) => {
+            tracing::info!(login = %user.login, "rehashed an imported DeviceHive password with Argon2");
+            user.password_hash = new_hash;
+            user.password_salt = new_salt;
+        }
+        Ok(false) => {}
+        Err(e) => tracing::warn!(login = %user.login, error = %e, "cannot store the rehashed password"),
+    }
 }
 
 /// Checks a password against a stored hash in either format.

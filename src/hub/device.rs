@@ -8,8 +8,8 @@ use super::Hub;
 use crate::auth::{Action, Principal};
 use crate::error::{ApiError, Result};
 use crate::model::Device;
-use crate::store::writer::WriteOp;
 use crate::model::GroupKind;
+use crate::store::writer::WriteOp;
 use crate::store::{DeviceListQuery, NewNotification};
 
 pub const DEVICE_ADD: &str = "$device-add";

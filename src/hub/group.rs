@@ -6,8 +6,8 @@ use super::fields::Fields;
 use super::Hub;
 use crate::auth::{Action, IdSet, Principal};
 use crate::error::{ApiError, Result};
-use crate::model::{Device, Network};
 use crate::model::GroupKind;
+use crate::model::{Device, Network};
 use crate::store::GroupListQuery;
 
 /// Per-kind names, actions and messages.

@@ -98,7 +98,7 @@ impl Hub {
             }
             (_, None) => false,
         };
-        let Some(user) = user else {
+        let Some(mut user) = user else {
             self.login_throttle.failed(&keys);
             return Err(invalid());
         };
@@ -117,6 +117,7 @@ impl Hub {
             return Err(invalid());
         }
         if let Some(pass) = password {
+            password::upgrade_legacy(&self.store, &mut user, pass).await;
             self.credentials.remember(login, pass, &user);
         }
         self.login_throttle.succeeded(&keys[0]);

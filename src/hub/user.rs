@@ -6,8 +6,8 @@ use super::fields::Fields;
 use super::Hub;
 use crate::auth::{password, Action, Principal};
 use crate::error::{ApiError, Result};
-use crate::model::{User, ROLE_ADMIN, ROLE_CLIENT, STATUS_ACTIVE, STATUS_DISABLED};
 use crate::model::GroupKind;
+use crate::model::{User, ROLE_ADMIN, ROLE_CLIENT, STATUS_ACTIVE, STATUS_DISABLED};
 use crate::store::{UserListQuery, UserUpdate};
 
 /// `^[\w@.-]+$` with Java's (ASCII) `\w`, 3..128 characters after trimming.

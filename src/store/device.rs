@@ -6,9 +6,9 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 use super::scope::DeviceScope;
 use super::user::push_paging;
 use super::{json_column, json_text, Store};
-use crate::model::GroupKind;
 use crate::error::Result;
 use crate::model::Device;
+use crate::model::GroupKind;
 
 const COLUMNS: &str = "d.device_id, d.name, d.data, d.network_id, d.device_type_id, d.blocked";
 

@@ -55,6 +55,7 @@ impl Store {
         let synchronous = match settings.synchronous.to_ascii_lowercase().as_str() {
             "full" => SqliteSynchronous::Full,
             "off" => SqliteSynchronous::Off,
+            "extra" => SqliteSynchronous::Extra,
             _ => SqliteSynchronous::Normal,
         };
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))

@@ -8,6 +8,8 @@ use crate::auth::password;
 use crate::error::StartupError;
 
 pub struct SeedOutcome {
+    /// Whether the database was empty and has been seeded now.
+    pub seeded: bool,
     /// The generated admin password, when one was generated (printed once by the caller).
     pub generated_admin_password: Option<String>,
 }
@@ -28,7 +30,7 @@ impl Store {
     pub async fn seed_if_empty(&self, admin_login: &str, admin_password: &str) -> Result<SeedOutcome, StartupError> {
         let users: i64 = sqlx::query("SELECT COUNT(*) FROM dh_user").fetch_one(&self.pool).await?.get(0);
         if users > 0 {
-            return Ok(SeedOutcome { generated_admin_password: None });
+            return Ok(SeedOutcome { seeded: false, generated_admin_password: None });
         }
         let (password, generated) = if admin_password.is_empty() {
             let p = password::generate();
@@ -72,6 +74,6 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(SeedOutcome { generated_admin_password: generated })
+        Ok(SeedOutcome { seeded: true, generated_admin_password: generated })
     }
 }

@@ -173,6 +173,20 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces the password hash and salt of user `id` unless the stored hash is no longer `previous`
+    /// (the password was changed meanwhile). Returns whether it was replaced.
+    pub async fn user_set_password_hash(&self, id: i64, previous: &str, hash: &str, salt: &str) -> Result<bool> {
+        let done =
+            sqlx::query("UPDATE dh_user SET password_hash = ?, password_salt = ? WHERE id = ? AND password_hash = ?")
+                .bind(hash)
+                .bind(salt)
+                .bind(id)
+                .bind(previous)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     pub async fn user_delete(&self, id: i64) -> Result<bool> {
         let done = sqlx::query("DELETE FROM dh_user WHERE id = ?").bind(id).execute(&self.pool).await?;
         Ok(done.rows_affected() > 0)

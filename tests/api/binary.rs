@@ -1,14 +1,15 @@
-//! The `hivehub` binary itself: `config` prints the commented defaults, `serve` generates and prints
-//! the first admin password once, and SIGTERM shuts it down gracefully (long polls answered, exit 0).
+//! The `hivehub` binary itself: `config` prints the commented defaults, `serve` prints the first
+//! admin's generated password once on stdout after every listener is bound, a bad configuration exits
+//! with code 2 naming every problem, and SIGTERM shuts it down gracefully (long polls answered, exit 0).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hivehub");
-
 #[test]
 fn config_prints_the_commented_defaults() {
     let out = Command::new(BIN).arg("config").output().unwrap();
@@ -19,16 +20,53 @@ fn config_prints_the_commented_defaults() {
     }
 }
 
-/// Reads the child's log until a line matching `pred`, returning it.
-fn wait_for_line(lines: &mut impl Iterator<Item = String>, pred: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for line in lines.by_ref() {
-        if pred(&line) {
-            return line;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for the log line");
+/// The child's stdout, read line by line on a thread so waits can time out.
+struct Output {
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Output {
+    fn of(child: &mut Child) -> Output {
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Output { lines, seen: Vec::new() }
     }
-    panic!("the hub exited before the expected log line");
+
+    /// The next line matching `pred` (within 30 s); panics when the hub exits or stays silent.
+    fn wait_for(&mut self, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if pred(&line) {
+                        return line;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!("timed out waiting for the line; seen {:?}", self.seen),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("the hub exited before the expected line; seen {:?}", self.seen)
+                }
+            }
+        }
+    }
+
+    /// Everything printed until the process closes its stdout.
+    fn rest(&mut self) -> Vec<String> {
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(30)) {
+            self.seen.push(line);
+        }
+        self.seen.clone()
+    }
 }
 
 fn field<'a>(line: &'a str, key: &str) -> &'a str {
@@ -36,30 +74,86 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
     line[start..].split_whitespace().next().unwrap()
 }
 
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `hivehub serve` in `dir` with a fresh HTTP port (returned) and `env`; stdout and stderr piped.
+fn serve(dir: &std::path::Path, env: &[(&str, &str)]) -> (Child, u16) {
+    let port = free_port();
+    let mut command = Command::new(BIN);
+    command
+        .arg("serve")
+        .current_dir(dir)
+        .env("HIVEHUB__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("HIVEHUB__MQTT__LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .env_remove("HIVEHUB__AUTH__ADMIN_PASSWORD")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    (command.spawn().unwrap(), port)
+}
+
+/// Waits up to 30 s for the process to exit (killing it after that).
+fn exit_status(child: &mut Child) -> ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the hub did not exit: {:?}", child.wait());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn terminate(child: &mut Child) -> ExitStatus {
+    let killed = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    assert!(killed.success());
+    exit_status(child)
+}
+
+fn stderr_of(child: &mut Child) -> String {
+    let mut text = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut text).unwrap();
+    text
+}
+
+/// The status of a password login.
+async fn login_status(port: u16, login: &str, password: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/api/rest/token"))
+        .json(&json!({"login": login, "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn is_password_line(line: &str) -> bool {
+    line.contains("generated password")
+}
+
 #[tokio::test]
 async fn serve_prints_a_generated_password_once_and_stops_gracefully_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let start = |dir: &std::path::Path| {
-        Command::new(BIN)
-            .arg("serve")
-            .current_dir(dir)
-            .env("HIVEHUB__HTTP__LISTEN", "127.0.0.1:0")
-            .env("HIVEHUB__MQTT__LISTEN", "127.0.0.1:0")
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .env_remove("HIVEHUB__AUTH__ADMIN_PASSWORD")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let mut child = start(dir.path());
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok);
-    let password_line = wait_for_line(&mut lines, |l| l.contains("generated password"));
+    let (mut child, port) = serve(dir.path(), &[]);
+    let mut out = Output::of(&mut child);
+    let password_line = out.wait_for(is_password_line);
     let password = field(&password_line, "password").to_string();
     assert!(password.len() >= 20, "a strong password: {password}");
-    let listen_line = wait_for_line(&mut lines, |l| l.contains("hivehub listening"));
-    let base = format!("http://{}/api/rest", field(&listen_line, "http_addr"));
+    // Printed once every listener is bound: the HTTP and MQTT listeners were announced before it.
+    assert!(out.seen.iter().any(|l| l.contains("hivehub listening")), "{:?}", out.seen);
+    assert!(out.seen.iter().any(|l| l.contains("MQTT broker listening")), "{:?}", out.seen);
+    let base = format!("http://127.0.0.1:{port}/api/rest");
     // The default database file was created with its folder.
     assert!(dir.path().join("data/hivehub.db").exists());
 
@@ -95,14 +189,107 @@ async fn serve_prints_a_generated_password_once_and_stops_gracefully_on_sigterm(
     let (status, body, waited) = poll.await.unwrap();
     assert_eq!((status, body.as_str()), (200, "[]"));
     assert!(waited < Duration::from_secs(30), "the poll was not cut short by the shutdown: {waited:?}");
-    wait_for_line(&mut lines, |l| l.contains("hivehub stopped"));
-    assert!(child.wait().unwrap().success());
+    out.wait_for(|l| l.contains("hivehub stopped"));
+    assert!(exit_status(&mut child).success());
 
     // Second start on the same database: no new password is generated or printed.
-    let mut child = start(dir.path());
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok);
-    let first = wait_for_line(&mut lines, |l| l.contains("hivehub listening") || l.contains("generated password"));
-    assert!(first.contains("hivehub listening"), "password printed again: {first}");
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-    assert!(child.wait().unwrap().success());
+    let (mut child, _) = serve(dir.path(), &[]);
+    let mut out = Output::of(&mut child);
+    out.wait_for(|l| l.contains("MQTT broker listening"));
+    assert!(terminate(&mut child).success());
+    let printed = out.rest();
+    assert!(!printed.iter().any(|l| is_password_line(l)), "password printed again: {printed:?}");
+}
+
+#[tokio::test]
+async fn the_generated_password_is_printed_on_stdout_whatever_the_log_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, port) = serve(dir.path(), &[("RUST_LOG", "error")]);
+    let mut out = Output::of(&mut child);
+    let line = out.wait_for(is_password_line);
+    assert_eq!(login_status(port, "dhadmin", field(&line, "password")).await, 201);
+    assert!(terminate(&mut child).success());
+}
+
+#[tokio::test]
+async fn a_first_start_that_cannot_bind_does_not_burn_the_generated_password() {
+    let dir = tempfile::tempdir().unwrap();
+    // The MQTT port is taken: the HTTP listener binds, the MQTT one does not.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_addr = busy.local_addr().unwrap().to_string();
+    let (mut child, _) = serve(dir.path(), &[("HIVEHUB__MQTT__LISTEN", &busy_addr)]);
+    let mut out = Output::of(&mut child);
+    assert!(!exit_status(&mut child).success());
+    let printed = out.rest();
+    assert!(!printed.iter().any(|l| is_password_line(l)), "a password was printed: {printed:?}");
+    assert!(stderr_of(&mut child).contains("cannot listen for MQTT"));
+    drop(busy);
+
+    // The next start, with a free port, creates the administrator and prints a password that works.
+    let (mut child, port) = serve(dir.path(), &[]);
+    let mut out = Output::of(&mut child);
+    let line = out.wait_for(is_password_line);
+    let password = field(&line, "password").to_string();
+    assert_eq!(login_status(port, "dhadmin", &password).await, 201);
+    assert!(terminate(&mut child).success());
+
+    // A password configured once the administrator exists is ignored, and the start says so.
+    let (mut child, port) =
+        serve(dir.path(), &[("HIVEHUB__AUTH__ADMIN_PASSWORD", "a-new-password-1"), ("RUST_LOG", "warn")]);
+    let mut out = Output::of(&mut child);
+    let warning = out.wait_for(|l| l.contains("admin_password"));
+    assert!(warning.contains("ignored") && warning.contains("dhadmin"), "{warning}");
+    assert!(!out.seen.iter().any(|l| is_password_line(l)), "{:?}", out.seen);
+    // Let the listeners come up (the warning may precede them), then check both passwords.
+    let mut status = 0;
+    for _ in 0..100 {
+        match reqwest::Client::new().get(format!("http://127.0.0.1:{port}/api/rest/info")).send().await {
+            Ok(_) => {
+                status = login_status(port, "dhadmin", &password).await;
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert_eq!(status, 201, "the first password still logs in");
+    assert_eq!(login_status(port, "dhadmin", "a-new-password-1").await, 401);
+    assert!(terminate(&mut child).success());
+}
+
+#[tokio::test]
+async fn environment_values_of_string_keys_are_taken_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, port) = serve(dir.path(), &[("HIVEHUB__AUTH__ADMIN_PASSWORD", "007123")]);
+    let mut out = Output::of(&mut child);
+    out.wait_for(|l| l.contains("MQTT broker listening"));
+    assert_eq!(login_status(port, "dhadmin", "007123").await, 201, "the password is the string 007123");
+    assert!(terminate(&mut child).success());
+}
+
+#[test]
+fn a_bad_configuration_exits_with_code_2_and_names_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hub.toml"), "[htpp]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", "hub.toml"])
+        .current_dir(dir.path())
+        .env("HIVEHUB__HTTP__LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("HIVEHUB__MQTT__LISTEN", "127.0.0.1:0")
+        .env("HIVEHUB__HTTP__LISEN", "127.0.0.1:0")
+        .env("HIVEHUB__DATABASE__SYNCHRONOUS", "fulll")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = exit_status(&mut child);
+    let stderr = stderr_of(&mut child);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    for problem in [
+        "hub.toml: unknown section [htpp] (did you mean [http]?)",
+        "unknown variable HIVEHUB__HTTP__LISEN (did you mean HIVEHUB__HTTP__LISTEN?)",
+        "HIVEHUB__DATABASE__SYNCHRONOUS: database.synchronous = \"fulll\" is not one of",
+    ] {
+        assert!(stderr.contains(problem), "missing `{problem}` in {stderr}");
+    }
+    assert!(!dir.path().join("data").exists(), "no database was created");
 }

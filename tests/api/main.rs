@@ -3,6 +3,7 @@
 mod admin;
 mod binary;
 mod common;
+mod config;
 mod firmware;
 mod fuzz;
 mod messages;

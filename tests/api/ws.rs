@@ -2581,16 +2581,18 @@ async fn a_client_that_never_reads_is_closed_with_a_policy_code() {
     let mut sleeper = Ws::authenticated(&hub, &hub.admin).await;
     sleeper.subscribe("notification/subscribe", json!({"deviceId": "flood-1"})).await;
 
-    // Several megabytes of pushes: far more than the socket buffers and the 64 KiB queue hold.
+    // Pushes of 16 KiB until the hub gives up on the sleeper (its subscription ends): far more than
+    // the socket buffers and the 64 KiB queue hold.
+    let base = live_subscriptions(&hub).await;
     let pad = "p".repeat(16 * 1024);
     let mut sent = 0;
-    for i in 0..400 {
-        rest_notification(&hub, "flood-1", json!({"notification": "big", "parameters": {"i": i, "pad": pad}})).await;
+    while live_subscriptions(&hub).await == base {
+        assert!(sent < 3000, "the non-reading session was never closed");
+        rest_notification(&hub, "flood-1", json!({"notification": "big", "parameters": {"i": sent, "pad": pad}})).await;
         sent += 1;
         let p = reader.push().await;
         check_push(&p, "notification/insert", sub);
     }
-    assert_eq!(sent, 400);
     // The sleeper wakes up: it finds a close frame with the policy code after what was buffered.
     let (code, reason) = sleeper.closed_within(Duration::from_secs(20)).await.expect("a close frame");
     assert_eq!(code, 1008);
