@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::common::ws::{live_subscriptions, wait_new_subscriptions};
 use crate::common::TestHub;
 
 fn ids(list: &Value) -> Vec<i64> {
@@ -240,8 +241,9 @@ async fn long_poll_history_wakeup_and_timeout() {
 
     // A waiting poll is completed by the insert (its timeout is far away).
     let poll_url = format!("/device/d1/notification/poll?timestamp={t0}&waitTimeout=60&names=wake");
+    let base = live_subscriptions(&hub).await;
     let (polled, _) = tokio::join!(hub.get(&a, &poll_url), async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        wait_new_subscriptions(&hub, base, 1).await;
         hub.post(&a, "/device/d1/notification", json!({"notification": "ignored"})).await.expect(201);
         hub.post(&a, "/device/d1/notification", json!({"notification": "wake", "parameters": {"x": 1}}))
             .await
@@ -252,8 +254,9 @@ async fn long_poll_history_wakeup_and_timeout() {
     assert_eq!(polled[0]["parameters"], json!({"x": 1}));
 
     // Poll without timestamp only sees future messages.
+    let base = live_subscriptions(&hub).await;
     let (polled, _) = tokio::join!(hub.get(&a, "/device/notification/poll?waitTimeout=60"), async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        wait_new_subscriptions(&hub, base, 1).await;
         hub.post(&a, "/device/d1/notification", json!({"notification": "future"})).await.expect(201);
     });
     assert_eq!(names(&polled.expect(200), "notification"), ["future"]);
@@ -324,8 +327,9 @@ async fn poll_many_across_devices_and_networks() {
 
     // A network-wide poll wakes for a device registered after it started.
     let url = format!("/device/notification/poll?networkIds={n3}&names=late&waitTimeout=60");
+    let base = live_subscriptions(&hub).await;
     let (polled, _) = tokio::join!(hub.get(&a, &url), async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        wait_new_subscriptions(&hub, base, 1).await;
         hub.device("d-late", n3).await;
         hub.post(&a, "/device/d-late/notification", json!({"notification": "late"})).await.expect(201);
     });
@@ -338,8 +342,9 @@ async fn command_poll_updates_and_wait() {
     let a = hub.admin.clone();
     hub.device("d1", 1).await;
     // New commands wake a command poll.
+    let base = live_subscriptions(&hub).await;
     let (polled, _) = tokio::join!(hub.get(&a, "/device/d1/command/poll?waitTimeout=60"), async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        wait_new_subscriptions(&hub, base, 1).await;
         hub.post(&a, "/device/d1/command", json!({"command": "go"})).await.expect(201);
     });
     let polled = polled.expect(200);
@@ -356,8 +361,9 @@ async fn command_poll_updates_and_wait() {
 
     let wait_url = format!("/device/d1/command/{id}/poll?waitTimeout=60");
     let upd_url = "/device/d1/command/poll?returnUpdatedCommands=true&waitTimeout=60";
+    let base = live_subscriptions(&hub).await;
     let (waited, updated_poll, _) = tokio::join!(hub.get(&a, &wait_url), hub.get(&a, upd_url), async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        wait_new_subscriptions(&hub, base, 2).await;
         // A new command does not complete a returnUpdatedCommands poll; the update does.
         hub.post(&a, "/device/d1/command", json!({"command": "other"})).await.expect(201);
         hub.put(&a, &format!("/device/d1/command/{id}"), json!({"status": "ok", "result": {"v": 1}})).await.expect(204);
@@ -553,8 +559,9 @@ async fn client_of_network_a_cannot_reach_network_b() {
     assert!(names(&p, "deviceId").iter().all(|d| d == "dev-a"), "{p}");
     let p = hub.get(&c, "/device/command/poll?timestamp=2000-01-01&waitTimeout=0").await.expect(200);
     assert!(names(&p, "deviceId").iter().all(|d| d == "dev-a"), "{p}");
+    let base = live_subscriptions(&hub).await;
     let (polled, _) = tokio::join!(hub.get(&c, "/device/notification/poll?waitTimeout=2"), async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        wait_new_subscriptions(&hub, base, 1).await;
         hub.post(&a, "/device/dev-b/notification", json!({"notification": "live-secret"})).await.expect(201);
     });
     assert_eq!(polled.expect(200), json!([]));

@@ -15,10 +15,10 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
+use crate::common::ws::Ws;
 use crate::common::{
     assert_error, assert_keys, assert_success, numbered_request, TestHub, ADMIN_LOGIN, ADMIN_PASSWORD,
 };
-use crate::ws::Ws;
 
 const SAMPLE_DEVICE: &str = "e50d6085-2aba-48e9-b1c3-73c673e414be";
 const CLIENT_PASSWORD: &str = "client-pass-1";

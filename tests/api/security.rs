@@ -8,8 +8,8 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 
+use crate::common::ws::{live_subscriptions, wait_new_subscriptions, Ws};
 use crate::common::{TestHub, ADMIN_LOGIN, ADMIN_PASSWORD};
-use crate::ws::Ws;
 
 const PASSWORD: &str = "client-pass-1";
 const ADMIN_ONLY: &str = "Admin permissions required for this action";
@@ -320,13 +320,14 @@ async fn revoked_users_lose_their_long_polls_and_websocket_sessions() {
     let (id, token) = hub.client_user("watcher", &[net]).await;
 
     // A long poll in flight when the user loses the network delivers nothing posted after that.
+    let base = live_subscriptions(&hub).await;
     let poll = {
         let url = "/device/watched-dev/notification/poll?waitTimeout=3";
         let (hub_ref, token) = (&hub, token.clone());
         async move { hub_ref.get(&token, url).await }
     };
     let unassign_then_post = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        wait_new_subscriptions(&hub, base, 1).await;
         hub.delete(&hub.admin, &format!("/user/{id}/network/{net}")).await.expect(204);
         hub.post(&hub.admin, "/device/watched-dev/notification", json!({"notification": "secret"})).await.expect(201);
     };
@@ -344,13 +345,14 @@ async fn revoked_users_lose_their_long_polls_and_websocket_sessions() {
 
     // Deleting the user ends a poll in flight too: nothing posted afterwards reaches it.
     hub.put(&hub.admin, &format!("/user/{id}"), json!({"status": 0})).await.expect(204);
+    let base = live_subscriptions(&hub).await;
     let poll = {
         let token = token.clone();
         let hub_ref = &hub;
         async move { hub_ref.get(&token, "/device/watched-dev/notification/poll?waitTimeout=3").await }
     };
     let delete_then_post = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        wait_new_subscriptions(&hub, base, 1).await;
         hub.delete(&hub.admin, &format!("/user/{id}")).await.expect(204);
         hub.post(&hub.admin, "/device/watched-dev/notification", json!({"notification": "later"})).await.expect(201);
     };

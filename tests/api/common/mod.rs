@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod ws;
+
 use hivehub::config::Settings;
 use hivehub::App;
 use reqwest::{Method, StatusCode};
