@@ -9,6 +9,7 @@ pub mod dispatch;
 pub mod fields;
 mod group;
 mod message;
+mod mqtt_session;
 mod poll;
 mod token;
 mod user;

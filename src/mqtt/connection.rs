@@ -221,7 +221,7 @@ pub async fn run_io(shared: Arc<MqttShared>, mut reader: Reader, mut writer: Wri
     let session_present = !clean && previous == Some(false);
     if clean && previous == Some(false) {
         // A clean session replaces a persistent one: nothing is owed any more.
-        let _ = shared.hub.store.mqtt_subscriptions_clear(&client_id).await;
+        let _ = shared.hub.mqtt_subscriptions_clear(&client_id).await;
     }
     let user_id = principal.user_id();
     shared.presence.record(PresenceEvent {
@@ -306,8 +306,8 @@ async fn claim_session(
     number: u64,
     kill: Arc<Notify>,
 ) -> Result<Option<StoredSession>, u8> {
-    let store = &shared.hub.store;
-    let stored = store.mqtt_session_get(client_id).await.map_err(|_| connack::SERVER_UNAVAILABLE)?;
+    let hub = &shared.hub;
+    let stored = hub.mqtt_session(client_id).await.map_err(|_| connack::SERVER_UNAVAILABLE)?;
     if stored.as_ref().is_some_and(|s| !s.clean && !may_use(s.owner, owner)) {
         return Err(connack::NOT_AUTHORIZED);
     }
@@ -323,7 +323,7 @@ async fn claim_session(
     // user that stored its session since the read above keeps it.
     let persistent_before = stored.as_ref().is_some_and(|s| !s.clean);
     if !clean || persistent_before {
-        let claimed = store.mqtt_session_claim(client_id, owner, clean).await;
+        let claimed = hub.mqtt_session_claim(client_id, owner, clean).await;
         if !matches!(claimed, Ok(true)) {
             let mut sessions = shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
             if sessions.get(client_id).is_some_and(|s| s.number == number) {
@@ -745,7 +745,7 @@ impl Conn {
             }
         }
         if self.persistent {
-            if let Err(e) = self.shared.hub.store.mqtt_session_set_owner(&self.client_id, user).await {
+            if let Err(e) = self.shared.hub.mqtt_session_set_owner(&self.client_id, user).await {
                 tracing::warn!(client_id = %self.client_id, error = %e, "cannot store the MQTT session owner");
             }
         }
@@ -773,10 +773,8 @@ impl Conn {
         let hub = self.shared.hub.clone();
         let principal = self.session.principal.clone();
         // The topic's network and type levels must match the device.
-        match hub.store.device_get(&target.device_id).await {
-            Ok(Some(d))
-                if target.network.is_none_or(|n| d.network_id == Some(n))
-                    && target.device_type.is_none_or(|t| d.device_type_id == Some(t)) => {}
+        match hub.mqtt_topic_names_device(&target.device_id, target.network, target.device_type).await {
+            Ok(true) => {}
             _ => {
                 self.refuse_publish("topic does not match the device", p);
                 return;
@@ -871,7 +869,7 @@ impl Conn {
                         self.dh_subs.insert(filter.to_string(), DhSub { id, qos, kind, private: private_to.is_some() });
                         if self.persistent && !restoring {
                             let now = crate::time::now_ms();
-                            let stored = self.shared.hub.store.mqtt_subscription_put(&self.client_id, filter, qos, now);
+                            let stored = self.shared.hub.mqtt_subscription_put(&self.client_id, filter, qos, now);
                             if let Err(e) = stored.await {
                                 tracing::warn!(client_id = %self.client_id, error = %e, "cannot store MQTT subscription");
                             }
@@ -902,7 +900,7 @@ impl Conn {
                 if let Some(sub) = self.dh_subs.remove(&f) {
                     self.drop_engine_subscription(&sub);
                     if self.persistent {
-                        let _ = self.shared.hub.store.mqtt_subscription_delete(&self.client_id, &f).await;
+                        let _ = self.shared.hub.mqtt_subscription_delete(&self.client_id, &f).await;
                     }
                 }
             } else {
@@ -968,11 +966,11 @@ impl Conn {
             return Ok(());
         }
         let hub = self.shared.hub.clone();
-        let stored = hub.store.mqtt_subscriptions(&self.client_id).await.unwrap_or_default();
+        let stored = hub.mqtt_subscriptions(&self.client_id).await.unwrap_or_default();
         for sub in stored {
             if self.subscribe_dh(&sub.filter, sub.qos, true).await == SUBACK_FAILURE {
                 // The principal lost the right to it: forget it.
-                let _ = hub.store.mqtt_subscription_delete(&self.client_id, &sub.filter).await;
+                let _ = hub.mqtt_subscription_delete(&self.client_id, &sub.filter).await;
                 continue;
             }
             let DhFilter::Events { kind: EventKind::CommandInsert, request, private_to } =
@@ -981,15 +979,9 @@ impl Conn {
                 continue;
             };
             let Some(engine_id) = self.dh_subs.get(&sub.filter).map(|s| s.id) else { continue };
-            let Ok(poll) = hub.poll_request(EventKind::CommandInsert, None, &request) else { continue };
-            let filter =
-                match hub.message_filter(&self.session.principal, crate::auth::Action::GetDeviceCommand, &poll).await {
-                    Ok(Some(f)) => f,
-                    _ => continue,
-                };
-            let now = crate::time::now_ms();
-            let owed =
-                hub.store.commands_pending(&filter, sub.since, now, hub.max_take() as usize).await.unwrap_or_default();
+            let Ok(owed) = hub.mqtt_owed_commands(&self.session.principal, &request, sub.since).await else {
+                continue;
+            };
             for c in owed {
                 if !self.replayed.insert(c.id) {
                     continue;

@@ -54,7 +54,7 @@ async fn run(hub: Arc<Hub>, mut rx: mpsc::UnboundedReceiver<PresenceEvent>) {
     let mut batch = Vec::with_capacity(512);
     while rx.recv_many(&mut batch, 512).await > 0 {
         let records: Vec<SessionRecord> = batch.iter().map(|e| e.record.clone()).collect();
-        if let Err(e) = hub.store.mqtt_session_records(&records).await {
+        if let Err(e) = hub.mqtt_session_records(&records).await {
             tracing::warn!(error = %e, sessions = records.len(), "cannot record MQTT presence");
         }
         // Per client in order (connected before disconnected); different clients side by side, so the
@@ -73,11 +73,8 @@ async fn run(hub: Arc<Hub>, mut rx: mpsc::UnboundedReceiver<PresenceEvent>) {
             let hub = hub.clone();
             notifications.spawn(async move {
                 for (connected, parameters, principal) in events {
-                    let Ok(Some(device)) = hub.store.device_get(&client_id).await else { return };
-                    if !hub.device_visible(&principal, &device).await.unwrap_or(false) {
-                        continue;
-                    }
-                    if let Err(e) = hub.device_presence(&device.id, connected, parameters).await {
+                    let notified = hub.mqtt_presence_notification(&client_id, &principal, connected, parameters);
+                    if let Err(e) = notified.await {
                         tracing::debug!(client_id, error = %e, "presence notification failed");
                     }
                 }
