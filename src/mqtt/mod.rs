@@ -1,6 +1,6 @@
 //! The embedded MQTT broker. rumqttd's router does what it is good at — topic matching, fan-out,
 //! retained messages, QoS state for plain topics — while the hub owns the network edge
-//! (`connection.rs`): the hub's one accept loop (`net::accept`) with a connection cap shared by TCP, TLS
+//! (`connection/`): the hub's one accept loop (`net::accept`) with a connection cap shared by TCP, TLS
 //! and WebSocket, small buffers, proper CONNACK codes, authentication against the hub's users and
 //! tokens, authorization of every SUBSCRIBE and PUBLISH, and the DeviceHive topics (`dh/...`), which never reach the router: requests
 //! go to the shared action table, event subscriptions to the hub's subscription engine, and device
