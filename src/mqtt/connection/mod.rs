@@ -125,11 +125,14 @@ pub async fn run_io(shared: Arc<MqttShared>, reader: Reader, mut writer: Writer,
         accepted;
     let clean = connect.clean_session;
     let user_id = principal.user_id();
-    shared.presence.record(PresenceEvent {
+    // The session is recorded, and `$device-connected` committed, before CONNACK and before anything
+    // the client publishes is read (see `presence`).
+    let recorded = shared.presence.record(PresenceEvent {
         record: SessionRecord::Connected { client_id: client_id.clone(), user_id, clean, at: crate::time::now_ms() },
         principal: principal.clone(),
         notification: principal.is_authenticated().then(|| json!({"clientId": client_id, "cleanSession": clean})),
     });
+    let _ = recorded.await;
     let (mut session, deliveries, overflow) = Session::new(shared.hub.clone(), String::new(), settings.queue_capacity);
     session.peer = peer;
     session.principal = principal;
@@ -531,19 +534,6 @@ impl Conn {
         }
         // A revoked user has no right left to publish, its last will included.
         let will = !matches!(end, End::Clean | End::Revoked) && self.will.is_some();
-        let reason = end.reason();
-        // After a takeover the session lives on in the new connection: it is not a disconnect.
-        if end != End::TakenOver {
-            let client_id = self.client_id.clone();
-            let principal = self.session.principal.clone();
-            self.shared.presence.record(PresenceEvent {
-                record: SessionRecord::Disconnected { client_id: client_id.clone(), at: crate::time::now_ms(), reason },
-                notification: principal
-                    .is_authenticated()
-                    .then(|| json!({"clientId": client_id, "reason": reason, "will": will})),
-                principal,
-            });
-        }
         if will {
             if let Some(will) = self.will.take() {
                 let p = Publish {
@@ -561,11 +551,35 @@ impl Conn {
                 }
             }
         }
+        // After a takeover the session lives on in the new connection: it is not a disconnect. Else
+        // `$device-disconnected` follows everything the session published, its last will included.
+        let mut recorded = None;
+        if end != End::TakenOver {
+            let reason = end.reason();
+            let client_id = self.client_id.clone();
+            let principal = self.session.principal.clone();
+            recorded = Some(
+                self.shared.presence.record(PresenceEvent {
+                    record: SessionRecord::Disconnected {
+                        client_id: client_id.clone(),
+                        at: crate::time::now_ms(),
+                        reason,
+                    },
+                    notification: principal
+                        .is_authenticated()
+                        .then(|| json!({"clientId": client_id, "reason": reason, "will": will})),
+                    principal,
+                }),
+            );
+        }
         if self.link.is_some() {
             let bye = rq::Disconnect { reason_code: rq::DisconnectReasonCode::NormalDisconnection };
             let _ = self.send_to_router(rq::Packet::Disconnect(bye, None)).await;
         }
         let _ = self.writer.shutdown().await;
+        if let Some(recorded) = recorded {
+            let _ = recorded.await;
+        }
     }
 }
 
