@@ -2091,3 +2091,29 @@ async fn anonymous_sessions_that_never_authenticate_are_closed() {
     assert!(!user.closed_within(Duration::from_millis(10)).await);
     anon.ok("server/info", json!({}), &["info"]).await;
 }
+
+#[tokio::test]
+async fn a_persistent_subscription_that_cannot_be_stored_is_refused_in_the_suback() {
+    let hub = TestHub::start().await;
+    // Fault injection from outside: the database refuses every stored subscription.
+    let db = sqlx::SqlitePool::connect(&format!("sqlite://{}/hub.db", hub.dir.path().display())).await.unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse_subscriptions BEFORE INSERT ON mqtt_subscription \
+         BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let mut o = with_credentials(&hub, "unstorable", ADMIN_LOGIN, ADMIN_PASSWORD);
+    o.set_clean_session(false);
+    let mut s = Mqtt::connect(o).await;
+    assert_eq!(s.subscribe("dh/command/#").await, REFUSED, "a subscription it would silently lose");
+    // Nothing was left behind: no delivery on the refused filter.
+    hub.post(&hub.admin, &format!("/device/{SAMPLE_DEVICE}/command"), json!({"command": "lost"})).await.expect(201);
+    s.quiet(QUIET).await;
+    // Response topics and clean sessions store nothing, so they are unaffected.
+    s.ok("server/info", json!({}), &["info"]).await;
+    let mut clean = Mqtt::login(&hub, "clean-one", ADMIN_LOGIN, ADMIN_PASSWORD).await;
+    assert_eq!(clean.subscribe("dh/command/#").await, GRANTED);
+    db.close().await;
+}

@@ -552,3 +552,45 @@ async fn presence_notifications_bracket_what_the_session_published() {
         assert_eq!(names, expected, "messages of {id} in commit order");
     }
 }
+
+#[tokio::test]
+async fn a_persistent_subscription_made_right_after_connack_is_owed_its_commands() {
+    let hub = TestHub::start().await;
+    let net = hub.network("owed").await;
+    let ids: Vec<String> = (0..20).map(|i| format!("owed-{i}")).collect();
+    for id in &ids {
+        hub.device(id, net).await;
+    }
+    // Each session subscribes the moment it is connected and leaves at once: its subscription must
+    // be stored by the SUBACK, whatever is still being recorded about the session.
+    let mut sessions = tokio::task::JoinSet::new();
+    for id in &ids {
+        let o = opts(&hub, id, false);
+        let filter = format!("dh/command/+/+/{id}/#");
+        sessions.spawn(async move {
+            let (mut d, _) = connect(o).await;
+            d.subscribe(&filter).await;
+            d.disconnect().await;
+        });
+    }
+    while let Some(done) = sessions.join_next().await {
+        done.unwrap();
+    }
+    for id in &ids {
+        command(&hub, id, "while-away", json!({})).await;
+    }
+    let mut sessions = tokio::task::JoinSet::new();
+    for id in &ids {
+        let (o, id) = (opts(&hub, id, false), id.clone());
+        sessions.spawn(async move {
+            let (mut d, present) = connect(o).await;
+            assert!(present, "{id}: the persistent session was stored");
+            let got = d.commands(Duration::from_millis(800)).await;
+            d.disconnect().await;
+            assert_eq!(got, ["while-away"], "{id} gets the command it is owed");
+        });
+    }
+    while let Some(done) = sessions.join_next().await {
+        done.unwrap();
+    }
+}

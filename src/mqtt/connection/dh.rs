@@ -133,7 +133,14 @@ impl Conn {
                             let now = crate::time::now_ms();
                             let stored = self.shared.hub.mqtt_subscription_put(&self.client_id, filter, qos, now);
                             if let Err(e) = stored.await {
+                                // A persistent subscription that is not stored would silently miss
+                                // the commands owed while offline: refuse it instead, live and stored.
                                 tracing::warn!(client_id = %self.client_id, error = %e, "cannot store MQTT subscription");
+                                if let Some(sub) = self.dh_subs.remove(filter) {
+                                    self.drop_engine_subscription(&sub);
+                                }
+                                let _ = self.shared.hub.mqtt_subscription_delete(&self.client_id, filter).await;
+                                return SUBACK_FAILURE;
                             }
                         }
                         qos
