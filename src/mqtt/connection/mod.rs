@@ -52,6 +52,9 @@ enum End {
     Revoked,
     /// An anonymous session did not authenticate in time.
     AnonymousTimeout,
+    /// The rumqttd router link failed (refused, dropped or closed) while no newer connection holds
+    /// the client id.
+    RouterLinkFailed,
 }
 
 struct Conn {
@@ -272,7 +275,7 @@ impl Conn {
                 n = next_from_router(&mut self.link) => match n {
                     Ok(Some(n)) => self.on_router_notification(n).await,
                     Ok(None) => Ok(()),
-                    Err(_) => Err(End::TakenOver),
+                    Err(_) => Err(self.link_failed()),
                 },
                 Some(d) = self.deliveries.recv() => self.deliver(d).await,
                 r = next_revocation_for(&mut self.revocations, me) => self.on_revocation(r.err()).await,
@@ -309,7 +312,7 @@ impl Conn {
             match next_from_router(&mut self.link).now_or_never() {
                 Some(Ok(Some(n))) => self.on_router_notification(n).await?,
                 Some(Ok(None)) => {}
-                Some(Err(_)) => return Err(End::TakenOver),
+                Some(Err(_)) => return Err(self.link_failed()),
                 None => break,
             }
         }
@@ -554,7 +557,7 @@ impl Conn {
         // After a takeover the session lives on in the new connection: it is not a disconnect. Else
         // `$device-disconnected` follows everything the session published, its last will included.
         let mut recorded = None;
-        if end != End::TakenOver {
+        if end.recorded() {
             let reason = end.reason();
             let client_id = self.client_id.clone();
             let principal = self.session.principal.clone();
@@ -584,6 +587,12 @@ impl Conn {
 }
 
 impl End {
+    /// Whether the end is recorded as a disconnect (`$device-disconnected`). After a takeover the
+    /// session lives on in the newer connection.
+    fn recorded(&self) -> bool {
+        *self != End::TakenOver
+    }
+
     /// How the disconnect is reported in presence records.
     fn reason(&self) -> &'static str {
         match self {
@@ -596,6 +605,7 @@ impl End {
             End::Shutdown => "shutdown",
             End::Revoked => "revoked",
             End::AnonymousTimeout => "anonymous-timeout",
+            End::RouterLinkFailed => "router-link-failed",
         }
     }
 }

@@ -61,8 +61,21 @@ fn suback_code(c: &rq::SubscribeReasonCode) -> u8 {
 impl Conn {
     pub(super) async fn send_to_router(&mut self, p: rq::Packet) -> Result<(), End> {
         self.open_link().await?;
-        let Some((tx, _)) = self.link.as_mut() else { return Err(End::TakenOver) };
-        tx.send(p).await.map(|_| ()).map_err(|_| End::TakenOver)
+        let Some((tx, _)) = self.link.as_mut() else { return Err(self.link_failed()) };
+        match tx.send(p).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(self.link_failed()),
+        }
+    }
+
+    /// Why the connection ends when its router link fails. The router drops the link of a client id
+    /// that a newer connection linked again — a takeover, which the newer connection already claimed
+    /// in `shared.sessions` before opening its link. Otherwise the link failed on its own, and the
+    /// session ends with that reason (recorded, `$device-disconnected`), not as a takeover.
+    pub(super) fn link_failed(&self) -> End {
+        let sessions = self.shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let still_ours = sessions.get(&self.client_id).is_some_and(|s| s.number == self.number);
+        link_end(!still_ours)
     }
 
     /// What the router sends this client: publishes on plain topics and acknowledgements.
@@ -72,7 +85,9 @@ impl Conn {
             None => {
                 // Unschedule: the router waits for us to ask for more.
                 if let Some((_, rx)) = &self.link {
-                    rx.wake().await.map_err(|_| End::TakenOver)?;
+                    if rx.wake().await.is_err() {
+                        return Err(self.link_failed());
+                    }
                 }
                 return Ok(());
             }
@@ -104,7 +119,7 @@ impl Conn {
                 self.queue(&Packet::SubAck { pkid: a.pkid, codes });
             }
             rq::Packet::UnsubAck(a, _) => self.queue(&Packet::UnsubAck(a.pkid)),
-            rq::Packet::Disconnect(..) => return Err(End::TakenOver),
+            rq::Packet::Disconnect(..) => return Err(self.link_failed()),
             _ => {}
         }
         Ok(())
@@ -127,9 +142,18 @@ impl Conn {
             }
             Err(e) => {
                 tracing::warn!(client_id = %self.client_id, error = %e, "MQTT router refused the link");
-                Err(End::TakenOver)
+                Err(self.link_failed())
             }
         }
+    }
+}
+
+/// How a failed router link ends a connection: as a takeover when a newer connection holds the client
+/// id, else as a failure of the link.
+fn link_end(taken_over: bool) -> End {
+    match taken_over {
+        true => End::TakenOver,
+        false => End::RouterLinkFailed,
     }
 }
 
@@ -140,5 +164,20 @@ pub(super) async fn next_from_router(
     match link {
         Some((_, rx)) => rx.next().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_link_is_a_takeover_only_when_a_newer_connection_holds_the_client_id() {
+        assert_eq!(link_end(true), End::TakenOver);
+        assert_eq!(link_end(false), End::RouterLinkFailed);
+        // Only a takeover goes unrecorded; a failed link is reported with its own reason.
+        assert_eq!(End::RouterLinkFailed.reason(), "router-link-failed");
+        assert!(End::RouterLinkFailed.recorded());
+        assert!(!End::TakenOver.recorded());
     }
 }
