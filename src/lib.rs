@@ -98,7 +98,7 @@ impl App {
             stats: Default::default(),
         });
         tracing::info!(%http_addr, "hivehub listening");
-        let mqtt = if hub.settings.mqtt.enabled { Some(mqtt::start(hub.clone()).await?) } else { None };
+        let mqtt = if hub.settings.mqtt.enabled { Some(mqtt::start(hub.clone(), http_addr).await?) } else { None };
         let mqtt_addr = mqtt.as_ref().map(|b| b.addr);
         let mqtt_ws_addr = mqtt.as_ref().and_then(|b| b.ws_addr);
         let mqtt_tls_addr = mqtt.as_ref().and_then(|b| b.tls_addr);

@@ -189,6 +189,16 @@ impl Hub {
         )
     }
 
+    /// The REST API's URL as reported to clients (`server/info`): under `[http] public_url` when set,
+    /// else on `host` (`host[:port]` the client reached the HTTP listener at) over plain HTTP.
+    pub fn rest_server_url(&self, host: &str) -> String {
+        let prefix = &self.settings.http.rest_prefix;
+        match self.settings.http.public_url.trim_end_matches('/') {
+            "" => format!("http://{host}{prefix}"),
+            public => format!("{public}{prefix}"),
+        }
+    }
+
     pub fn max_take(&self) -> i64 {
         self.settings.limits.max_take.max(1)
     }

@@ -2117,3 +2117,34 @@ async fn a_persistent_subscription_that_cannot_be_stored_is_refused_in_the_subac
     assert_eq!(clean.subscribe("dh/command/#").await, GRANTED);
     db.close().await;
 }
+
+/// `restServerUrl` of `server/info` over an MQTT session of the admin.
+async fn rest_server_url_over_mqtt(hub: &TestHub) -> String {
+    let mut s = Mqtt::login(hub, "info-client", ADMIN_LOGIN, ADMIN_PASSWORD).await;
+    let r = s.ok("server/info", json!({}), &["info"]).await;
+    s.disconnect().await;
+    r["info"]["restServerUrl"].as_str().unwrap_or_else(|| panic!("restServerUrl in {r}")).to_string()
+}
+
+#[tokio::test]
+async fn server_info_over_mqtt_reports_a_usable_rest_url() {
+    // The HTTP listener's own address when it listens on one.
+    let hub = TestHub::start().await;
+    let url = rest_server_url_over_mqtt(&hub).await;
+    assert_eq!(url, hub.base);
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    hub.get(&hub.admin, &format!("{url}/info")).await.expect(200);
+    hub.stop().await;
+
+    // Listening on every address: the address the MQTT client reached, with the HTTP port.
+    let hub = TestHub::start_with(|s| s.http.listen = "0.0.0.0:0".into()).await;
+    let port = hub.base.split(':').nth(2).unwrap().split('/').next().unwrap().to_string();
+    let url = rest_server_url_over_mqtt(&hub).await;
+    assert_eq!(url, format!("http://127.0.0.1:{port}/api/rest"));
+    hub.get(&hub.admin, &format!("{url}/info")).await.expect(200);
+    hub.stop().await;
+
+    // `[http] public_url` when set (a trailing slash is not doubled).
+    let hub = TestHub::start_with(|s| s.http.public_url = "https://hub.example.com/".into()).await;
+    assert_eq!(rest_server_url_over_mqtt(&hub).await, "https://hub.example.com/api/rest");
+}

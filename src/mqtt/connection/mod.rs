@@ -114,13 +114,21 @@ pub type Writer = Box<dyn AsyncWrite + Unpin + Send + Sync>;
 /// Serves a plain TCP connection.
 pub async fn run(shared: Arc<MqttShared>, stream: TcpStream, peer: std::net::SocketAddr) {
     let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().ok().map(|a| super::url_host(a.ip()));
     let (reader, writer) = stream.into_split();
-    run_io(shared, Box::new(reader), Box::new(writer), Some(peer.ip())).await;
+    run_io(shared, Box::new(reader), Box::new(writer), Some(peer.ip()), local).await;
 }
 
 /// Serves one MQTT connection over any byte stream (TCP, TLS, WebSocket); `peer` is the client's
-/// address when known (login throttling).
-pub async fn run_io(shared: Arc<MqttShared>, reader: Reader, mut writer: Writer, peer: Option<std::net::IpAddr>) {
+/// address when known (login throttling), `local` the host (no port) the client reached the broker
+/// at, when known (the REST URL `server/info` reports).
+pub async fn run_io(
+    shared: Arc<MqttShared>,
+    reader: Reader,
+    mut writer: Writer,
+    peer: Option<std::net::IpAddr>,
+    local: Option<String>,
+) {
     let settings = shared.hub.settings.mqtt.clone();
     let mut reader = reader;
     let Some(accepted) = handshake::accept(&shared, &mut reader, &mut writer, peer).await else { return };
@@ -136,7 +144,8 @@ pub async fn run_io(shared: Arc<MqttShared>, reader: Reader, mut writer: Writer,
         notification: principal.is_authenticated().then(|| json!({"clientId": client_id, "cleanSession": clean})),
     });
     let _ = recorded.await;
-    let (mut session, deliveries, overflow) = Session::new(shared.hub.clone(), String::new(), settings.queue_capacity);
+    let host = shared.http_host(local.as_deref());
+    let (mut session, deliveries, overflow) = Session::new(shared.hub.clone(), host, settings.queue_capacity);
     session.peer = peer;
     session.principal = principal;
     let mut conn = Conn {
