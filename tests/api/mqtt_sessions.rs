@@ -594,3 +594,46 @@ async fn a_persistent_subscription_made_right_after_connack_is_owed_its_commands
         done.unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_last_will_on_a_dh_topic_comes_before_device_disconnected() {
+    let hub = TestHub::start().await;
+    let net = hub.network("will-order").await;
+    let ids: Vec<String> = (0..10).map(|i| format!("will-{i}")).collect();
+    for id in &ids {
+        hub.device(id, net).await;
+    }
+    let mut sessions = tokio::task::JoinSet::new();
+    for id in &ids {
+        let mut o = opts(&hub, id, true);
+        let will = json!({"parameters": {"reason": "gone"}}).to_string();
+        o.set_last_will(rumqttc::LastWill::new(
+            format!("dh/notification/{net}//{id}/gone"),
+            will,
+            QoS::AtLeastOnce,
+            false,
+        ));
+        let topic = format!("dh/notification/{net}//{id}/telemetry");
+        sessions.spawn(async move {
+            let (d, _) = connect(o).await;
+            d.client.publish(topic, QoS::AtLeastOnce, false, json!({"parameters": {}}).to_string()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            d.crash();
+        });
+    }
+    while let Some(done) = sessions.join_next().await {
+        done.unwrap();
+    }
+    let expected = ["$device-connected", "telemetry", "gone", "$device-disconnected"];
+    for id in &ids {
+        let mut names = Vec::new();
+        for _ in 0..100 {
+            names = device_messages_in_commit_order(&hub, id).await;
+            if names.len() >= expected.len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(names, expected, "messages of {id} in commit order");
+    }
+}
