@@ -8,12 +8,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use super::super::codec::Publish;
-use super::super::codec::SUBACK_FAILURE;
-use super::super::topics::{self, DhFilter};
 use super::{Conn, End};
 use crate::hub::bus::{Delivery, EventKind};
 use crate::hub::dispatch::{self as actions, push_text};
+use crate::mqtt::codec::{Publish, SUBACK_FAILURE};
+use crate::mqtt::topics::{self, DhFilter};
 
 /// Recently pushed events remembered, so overlapping filters deliver a message once.
 const RECENT_EVENTS: usize = 512;

@@ -11,10 +11,10 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{broadcast, Notify};
 
-use super::super::codec::{self, connack, Connect, DecodeError, Packet};
-use super::super::{LiveSession, MqttShared};
 use super::{Conn, Reader, Writer};
 use crate::auth::Principal;
+use crate::mqtt::codec::{self, connack, Connect, DecodeError, Packet};
+use crate::mqtt::{LiveSession, MqttShared};
 use crate::store::StoredSession;
 
 /// Answers a connection over the limit with CONNACK "server unavailable" (over TCP, TLS or WebSocket).

@@ -124,13 +124,12 @@ pub async fn run(shared: Arc<MqttShared>, stream: TcpStream, peer: std::net::Soc
 /// at, when known (the REST URL `server/info` reports).
 pub async fn run_io(
     shared: Arc<MqttShared>,
-    reader: Reader,
+    mut reader: Reader,
     mut writer: Writer,
     peer: Option<std::net::IpAddr>,
     local: Option<String>,
 ) {
     let settings = shared.hub.settings.mqtt.clone();
-    let mut reader = reader;
     let Some(accepted) = handshake::accept(&shared, &mut reader, &mut writer, peer).await else { return };
     let handshake::Accepted { connect, client_id, principal, revocations, number, kill, session_present, rbuf } =
         accepted;

@@ -2,14 +2,13 @@
 //! what the router sends this client, and the mapping of the router's packet ids into the one id
 //! space the client sees.
 
-use bytes::BufMut;
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol as rq;
 use rumqttd::Notification;
 
-use super::super::codec::{Packet, Publish, SUBACK_FAILURE};
 use super::{Conn, End};
+use crate::mqtt::codec::{Packet, Publish, SUBACK_FAILURE};
 
 /// Where an outgoing QoS1 publish came from, so its PUBACK goes back there.
 pub(super) enum Origin {
