@@ -61,6 +61,9 @@ pub struct WebSocketSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct HttpSettings {
     pub listen: String,
+    /// The hub's public base URL (e.g. `https://hub.example.com`) for the URLs it reports; empty: made
+    /// from the address the client reached.
+    pub public_url: String,
     pub rest_prefix: String,
     pub websocket_path: String,
     pub header_read_timeout_secs: u64,

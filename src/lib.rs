@@ -63,11 +63,6 @@ impl App {
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (writer_stop, writer_stop_rx) = watch::channel(false);
-        let settings_credential_ttl = settings.auth.credential_cache_secs;
-        let login_throttle = auth::throttle::LoginThrottle::new(
-            settings.auth.login_throttle_free_attempts,
-            Duration::from_millis(settings.auth.login_throttle_base_ms),
-        );
         let bus = Arc::new(Bus::new());
         let publish_bus = bus.clone();
         let (writer, writer_task) = Writer::spawn(
@@ -77,23 +72,8 @@ impl App {
             writer_stop_rx,
         );
         let retention = spawn_retention(store.clone(), settings.database.message_retention_secs, shutdown_rx.clone());
-        let hub = Arc::new(Hub {
-            store: store.clone(),
-            writer,
-            bus,
-            settings,
-            keys: JwtKeys::from_secret(&secret),
-            shutdown: shutdown_rx.clone(),
-            credentials: auth::credential_cache::CredentialCache::new(
-                Duration::from_secs(settings_credential_ttl),
-                100_000,
-            ),
-            login_throttle,
-            recent_last_login: Default::default(),
-            assignment_epoch: Default::default(),
-            revocations: tokio::sync::broadcast::channel(1024).0,
-            stats: Default::default(),
-        });
+        let keys = JwtKeys::from_secret(&secret);
+        let hub = Arc::new(Hub::new(store.clone(), writer, bus, settings, keys, shutdown_rx.clone()));
         tracing::info!(%http_addr, "hivehub listening");
         let abandon = |e: StartupError| {
             // Stops what was started (the process exits on this error; an embedding caller goes on).
@@ -102,7 +82,7 @@ impl App {
             e
         };
         let mqtt = match hub.settings.mqtt.enabled {
-            true => Some(mqtt::start(hub.clone()).await.map_err(abandon)?),
+            true => Some(mqtt::start(hub.clone(), http_addr).await.map_err(abandon)?),
             false => None,
         };
         let auth = &hub.settings.auth;

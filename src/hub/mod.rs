@@ -9,6 +9,7 @@ pub mod dispatch;
 pub mod fields;
 mod group;
 mod message;
+mod mqtt_session;
 mod poll;
 mod token;
 mod user;
@@ -38,7 +39,8 @@ pub struct HubStats {
 }
 
 pub struct Hub {
-    pub store: Store,
+    /// Only the service layer reads and writes the store: transports go through `Hub` methods.
+    store: Store,
     pub writer: Writer,
     pub bus: Arc<Bus>,
     pub settings: Settings,
@@ -62,6 +64,40 @@ pub struct Hub {
 }
 
 impl Hub {
+    /// The service layer over `store`, with the writer and bus already running.
+    pub fn new(
+        store: Store,
+        writer: Writer,
+        bus: Arc<Bus>,
+        settings: Settings,
+        keys: JwtKeys,
+        shutdown: watch::Receiver<bool>,
+    ) -> Hub {
+        let auth = &settings.auth;
+        let credentials = crate::auth::credential_cache::CredentialCache::new(
+            std::time::Duration::from_secs(auth.credential_cache_secs),
+            100_000,
+        );
+        let login_throttle = crate::auth::throttle::LoginThrottle::new(
+            auth.login_throttle_free_attempts,
+            std::time::Duration::from_millis(auth.login_throttle_base_ms),
+        );
+        Hub {
+            store,
+            writer,
+            bus,
+            settings,
+            keys,
+            shutdown,
+            credentials,
+            login_throttle,
+            recent_last_login: Default::default(),
+            assignment_epoch: Default::default(),
+            revocations: tokio::sync::broadcast::channel(1024).0,
+            stats: Default::default(),
+        }
+    }
+
     /// Devices this principal may see (§5.4): live user assignment for non-admins, plus token scope.
     pub fn device_scope(&self, principal: &Principal) -> DeviceScope {
         let assigned_to_user = match &principal.user {
@@ -186,6 +222,16 @@ impl Hub {
             self.stats.mqtt_connections.load(Relaxed),
             self.stats.mqtt_dropped_publishes.load(Relaxed),
         )
+    }
+
+    /// The REST API's URL as reported to clients (`server/info`): under `[http] public_url` when set,
+    /// else on `host` (`host[:port]` the client reached the HTTP listener at) over plain HTTP.
+    pub fn rest_server_url(&self, host: &str) -> String {
+        let prefix = &self.settings.http.rest_prefix;
+        match self.settings.http.public_url.trim_end_matches('/') {
+            "" => format!("http://{host}{prefix}"),
+            public => format!("{public}{prefix}"),
+        }
     }
 
     pub fn max_take(&self) -> i64 {

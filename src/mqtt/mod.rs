@@ -1,6 +1,6 @@
 //! The embedded MQTT broker. rumqttd's router does what it is good at — topic matching, fan-out,
 //! retained messages, QoS state for plain topics — while the hub owns the network edge
-//! (`connection.rs`): the hub's one accept loop (`net::accept`) with a connection cap shared by TCP, TLS
+//! (`connection/`): the hub's one accept loop (`net::accept`) with a connection cap shared by TCP, TLS
 //! and WebSocket, small buffers, proper CONNACK codes, authentication against the hub's users and
 //! tokens, authorization of every SUBSCRIBE and PUBLISH, and the DeviceHive topics (`dh/...`), which never reach the router: requests
 //! go to the shared action table, event subscriptions to the hub's subscription engine, and device
@@ -52,6 +52,8 @@ pub struct MqttShared {
     presence: presence::Presence,
     /// `[mqtt] max_connections`, shared by the TCP, TLS and WebSocket listeners.
     cap: Arc<Cap>,
+    /// The HTTP listener's address, for the REST URL sessions report (`server/info`).
+    http_addr: SocketAddr,
 }
 
 /// An MQTT connection's place under the cap. While it is held the connection counts in
@@ -87,6 +89,33 @@ impl MqttShared {
     pub fn dropped_publish_count(&self) -> u64 {
         self.hub.stats.mqtt_dropped_publishes.load(Ordering::Relaxed)
     }
+
+    /// `host:port` of the HTTP listener for a client that reached the broker at `local` (a host
+    /// without port): the HTTP listener's own address when it listens on one, else `local` with the
+    /// HTTP port — the client reached this machine there.
+    fn http_host(&self, local: Option<&str>) -> String {
+        let http = self.http_addr;
+        match local {
+            Some(host) if http.ip().is_unspecified() && !host.is_empty() => format!("{host}:{}", http.port()),
+            _ => http.to_string(),
+        }
+    }
+}
+
+/// An IP address as the host part of a URL (IPv6 in brackets; IPv4-mapped IPv6 as IPv4).
+fn url_host(ip: std::net::IpAddr) -> String {
+    match ip.to_canonical() {
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        v4 => v4.to_string(),
+    }
+}
+
+/// The host part of a `Host` header (`name`, `1.2.3.4`, `[::1]`, each with an optional port).
+fn host_of_header(host: &str) -> &str {
+    match host.find(']') {
+        Some(end) if host.starts_with('[') => &host[..=end],
+        _ => host.split(':').next().unwrap_or_default(),
+    }
 }
 
 /// Starts the router and the listener; returns the bound address and the accept task.
@@ -101,7 +130,8 @@ pub struct Broker {
     pub accept: JoinHandle<()>,
 }
 
-pub async fn start(hub: Arc<Hub>) -> Result<Broker, StartupError> {
+/// Starts the router and the listeners; `http_addr` is the HTTP listener's (for the URLs sessions report).
+pub async fn start(hub: Arc<Hub>, http_addr: SocketAddr) -> Result<Broker, StartupError> {
     let settings = hub.settings.mqtt.clone();
     let listener = TcpListener::bind(&settings.listen)
         .await
@@ -132,6 +162,7 @@ pub async fn start(hub: Arc<Hub>) -> Result<Broker, StartupError> {
         sessions: Mutex::new(HashMap::new()),
         next_connection: AtomicU64::new(1),
         cap: Cap::new(settings.max_connections),
+        http_addr,
     });
     tracing::info!(%addr, "MQTT broker listening");
     let ws_addr = match settings.ws_listen.is_empty() {
@@ -167,4 +198,20 @@ pub async fn start(hub: Arc<Hub>) -> Result<Broker, StartupError> {
         false => Some(tls::start(shared.clone()).await?),
     };
     Ok(Broker { addr, ws_addr, tls_addr, shared, accept: task })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_hosts_of_addresses_and_host_headers() {
+        assert_eq!(url_host("10.0.0.5".parse().unwrap()), "10.0.0.5");
+        assert_eq!(url_host("::1".parse().unwrap()), "[::1]");
+        assert_eq!(url_host("::ffff:10.0.0.5".parse().unwrap()), "10.0.0.5");
+        assert_eq!(host_of_header("hub.example.com:9001"), "hub.example.com");
+        assert_eq!(host_of_header("hub.example.com"), "hub.example.com");
+        assert_eq!(host_of_header("[::1]:9001"), "[::1]");
+        assert_eq!(host_of_header("10.0.0.5:9001"), "10.0.0.5");
+    }
 }

@@ -1,13 +1,19 @@
-//! Presence of MQTT sessions, recorded off the connect path: connections hand their connect and
-//! disconnect events to one task, which writes them to SQL in batches (one transaction for many
-//! sessions) and emits `$device-connected` / `$device-disconnected` for client ids that are devices
-//! their user may see. A connect storm therefore costs a few transactions, not one per client.
+//! Presence of MQTT sessions: connections hand their connect and disconnect events to one task,
+//! which writes them to SQL in batches (one transaction for many sessions) and emits
+//! `$device-connected` / `$device-disconnected` for client ids that are devices their user may see.
+//! A connect storm therefore costs a few transactions, not one per client.
+//!
+//! A connection waits for its event to be done (`record` answers once the record and its
+//! notification are committed): the connect before it answers CONNACK and reads publishes, the
+//! disconnect after its last publish. So a device's `$device-connected` is committed before anything
+//! it publishes and its `$device-disconnected` after, in the (timestamp, id) order every poller and
+//! cursor sees; and a persistent session's record exists before its subscriptions are stored.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::auth::Principal;
@@ -21,8 +27,11 @@ pub struct PresenceEvent {
     pub notification: Option<Value>,
 }
 
+/// An event and who waits for it to be written.
+type Job = (PresenceEvent, oneshot::Sender<()>);
+
 pub struct Presence {
-    tx: Mutex<Option<mpsc::UnboundedSender<PresenceEvent>>>,
+    tx: Mutex<Option<mpsc::UnboundedSender<Job>>>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -33,10 +42,14 @@ impl Presence {
         Presence { tx: Mutex::new(Some(tx)), task: Mutex::new(Some(task)) }
     }
 
-    pub fn record(&self, event: PresenceEvent) {
+    /// Queues an event; the answer completes once it is written and its notification committed
+    /// (or could not be: failures are logged), or at once when presence is closed.
+    pub fn record(&self, event: PresenceEvent) -> oneshot::Receiver<()> {
+        let (done, answer) = oneshot::channel();
         if let Some(tx) = self.tx.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            let _ = tx.send(event);
+            let _ = tx.send((event, done));
         }
+        answer
     }
 
     /// Stops taking events and waits until every recorded one is written (at shutdown, before the
@@ -50,17 +63,19 @@ impl Presence {
     }
 }
 
-async fn run(hub: Arc<Hub>, mut rx: mpsc::UnboundedReceiver<PresenceEvent>) {
+async fn run(hub: Arc<Hub>, mut rx: mpsc::UnboundedReceiver<Job>) {
     let mut batch = Vec::with_capacity(512);
     while rx.recv_many(&mut batch, 512).await > 0 {
-        let records: Vec<SessionRecord> = batch.iter().map(|e| e.record.clone()).collect();
-        if let Err(e) = hub.store.mqtt_session_records(&records).await {
+        let records: Vec<SessionRecord> = batch.iter().map(|(e, _)| e.record.clone()).collect();
+        if let Err(e) = hub.mqtt_session_records(&records).await {
             tracing::warn!(error = %e, sessions = records.len(), "cannot record MQTT presence");
         }
         // Per client in order (connected before disconnected); different clients side by side, so the
         // message writer commits their notifications together.
         let mut per_client: HashMap<String, Vec<(bool, Value, Principal)>> = HashMap::new();
-        for event in batch.drain(..) {
+        let mut waiting = Vec::with_capacity(batch.len());
+        for (event, done) in batch.drain(..) {
+            waiting.push(done);
             let Some(parameters) = event.notification else { continue };
             let (client_id, connected) = match &event.record {
                 SessionRecord::Connected { client_id, .. } => (client_id.clone(), true),
@@ -73,16 +88,16 @@ async fn run(hub: Arc<Hub>, mut rx: mpsc::UnboundedReceiver<PresenceEvent>) {
             let hub = hub.clone();
             notifications.spawn(async move {
                 for (connected, parameters, principal) in events {
-                    let Ok(Some(device)) = hub.store.device_get(&client_id).await else { return };
-                    if !hub.device_visible(&principal, &device).await.unwrap_or(false) {
-                        continue;
-                    }
-                    if let Err(e) = hub.device_presence(&device.id, connected, parameters).await {
+                    let notified = hub.mqtt_presence_notification(&client_id, &principal, connected, parameters);
+                    if let Err(e) = notified.await {
                         tracing::debug!(client_id, error = %e, "presence notification failed");
                     }
                 }
             });
         }
         while notifications.join_next().await.is_some() {}
+        for done in waiting {
+            let _ = done.send(());
+        }
     }
 }

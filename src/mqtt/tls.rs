@@ -61,9 +61,11 @@ pub async fn start(shared: Arc<MqttShared>) -> Result<SocketAddr, StartupError> 
                 let (acceptor, shared) = (acceptor.clone(), shared.clone());
                 tokio::spawn(async move {
                     let _slot = slot;
+                    let local = stream.local_addr().ok().map(|a| super::url_host(a.ip()));
                     if let Ok(Ok(tls)) = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         let (reader, writer) = tokio::io::split(tls);
-                        connection::run_io(shared, Box::new(reader), Box::new(writer), Some(peer.ip())).await;
+                        let peer = Some(peer.ip());
+                        connection::run_io(shared, Box::new(reader), Box::new(writer), peer, local).await;
                     }
                 });
             },

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -68,16 +68,23 @@ pub async fn start(shared: Arc<MqttShared>, listen: &str) -> Result<SocketAddr, 
     Ok(addr)
 }
 
-async fn upgrade(State(shared): State<Arc<MqttShared>>, Peer(peer): Peer, ws: WebSocketUpgrade) -> Response {
+async fn upgrade(
+    State(shared): State<Arc<MqttShared>>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     let max = shared.hub.settings.mqtt.max_packet_bytes;
-    ws.protocols(["mqtt"]).max_message_size(max).on_upgrade(move |socket| bridge(shared, socket, peer))
+    // The host the client reached, as it named it.
+    let local = headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(|h| super::host_of_header(h).to_string());
+    ws.protocols(["mqtt"]).max_message_size(max).on_upgrade(move |socket| bridge(shared, socket, peer, local))
 }
 
 /// Pumps WebSocket binary messages to and from an in-memory byte stream served by the MQTT edge.
-async fn bridge(shared: Arc<MqttShared>, socket: WebSocket, peer: Option<std::net::IpAddr>) {
+async fn bridge(shared: Arc<MqttShared>, socket: WebSocket, peer: Option<std::net::IpAddr>, local: Option<String>) {
     let (edge_side, mut pump_side) = tokio::io::duplex(16 * 1024);
     let (reader, writer) = tokio::io::split(edge_side);
-    let edge = tokio::spawn(connection::run_io(shared.clone(), Box::new(reader), Box::new(writer), peer));
+    let edge = tokio::spawn(connection::run_io(shared.clone(), Box::new(reader), Box::new(writer), peer, local));
     let (mut ws_tx, mut ws_rx) = socket.split();
     let mut buf = vec![0u8; 8 * 1024];
     loop {

@@ -2091,3 +2091,60 @@ async fn anonymous_sessions_that_never_authenticate_are_closed() {
     assert!(!user.closed_within(Duration::from_millis(10)).await);
     anon.ok("server/info", json!({}), &["info"]).await;
 }
+
+#[tokio::test]
+async fn a_persistent_subscription_that_cannot_be_stored_is_refused_in_the_suback() {
+    let hub = TestHub::start().await;
+    // Fault injection from outside: the database refuses every stored subscription.
+    let db = sqlx::SqlitePool::connect(&format!("sqlite://{}/hub.db", hub.dir.path().display())).await.unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse_subscriptions BEFORE INSERT ON mqtt_subscription \
+         BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let mut o = with_credentials(&hub, "unstorable", ADMIN_LOGIN, ADMIN_PASSWORD);
+    o.set_clean_session(false);
+    let mut s = Mqtt::connect(o).await;
+    assert_eq!(s.subscribe("dh/command/#").await, REFUSED, "a subscription it would silently lose");
+    // Nothing was left behind: no delivery on the refused filter.
+    hub.post(&hub.admin, &format!("/device/{SAMPLE_DEVICE}/command"), json!({"command": "lost"})).await.expect(201);
+    s.quiet(QUIET).await;
+    // Response topics and clean sessions store nothing, so they are unaffected.
+    s.ok("server/info", json!({}), &["info"]).await;
+    let mut clean = Mqtt::login(&hub, "clean-one", ADMIN_LOGIN, ADMIN_PASSWORD).await;
+    assert_eq!(clean.subscribe("dh/command/#").await, GRANTED);
+    db.close().await;
+}
+
+/// `restServerUrl` of `server/info` over an MQTT session of the admin.
+async fn rest_server_url_over_mqtt(hub: &TestHub) -> String {
+    let mut s = Mqtt::login(hub, "info-client", ADMIN_LOGIN, ADMIN_PASSWORD).await;
+    let r = s.ok("server/info", json!({}), &["info"]).await;
+    s.disconnect().await;
+    r["info"]["restServerUrl"].as_str().unwrap_or_else(|| panic!("restServerUrl in {r}")).to_string()
+}
+
+#[tokio::test]
+async fn server_info_over_mqtt_reports_a_usable_rest_url() {
+    // The HTTP listener's own address when it listens on one.
+    let hub = TestHub::start().await;
+    let url = rest_server_url_over_mqtt(&hub).await;
+    assert_eq!(url, hub.base);
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    hub.get(&hub.admin, &format!("{url}/info")).await.expect(200);
+    hub.stop().await;
+
+    // Listening on every address: the address the MQTT client reached, with the HTTP port.
+    let hub = TestHub::start_with(|s| s.http.listen = "0.0.0.0:0".into()).await;
+    let port = hub.base.split(':').nth(2).unwrap().split('/').next().unwrap().to_string();
+    let url = rest_server_url_over_mqtt(&hub).await;
+    assert_eq!(url, format!("http://127.0.0.1:{port}/api/rest"));
+    hub.get(&hub.admin, &format!("{url}/info")).await.expect(200);
+    hub.stop().await;
+
+    // `[http] public_url` when set (a trailing slash is not doubled).
+    let hub = TestHub::start_with(|s| s.http.public_url = "https://hub.example.com/".into()).await;
+    assert_eq!(rest_server_url_over_mqtt(&hub).await, "https://hub.example.com/api/rest");
+}

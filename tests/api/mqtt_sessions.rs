@@ -491,3 +491,149 @@ async fn another_user_or_anonymous_cannot_take_over_a_session() {
     assert_eq!(got, ["owed", "after-takeover"]);
     again.disconnect().await;
 }
+
+/// The presence notifications of one device, with what it published, ordered by (timestamp, id) —
+/// the order in which pollers and cursors see them. `$device-add` is left out.
+async fn device_messages_in_commit_order(hub: &TestHub, device: &str) -> Vec<String> {
+    let list = hub
+        .get(&hub.admin, &format!("/device/{device}/notification?sortField=timestamp&sortOrder=ASC&take=100"))
+        .await
+        .expect(200);
+    let mut rows: Vec<(String, i64, String)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let name = n["notification"].as_str().unwrap().to_string();
+            (n["timestamp"].as_str().unwrap().to_string(), n["id"].as_i64().unwrap(), name)
+        })
+        .filter(|(_, _, name)| name != "$device-add")
+        .collect();
+    rows.sort();
+    rows.into_iter().map(|(_, _, name)| name).collect()
+}
+
+#[tokio::test]
+async fn presence_notifications_bracket_what_the_session_published() {
+    let hub = TestHub::start().await;
+    let net = hub.network("presence-order").await;
+    let ids: Vec<String> = (0..30).map(|i| format!("order-{i}")).collect();
+    for id in &ids {
+        hub.device(id, net).await;
+    }
+    // Each device connects with its own id, publishes at once and says goodbye: its first
+    // telemetry must not precede its `$device-connected`, nor follow its `$device-disconnected`.
+    let mut sessions = tokio::task::JoinSet::new();
+    for id in &ids {
+        let o = opts(&hub, id, true);
+        let topic = format!("dh/notification/{net}//{id}/telemetry");
+        sessions.spawn(async move {
+            let (d, _) = connect(o).await;
+            d.client
+                .publish(topic, QoS::AtLeastOnce, false, json!({"parameters": {"n": 1}}).to_string())
+                .await
+                .unwrap();
+            d.disconnect().await;
+        });
+    }
+    while let Some(done) = sessions.join_next().await {
+        done.unwrap();
+    }
+    let expected = ["$device-connected", "telemetry", "$device-disconnected"];
+    for id in &ids {
+        let mut names = Vec::new();
+        for _ in 0..100 {
+            names = device_messages_in_commit_order(&hub, id).await;
+            if names.len() >= expected.len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(names, expected, "messages of {id} in commit order");
+    }
+}
+
+#[tokio::test]
+async fn a_persistent_subscription_made_right_after_connack_is_owed_its_commands() {
+    let hub = TestHub::start().await;
+    let net = hub.network("owed").await;
+    let ids: Vec<String> = (0..20).map(|i| format!("owed-{i}")).collect();
+    for id in &ids {
+        hub.device(id, net).await;
+    }
+    // Each session subscribes the moment it is connected and leaves at once: its subscription must
+    // be stored by the SUBACK, whatever is still being recorded about the session.
+    let mut sessions = tokio::task::JoinSet::new();
+    for id in &ids {
+        let o = opts(&hub, id, false);
+        let filter = format!("dh/command/+/+/{id}/#");
+        sessions.spawn(async move {
+            let (mut d, _) = connect(o).await;
+            d.subscribe(&filter).await;
+            d.disconnect().await;
+        });
+    }
+    while let Some(done) = sessions.join_next().await {
+        done.unwrap();
+    }
+    for id in &ids {
+        command(&hub, id, "while-away", json!({})).await;
+    }
+    let mut sessions = tokio::task::JoinSet::new();
+    for id in &ids {
+        let (o, id) = (opts(&hub, id, false), id.clone());
+        sessions.spawn(async move {
+            let (mut d, present) = connect(o).await;
+            assert!(present, "{id}: the persistent session was stored");
+            let got = d.commands(Duration::from_millis(800)).await;
+            d.disconnect().await;
+            assert_eq!(got, ["while-away"], "{id} gets the command it is owed");
+        });
+    }
+    while let Some(done) = sessions.join_next().await {
+        done.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_last_will_on_a_dh_topic_comes_before_device_disconnected() {
+    let hub = TestHub::start().await;
+    let net = hub.network("will-order").await;
+    let ids: Vec<String> = (0..10).map(|i| format!("will-{i}")).collect();
+    for id in &ids {
+        hub.device(id, net).await;
+    }
+    let mut sessions = tokio::task::JoinSet::new();
+    for id in &ids {
+        let mut o = opts(&hub, id, true);
+        let will = json!({"parameters": {"reason": "gone"}}).to_string();
+        o.set_last_will(rumqttc::LastWill::new(
+            format!("dh/notification/{net}//{id}/gone"),
+            will,
+            QoS::AtLeastOnce,
+            false,
+        ));
+        let topic = format!("dh/notification/{net}//{id}/telemetry");
+        sessions.spawn(async move {
+            let (d, _) = connect(o).await;
+            d.client.publish(topic, QoS::AtLeastOnce, false, json!({"parameters": {}}).to_string()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            d.crash();
+        });
+    }
+    while let Some(done) = sessions.join_next().await {
+        done.unwrap();
+    }
+    let expected = ["$device-connected", "telemetry", "gone", "$device-disconnected"];
+    for id in &ids {
+        let mut names = Vec::new();
+        for _ in 0..100 {
+            names = device_messages_in_commit_order(&hub, id).await;
+            if names.len() >= expected.len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(names, expected, "messages of {id} in commit order");
+    }
+}

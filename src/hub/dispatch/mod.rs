@@ -176,7 +176,7 @@ pub async fn dispatch(session: &mut Session, action: ApiAction, req: &Value) -> 
             json!({
                 "apiVersion": crate::API_VERSION,
                 "serverTimestamp": format_ms(now_ms()),
-                "restServerUrl": format!("http://{}{}", session.host, hub.settings.http.rest_prefix),
+                "restServerUrl": hub.rest_server_url(&session.host),
             }),
         ),
         A::ServerCacheInfo => one(

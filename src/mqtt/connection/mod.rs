@@ -1,0 +1,639 @@
+//! One MQTT connection: CONNECT and authentication (`handshake`), then a loop that reads packets
+//! from the socket, writes what the router (`router`) and the hub's subscription engine (`dh`) send,
+//! and watches keepalive.
+//!
+//! Packet ids: the client sees one packet-id space for everything the hub sends it, but two sources
+//! publish to it — rumqttd's router (plain topics) and the hub itself (`dh/` responses and pushes).
+//! The edge therefore assigns its own outgoing ids and maps each PUBACK back to its source.
+
+mod dh;
+mod handshake;
+mod router;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::protocol as rq;
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::{broadcast, mpsc, Notify};
+use tokio::time::Instant;
+
+use super::codec::{self, connack, Packet, Publish, SUBACK_FAILURE};
+use super::presence::PresenceEvent;
+use super::MqttShared;
+use crate::config::PlainTopics;
+use crate::hub::bus::{Delivery, EventKind};
+use crate::hub::dispatch::Session;
+use crate::store::SessionRecord;
+
+use dh::DhSub;
+pub use handshake::refuse_busy;
+use router::{broker_filter, next_from_router, to_router, Origin};
+
+/// Why the loop ended.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// DISCONNECT from the client: no last will.
+    Clean,
+    Network,
+    KeepAlive,
+    Protocol,
+    NotReading,
+    TakenOver,
+    Shutdown,
+    /// The user was locked or deleted while connected.
+    Revoked,
+    /// An anonymous session did not authenticate in time.
+    AnonymousTimeout,
+    /// The rumqttd router link failed (refused, dropped or closed) while no newer connection holds
+    /// the client id.
+    RouterLinkFailed,
+}
+
+struct Conn {
+    shared: Arc<MqttShared>,
+    client_id: String,
+    /// This connection's number in `shared.sessions`.
+    number: u64,
+    /// Who the session belongs to (`None`: anonymous); moves to the user an anonymous session
+    /// authenticates as.
+    owner: Option<i64>,
+    /// Ids of users whose rights may have shrunk.
+    revocations: broadcast::Receiver<i64>,
+    reader: Reader,
+    writer: Writer,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    /// The rumqttd router link, opened on first use of a plain topic: sessions that only speak `dh/`
+    /// never cost router memory.
+    link: Option<(LinkTx, LinkRx)>,
+    session: Session,
+    deliveries: mpsc::Receiver<Delivery>,
+    overflow: Arc<Notify>,
+    kill: Arc<Notify>,
+    /// Filter text → engine subscription.
+    dh_subs: HashMap<String, DhSub>,
+    /// Engine subscription id → filter text.
+    dh_by_id: HashMap<u64, String>,
+    /// Exact response topics subscribed, with their QoS.
+    response_topics: HashMap<String, u8>,
+    /// Outgoing QoS1 publishes awaiting PUBACK.
+    inflight: HashMap<u16, Origin>,
+    next_pkid: u16,
+    /// SUBSCRIBEs partly forwarded to the router: our codes, with `None` where the router answers.
+    pending_subacks: HashMap<u16, Vec<Option<u8>>>,
+    /// Recently pushed events, so overlapping filters deliver a message once.
+    recent: VecDeque<(EventKind, i64, i64)>,
+    recent_set: HashSet<(EventKind, i64, i64)>,
+    keepalive: Option<Duration>,
+    will: Option<codec::Will>,
+    /// Clean session off: `dh/` subscriptions are stored, and owed commands replayed on reconnect.
+    persistent: bool,
+    /// Commands sent by the reconnect replay (live copies are skipped).
+    replayed: HashSet<i64>,
+    /// QoS 2 `dh/` publishes handled by the hub, awaiting the client's PUBREL.
+    own_qos2: HashSet<u16>,
+    /// QoS 2 plain publishes handed to the router, awaiting the client's PUBREL. The router drops a
+    /// link that releases an id it does not know, so only these go to it.
+    router_qos2: HashSet<u16>,
+}
+
+/// Ready router notifications or hub deliveries handled before one write to the socket.
+const DRAIN_BATCH: usize = 256;
+
+pub type Reader = Box<dyn AsyncRead + Unpin + Send + Sync>;
+pub type Writer = Box<dyn AsyncWrite + Unpin + Send + Sync>;
+
+/// Serves a plain TCP connection.
+pub async fn run(shared: Arc<MqttShared>, stream: TcpStream, peer: std::net::SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().ok().map(|a| super::url_host(a.ip()));
+    let (reader, writer) = stream.into_split();
+    run_io(shared, Box::new(reader), Box::new(writer), Some(peer.ip()), local).await;
+}
+
+/// Serves one MQTT connection over any byte stream (TCP, TLS, WebSocket); `peer` is the client's
+/// address when known (login throttling), `local` the host (no port) the client reached the broker
+/// at, when known (the REST URL `server/info` reports).
+pub async fn run_io(
+    shared: Arc<MqttShared>,
+    mut reader: Reader,
+    mut writer: Writer,
+    peer: Option<std::net::IpAddr>,
+    local: Option<String>,
+) {
+    let settings = shared.hub.settings.mqtt.clone();
+    let Some(accepted) = handshake::accept(&shared, &mut reader, &mut writer, peer).await else { return };
+    let handshake::Accepted { connect, client_id, principal, revocations, number, kill, session_present, rbuf } =
+        accepted;
+    let clean = connect.clean_session;
+    let user_id = principal.user_id();
+    // The session is recorded, and `$device-connected` committed, before CONNACK and before anything
+    // the client publishes is read (see `presence`).
+    let recorded = shared.presence.record(PresenceEvent {
+        record: SessionRecord::Connected { client_id: client_id.clone(), user_id, clean, at: crate::time::now_ms() },
+        principal: principal.clone(),
+        notification: principal.is_authenticated().then(|| json!({"clientId": client_id, "cleanSession": clean})),
+    });
+    let _ = recorded.await;
+    let host = shared.http_host(local.as_deref());
+    let (mut session, deliveries, overflow) = Session::new(shared.hub.clone(), host, settings.queue_capacity);
+    session.peer = peer;
+    session.principal = principal;
+    let mut conn = Conn {
+        shared: shared.clone(),
+        client_id: client_id.clone(),
+        number,
+        owner: user_id,
+        revocations,
+        reader,
+        writer,
+        rbuf,
+        wbuf: BytesMut::new(),
+        link: None,
+        session,
+        deliveries,
+        overflow,
+        kill,
+        dh_subs: HashMap::new(),
+        dh_by_id: HashMap::new(),
+        response_topics: HashMap::new(),
+        inflight: HashMap::new(),
+        next_pkid: 0,
+        pending_subacks: HashMap::new(),
+        recent: VecDeque::new(),
+        recent_set: HashSet::new(),
+        keepalive: (connect.keep_alive > 0).then(|| Duration::from_millis(connect.keep_alive as u64 * 1500)),
+        will: connect.will.clone(),
+        persistent: !connect.clean_session,
+        replayed: HashSet::new(),
+        own_qos2: HashSet::new(),
+        router_qos2: HashSet::new(),
+    };
+    conn.queue(&Packet::ConnAck { session_present, code: connack::ACCEPTED });
+    if !clean {
+        // A persistent session may have plain-topic state in the router (its graveyard).
+        if let Err(end) = conn.open_link().await {
+            conn.finish(end).await;
+            forget_session(&shared, &client_id, number);
+            return;
+        }
+    }
+    let end = match conn.flush().await {
+        Ok(()) => match conn.restore().await {
+            Ok(()) => conn.serve().await,
+            Err(e) => e,
+        },
+        Err(e) => e,
+    };
+    conn.finish(end).await;
+    forget_session(&shared, &client_id, number);
+}
+
+fn forget_session(shared: &MqttShared, client_id: &str, number: u64) {
+    let mut sessions = shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
+    if sessions.get(client_id).is_some_and(|s| s.number == number) {
+        sessions.remove(client_id);
+    }
+}
+
+impl Conn {
+    fn settings(&self) -> &crate::config::MqttSettings {
+        &self.shared.hub.settings.mqtt
+    }
+
+    fn queue(&mut self, p: &Packet) {
+        codec::encode(p, &mut self.wbuf);
+    }
+
+    /// Writes what is queued; a client that does not take it within the write timeout is cut off.
+    async fn flush(&mut self) -> Result<(), End> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let timeout = Duration::from_secs(self.settings().write_timeout_secs);
+        match tokio::time::timeout(timeout, self.writer.write_all(&self.wbuf)).await {
+            Ok(Ok(())) => {
+                self.wbuf.clear();
+                if self.wbuf.capacity() > 64 * 1024 {
+                    self.wbuf = BytesMut::new();
+                }
+                Ok(())
+            }
+            Ok(Err(_)) => Err(End::Network),
+            Err(_) => Err(End::NotReading),
+        }
+    }
+
+    fn allocate_pkid(&mut self) -> Option<u16> {
+        if self.inflight.len() >= self.settings().max_inflight {
+            return None;
+        }
+        loop {
+            self.next_pkid = self.next_pkid.wrapping_add(1);
+            if self.next_pkid != 0 && !self.inflight.contains_key(&self.next_pkid) {
+                return Some(self.next_pkid);
+            }
+        }
+    }
+
+    /// Queues a publish from the hub; QoS1 takes a packet id. `false` when the client has too many
+    /// unacknowledged publishes (it is not keeping up).
+    fn publish_from_hub(&mut self, topic: String, payload: Bytes, qos: u8) -> bool {
+        let qos = qos.min(1);
+        let pkid = if qos == 1 {
+            match self.allocate_pkid() {
+                Some(id) => {
+                    self.inflight.insert(id, Origin::Hub);
+                    id
+                }
+                None => return false,
+            }
+        } else {
+            0
+        };
+        self.queue(&Packet::Publish(Publish { dup: false, qos, retain: false, topic, pkid, payload }));
+        true
+    }
+
+    /// The connection loop; returns why it ended.
+    async fn serve(&mut self) -> End {
+        let mut deadline = self.keepalive.map(|k| Instant::now() + k);
+        let anonymous_limit = Duration::from_secs(self.settings().anonymous_timeout_secs);
+        let anonymous_deadline = (!anonymous_limit.is_zero()).then(|| Instant::now() + anonymous_limit);
+        loop {
+            // Only a session still anonymous has a deadline to authenticate.
+            let anonymous_deadline = anonymous_deadline.filter(|_| !self.session.principal.is_authenticated());
+            let me = self.session.principal.user_id();
+            let step = tokio::select! {
+                read = self.reader.read_buf(&mut self.rbuf) => match read {
+                    Ok(0) | Err(_) => Err(End::Network),
+                    Ok(_) => {
+                        deadline = self.keepalive.map(|k| Instant::now() + k);
+                        self.read_packets().await
+                    }
+                },
+                n = next_from_router(&mut self.link) => match n {
+                    Ok(Some(n)) => self.on_router_notification(n).await,
+                    Ok(None) => Ok(()),
+                    Err(_) => Err(self.link_failed()),
+                },
+                Some(d) = self.deliveries.recv() => self.deliver(d).await,
+                r = next_revocation_for(&mut self.revocations, me) => self.on_revocation(r.err()).await,
+                _ = self.overflow.notified() => Err(End::NotReading),
+                _ = sleep_until_opt(deadline) => Err(End::KeepAlive),
+                _ = sleep_until_opt(anonymous_deadline) => Err(End::AnonymousTimeout),
+                _ = self.kill.notified() => Err(End::TakenOver),
+                _ = self.shared.hub.shutting_down() => Err(End::Shutdown),
+            };
+            // Take whatever else is ready before writing, so a burst goes out in one write.
+            let step = match step {
+                Ok(()) => self.drain_ready().await,
+                err => err,
+            };
+            if let Err(end) = step {
+                // Answer what was already decided (e.g. a PUBACK) before closing, if the client reads.
+                let _ = self.flush().await;
+                return end;
+            }
+            if let Err(end) = self.flush().await {
+                return end;
+            }
+            // Large reads leave a large buffer behind; idle connections should stay small.
+            if self.rbuf.is_empty() && self.rbuf.capacity() > 16 * 1024 {
+                self.rbuf = BytesMut::with_capacity(256);
+            }
+        }
+    }
+
+    /// Handles router notifications and hub deliveries that are ready now, without waiting.
+    async fn drain_ready(&mut self) -> Result<(), End> {
+        use futures_util::FutureExt;
+        for _ in 0..DRAIN_BATCH {
+            match next_from_router(&mut self.link).now_or_never() {
+                Some(Ok(Some(n))) => self.on_router_notification(n).await?,
+                Some(Ok(None)) => {}
+                Some(Err(_)) => return Err(self.link_failed()),
+                None => break,
+            }
+        }
+        self.apply_revocations().await?;
+        self.session.refresh_visibility().await;
+        for _ in 0..DRAIN_BATCH {
+            match self.deliveries.try_recv() {
+                Ok(d) => self.push(d)?,
+                Err(_) => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Pushes one delivery with the rights the user has now.
+    async fn deliver(&mut self, d: Delivery) -> Result<(), End> {
+        self.apply_revocations().await?;
+        self.session.refresh_visibility().await;
+        self.push(d)
+    }
+
+    /// A revocation of this session's user was announced (`None`), or some were missed (`Lagged`):
+    /// the session re-reads its user. Gone or inactive ends the connection; otherwise the fresh
+    /// rights (role, assignments) apply from now on.
+    async fn on_revocation(&mut self, missed: Option<RecvError>) -> Result<(), End> {
+        match missed {
+            None => self.recheck_principal().await,
+            Some(RecvError::Lagged(_)) => self.recheck_principal().await,
+            Some(RecvError::Closed) => Ok(()),
+        }
+    }
+
+    async fn recheck_principal(&mut self) -> Result<(), End> {
+        // Anonymous sessions have nothing to lose.
+        if !self.session.principal.is_authenticated() {
+            return Ok(());
+        }
+        match self.shared.hub.recheck_principal(&self.session.principal).await {
+            Some(fresh) => {
+                self.session.principal = fresh;
+                self.session.refresh_visibility().await;
+                Ok(())
+            }
+            None => Err(End::Revoked),
+        }
+    }
+
+    /// Applies revocations already announced, so nothing is served with rights the user has lost
+    /// (the select loop may pick a request or a delivery before the revocation).
+    async fn apply_revocations(&mut self) -> Result<(), End> {
+        let me = self.session.principal.user_id();
+        let mut concerned = false;
+        loop {
+            match self.revocations.try_recv() {
+                Ok(id) => concerned |= me == Some(id),
+                Err(TryRecvError::Lagged(_)) => concerned = true,
+                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            }
+        }
+        if concerned {
+            self.recheck_principal().await?;
+        }
+        Ok(())
+    }
+
+    async fn read_packets(&mut self) -> Result<(), End> {
+        loop {
+            let max = self.settings().max_packet_bytes;
+            match codec::decode(&mut self.rbuf, max) {
+                Ok(Some(p)) => self.handle(p).await?,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    tracing::info!(client_id = %self.client_id, error = ?e, "closing MQTT connection: bad packet");
+                    return Err(End::Protocol);
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, packet: Packet) -> Result<(), End> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(p).await,
+            Packet::PubAck(pkid) => {
+                match self.inflight.remove(&pkid) {
+                    Some(Origin::Router(router_pkid)) => {
+                        let ack = rq::PubAck { pkid: router_pkid, reason: rq::PubAckReason::Success };
+                        self.send_to_router(rq::Packet::PubAck(ack, None)).await?;
+                    }
+                    Some(Origin::Hub) | None => {}
+                }
+                Ok(())
+            }
+            Packet::PubRel(pkid) => {
+                if self.router_qos2.remove(&pkid) {
+                    let rel = rq::PubRel { pkid, reason: rq::PubRelReason::Success };
+                    return self.send_to_router(rq::Packet::PubRel(rel, None)).await;
+                }
+                // Ours, or an id nobody knows (e.g. resent after a reconnect, when the publish was
+                // already released): either way it is complete (3.1.1 §4.3.3).
+                self.own_qos2.remove(&pkid);
+                self.queue(&Packet::PubComp(pkid));
+                Ok(())
+            }
+            Packet::PubRec(_) | Packet::PubComp(_) => Ok(()),
+            Packet::Subscribe { pkid, filters } => self.on_subscribe(pkid, filters).await,
+            Packet::Unsubscribe { pkid, filters } => self.on_unsubscribe(pkid, filters).await,
+            Packet::PingReq => {
+                self.queue(&Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect => Err(End::Clean),
+            // A second CONNECT, or packets only a server sends.
+            _ => Err(End::Protocol),
+        }
+    }
+
+    /// Which plain (non-`dh/`) topics this session may use.
+    fn plain_allowed(&self) -> bool {
+        match self.settings().plain_topics {
+            PlainTopics::Open => true,
+            PlainTopics::Authenticated => self.session.principal.is_authenticated(),
+            PlainTopics::Off => false,
+        }
+    }
+
+    fn refuse_publish(&mut self, reason: &str, p: &Publish) {
+        self.shared.hub.stats.mqtt_dropped_publishes.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(client_id = %self.client_id, topic = %p.topic, reason, "MQTT publish dropped");
+    }
+
+    /// Handles a PUBLISH and acknowledges it once handled — for `dh/` topics that is after the action
+    /// or insert is committed. Refused publishes are acknowledged too: MQTT 3.1.1 has no negative
+    /// acknowledgement, and a client must not resend forever what will never be accepted.
+    async fn on_publish(&mut self, p: Publish) -> Result<(), End> {
+        if p.topic.starts_with("dh/") {
+            self.apply_revocations().await?;
+        }
+        if !p.topic.starts_with("dh/") {
+            if self.plain_allowed() && !p.topic.is_empty() && !p.topic.contains(['+', '#']) {
+                // The router acknowledges plain publishes itself (PUBACK, or PUBREC for QoS 2).
+                if p.qos == 2 {
+                    self.router_qos2.insert(p.pkid);
+                }
+                return self.send_to_router(rq::Packet::Publish(to_router(&p), None)).await;
+            }
+            self.refuse_publish("plain topic not allowed", &p);
+        } else if p.topic == "dh/request" {
+            self.on_request(&p).await;
+        } else {
+            self.on_direct_publish(&p).await;
+        }
+        match p.qos {
+            1 => self.queue(&Packet::PubAck(p.pkid)),
+            2 => {
+                // Handled exactly once, now; PUBREL is answered with PUBCOMP.
+                self.own_qos2.insert(p.pkid);
+                self.queue(&Packet::PubRec(p.pkid));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn on_subscribe(&mut self, pkid: u16, filters: Vec<(String, u8)>) -> Result<(), End> {
+        let mut codes: Vec<Option<u8>> = Vec::with_capacity(filters.len());
+        let mut plain: Vec<rq::Filter> = Vec::new();
+        for (filter, qos) in filters {
+            let qos = qos.min(1);
+            if !filter.starts_with("dh/") {
+                if self.plain_allowed() && !broker_filter(&filter) && rq::valid_filter(&filter) {
+                    plain.push(rq::Filter {
+                        path: filter,
+                        qos: if qos == 1 { rq::QoS::AtLeastOnce } else { rq::QoS::AtMostOnce },
+                        nolocal: false,
+                        preserve_retain: false,
+                        retain_forward_rule: rq::RetainForwardRule::OnEverySubscribe,
+                    });
+                    codes.push(None);
+                } else {
+                    codes.push(Some(SUBACK_FAILURE));
+                }
+                continue;
+            }
+            codes.push(Some(self.subscribe_dh(&filter, qos, false).await));
+        }
+        if plain.is_empty() {
+            let codes = codes.into_iter().map(|c| c.unwrap_or(SUBACK_FAILURE)).collect();
+            self.queue(&Packet::SubAck { pkid, codes });
+            return Ok(());
+        }
+        self.pending_subacks.insert(pkid, codes);
+        self.send_to_router(rq::Packet::Subscribe(rq::Subscribe { pkid, filters: plain }, None)).await
+    }
+
+    async fn on_unsubscribe(&mut self, pkid: u16, filters: Vec<String>) -> Result<(), End> {
+        let mut plain = Vec::new();
+        for f in filters {
+            if f.starts_with("dh/") {
+                self.response_topics.remove(&f);
+                if let Some(sub) = self.dh_subs.remove(&f) {
+                    self.drop_engine_subscription(&sub);
+                    if self.persistent {
+                        let _ = self.shared.hub.mqtt_subscription_delete(&self.client_id, &f).await;
+                    }
+                }
+            } else {
+                plain.push(f);
+            }
+        }
+        if plain.is_empty() {
+            self.queue(&Packet::UnsubAck(pkid));
+            return Ok(());
+        }
+        self.send_to_router(rq::Packet::Unsubscribe(rq::Unsubscribe { pkid, filters: plain }, None)).await
+    }
+
+    /// Ends the session: last will unless the client said goodbye, then the router link.
+    async fn finish(mut self, end: End) {
+        match end {
+            End::Clean | End::Shutdown | End::TakenOver => {}
+            ref other => tracing::info!(client_id = %self.client_id, reason = ?other, "MQTT connection closed"),
+        }
+        // A revoked user has no right left to publish, its last will included.
+        let will = !matches!(end, End::Clean | End::Revoked) && self.will.is_some();
+        if will {
+            if let Some(will) = self.will.take() {
+                let p = Publish {
+                    dup: false,
+                    qos: will.qos.min(1),
+                    retain: will.retain,
+                    topic: will.topic,
+                    pkid: 0,
+                    payload: will.payload,
+                };
+                if p.topic.starts_with("dh/") {
+                    self.on_direct_publish(&Publish { qos: 0, ..p }).await;
+                } else if self.plain_allowed() {
+                    let _ = self.send_to_router(rq::Packet::Publish(to_router(&Publish { qos: 0, ..p }), None)).await;
+                }
+            }
+        }
+        // After a takeover the session lives on in the new connection: it is not a disconnect. Else
+        // `$device-disconnected` follows everything the session published, its last will included.
+        let mut recorded = None;
+        if end.recorded() {
+            let reason = end.reason();
+            let client_id = self.client_id.clone();
+            let principal = self.session.principal.clone();
+            recorded = Some(
+                self.shared.presence.record(PresenceEvent {
+                    record: SessionRecord::Disconnected {
+                        client_id: client_id.clone(),
+                        at: crate::time::now_ms(),
+                        reason,
+                    },
+                    notification: principal
+                        .is_authenticated()
+                        .then(|| json!({"clientId": client_id, "reason": reason, "will": will})),
+                    principal,
+                }),
+            );
+        }
+        if self.link.is_some() {
+            let bye = rq::Disconnect { reason_code: rq::DisconnectReasonCode::NormalDisconnection };
+            let _ = self.send_to_router(rq::Packet::Disconnect(bye, None)).await;
+        }
+        let _ = self.writer.shutdown().await;
+        if let Some(recorded) = recorded {
+            let _ = recorded.await;
+        }
+    }
+}
+
+impl End {
+    /// Whether the end is recorded as a disconnect (`$device-disconnected`). After a takeover the
+    /// session lives on in the newer connection.
+    fn recorded(&self) -> bool {
+        *self != End::TakenOver
+    }
+
+    /// How the disconnect is reported in presence records.
+    fn reason(&self) -> &'static str {
+        match self {
+            End::Clean => "disconnect",
+            End::Network => "connection-lost",
+            End::KeepAlive => "keepalive-timeout",
+            End::Protocol => "protocol-error",
+            End::NotReading => "not-reading",
+            End::TakenOver => "taken-over",
+            End::Shutdown => "shutdown",
+            End::Revoked => "revoked",
+            End::AnonymousTimeout => "anonymous-timeout",
+            End::RouterLinkFailed => "router-link-failed",
+        }
+    }
+}
+
+/// Waits for a revocation of user `me` (`Ok`) or for missed ones (`Err(Lagged)`); others' are
+/// skipped here, so they cost no wake-up of the connection loop. Never completes when closed.
+async fn next_revocation_for(rx: &mut broadcast::Receiver<i64>, me: Option<i64>) -> Result<(), RecvError> {
+    loop {
+        match rx.recv().await {
+            Ok(id) if Some(id) == me => return Ok(()),
+            Ok(_) => {}
+            Err(RecvError::Closed) => return std::future::pending().await,
+            Err(lagged) => return Err(lagged),
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
