@@ -2394,7 +2394,7 @@ async fn scenario_ws_slow() -> BenchResult<()> {
         }
     }
     drop(sleepers);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
     let after = hub.rss();
     latencies.sort_unstable();
     println!(

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod hub;
+mod memory;
 pub mod model;
 pub mod mqtt;
 pub mod net;
@@ -71,6 +72,7 @@ impl App {
             Box::new(move |rows| publish_bus.publish(rows)),
             writer_stop_rx,
         );
+        let trimmer = memory::spawn_trimmer(shutdown_rx.clone());
         let retention = spawn_retention(store.clone(), settings.database.message_retention_secs, shutdown_rx.clone());
         let keys = JwtKeys::from_secret(&secret);
         let hub = Arc::new(Hub::new(store.clone(), writer, bus, settings, keys, shutdown_rx.clone()));
@@ -120,6 +122,7 @@ impl App {
             let _ = writer_stop.send(true);
             let _ = writer_task.await;
             retention.abort();
+            trimmer.abort();
             store.close().await;
             tracing::info!("hivehub stopped");
         });

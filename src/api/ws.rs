@@ -30,8 +30,11 @@ pub async fn upgrade(
     let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("localhost").to_string();
     let settings = &hub.settings.websocket;
     let limit = settings.max_message_bytes;
-    // The library's own write buffer is bounded too: a client that stops reading cannot make it grow.
-    let write_limit = settings.max_queue_bytes.max(limit) + 64 * 1024;
+    // The library's own write buffer is bounded too (a client that stops reading cannot make it
+    // grow); it must still take the largest push in one piece: a message as large as a request body
+    // or an MQTT packet may carry.
+    let largest_push = hub.settings.limits.max_body_bytes.max(limit).max(hub.settings.mqtt.max_packet_bytes);
+    let write_limit = settings.max_queue_bytes.max(largest_push) + 64 * 1024;
     ws.max_message_size(limit)
         .max_frame_size(limit)
         .write_buffer_size(32 * 1024)
