@@ -283,14 +283,10 @@ async fn mqtt_over_websocket_speaks_the_same_protocol() {
 
 #[tokio::test]
 async fn mqtt_over_tls() {
-    use std::sync::Arc;
-
     use bytes::BytesMut;
     use hivehub::mqtt::codec::{self, Connect, Packet};
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, ServerName};
+    use rustls_pki_types::ServerName;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
     let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
     let hub = TestHub::start_with(|s| {
@@ -299,19 +295,9 @@ async fn mqtt_over_tls() {
         s.mqtt.tls_key_file = format!("{fixtures}/mqtt-test-key.pem");
     })
     .await;
-    let pem = std::fs::read(format!("{fixtures}/mqtt-test-ca.pem")).unwrap();
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let connector = crate::common::mqtt::tls_connector();
     let tcp = tokio::net::TcpStream::connect(hub.mqtt_tls_addr()).await.unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let mut tls = connector
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .expect("TLS handshake with the hub's certificate");

@@ -2,7 +2,6 @@
 //! connection cap refuses extra connections without touching MQTT and recovers, and the MQTT cap
 //! answers over TLS and WebSocket like over TCP. Every wait is bounded; deadlines are generous.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -12,6 +11,7 @@ use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::common::mqtt::tls_connector;
 use crate::common::TestHub;
 use crate::mqtt::{connack as rumqttc_connack, options};
 
@@ -135,26 +135,6 @@ async fn the_http_cap_refuses_extra_connections_spares_mqtt_and_recovers() {
         .expect("answered in time")
         .expect("answered");
     assert_eq!(reply.status().as_u16(), 200);
-}
-
-/// A TLS client trusting the fixture CA.
-fn tls_connector() -> tokio_rustls::TlsConnector {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::CertificateDer;
-    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
-
-    let pem = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/mqtt-test-ca.pem")).unwrap();
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
 async fn mqtt_connections(hub: &TestHub) -> String {

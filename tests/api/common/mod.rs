@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod mqtt;
 pub mod ws;
 
 use hivehub::config::Settings;
