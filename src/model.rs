@@ -167,3 +167,28 @@ pub struct Configuration {
     pub value: String,
     pub entity_version: i64,
 }
+
+// MQTT sessions (stored by the hub, used by the broker edge).
+
+/// A stored `dh/` subscription of a persistent session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSubscription {
+    pub filter: String,
+    pub qos: u8,
+    pub since: i64,
+}
+
+/// A presence change of an MQTT session, recorded in batches off the connect path.
+#[derive(Debug, Clone)]
+pub enum SessionRecord {
+    Connected { client_id: String, user_id: Option<i64>, clean: bool, at: i64 },
+    Disconnected { client_id: String, at: i64, reason: &'static str },
+}
+
+/// The stored facts about a client id that decide who may connect with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSession {
+    pub clean: bool,
+    /// `Some(None)`: owned by anonymous; `None`: no owner recorded.
+    pub owner: Option<Option<i64>>,
+}

@@ -86,15 +86,3 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
 pub fn path_id(text: &str) -> Result<i64, ApiError> {
     text.parse().map_err(|_| ApiError::not_found("HTTP 404 Not Found"))
 }
-
-/// The client's address, when the server recorded it (`ConnectInfo`); used to throttle logins.
-pub struct Peer(pub Option<std::net::IpAddr>);
-
-impl<S: Send + Sync> FromRequestParts<S> for Peer {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let addr = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>();
-        Ok(Peer(addr.map(|a| a.0.ip())))
-    }
-}

@@ -17,9 +17,9 @@ use tokio::sync::mpsc::error::{SendTimeoutError, TrySendError};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
-use crate::api::extract::Peer;
 use crate::hub::dispatch::{self as actions, Session};
 use crate::hub::Hub;
+use crate::net::http::Peer;
 
 pub async fn upgrade(
     State(hub): State<Arc<Hub>>,

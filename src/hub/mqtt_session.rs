@@ -10,7 +10,7 @@ use super::Hub;
 use crate::auth::{Action, Principal};
 use crate::error::Result;
 use crate::model::Command;
-use crate::store::{SessionRecord, StoredSession, StoredSubscription};
+use crate::model::{SessionRecord, StoredSession, StoredSubscription};
 
 impl Hub {
     /// The stored session of `client_id`, if any.

@@ -18,7 +18,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::auth::Principal;
 use crate::hub::Hub;
-use crate::store::SessionRecord;
+use crate::model::SessionRecord;
 
 pub struct PresenceEvent {
     pub record: SessionRecord,

@@ -17,9 +17,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::{connection, MqttShared, MqttSlot};
-use crate::api::extract::Peer;
 use crate::error::StartupError;
 use crate::net;
+use crate::net::http::Peer;
 
 pub async fn start(shared: Arc<MqttShared>, listen: &str) -> Result<SocketAddr, StartupError> {
     let listener = TcpListener::bind(listen)

@@ -266,6 +266,18 @@ pub fn refuse_busy(stream: TcpStream) {
     let _ = stream.try_write(BUSY_RESPONSE);
 }
 
+/// The client's address, when the server recorded it (`ConnectInfo`); used to throttle logins.
+pub struct Peer(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let addr = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>();
+        Ok(Peer(addr.map(|a| a.0.ip())))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,6 @@ use sqlx::SqlitePool;
 
 pub use command::{CommandUpdate, NewCommand};
 pub use device::{DeviceListQuery, DeviceUpdate};
-pub use mqtt_session::{SessionRecord, StoredSession, StoredSubscription};
 pub use network::GroupListQuery;
 pub use notification::{MessageQuery, NewNotification};
 pub use scope::{DeviceScope, MessageFilter};

@@ -4,29 +4,7 @@ use sqlx::Row;
 
 use super::Store;
 use crate::error::Result;
-
-/// A stored `dh/` subscription of a persistent session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredSubscription {
-    pub filter: String,
-    pub qos: u8,
-    pub since: i64,
-}
-
-/// A presence change of an MQTT session, recorded in batches off the connect path.
-#[derive(Debug, Clone)]
-pub enum SessionRecord {
-    Connected { client_id: String, user_id: Option<i64>, clean: bool, at: i64 },
-    Disconnected { client_id: String, at: i64, reason: &'static str },
-}
-
-/// The stored facts about a client id that decide who may connect with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredSession {
-    pub clean: bool,
-    /// `Some(None)`: owned by anonymous; `None`: no owner recorded.
-    pub owner: Option<Option<i64>>,
-}
+use crate::model::{SessionRecord, StoredSession, StoredSubscription};
 
 /// The `owner` column: the user id, or `anonymous`.
 fn owner_text(owner: Option<i64>) -> String {

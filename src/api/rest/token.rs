@@ -6,8 +6,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 
 use super::{json, ApiResult};
-use crate::api::extract::{Auth, Body, Peer};
+use crate::api::extract::{Auth, Body};
 use crate::hub::Hub;
+use crate::net::http::Peer;
 
 pub async fn login(State(hub): State<Arc<Hub>>, Peer(peer): Peer, Body(body): Body) -> ApiResult {
     Ok(json(StatusCode::CREATED, &hub.login(&body, peer).await?))

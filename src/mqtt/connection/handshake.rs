@@ -13,9 +13,9 @@ use tokio::sync::{broadcast, Notify};
 
 use super::{Conn, Reader, Writer};
 use crate::auth::Principal;
+use crate::model::StoredSession;
 use crate::mqtt::codec::{self, connack, Connect, DecodeError, Packet};
 use crate::mqtt::{LiveSession, MqttShared};
-use crate::store::StoredSession;
 
 /// Answers a connection over the limit with CONNACK "server unavailable" (over TCP, TLS or WebSocket).
 pub async fn refuse_busy(mut stream: impl AsyncRead + AsyncWrite + Unpin) {

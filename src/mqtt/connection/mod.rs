@@ -31,7 +31,7 @@ use super::MqttShared;
 use crate::config::PlainTopics;
 use crate::hub::bus::{Delivery, EventKind};
 use crate::hub::dispatch::Session;
-use crate::store::SessionRecord;
+use crate::model::SessionRecord;
 
 use dh::DhSub;
 pub use handshake::refuse_busy;
