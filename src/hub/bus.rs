@@ -85,10 +85,20 @@ impl Event {
     }
 }
 
+/// A live subscription's id: unique in the process, shown to clients as `subscriptionId`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubscriptionId(pub u64);
+
+impl std::fmt::Display for SubscriptionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// What a subscription receives: the matching events of one commit, in commit order.
 #[derive(Debug)]
 pub struct Delivery {
-    pub subscription_id: u64,
+    pub subscription_id: SubscriptionId,
     pub events: Vec<Arc<Event>>,
 }
 
@@ -137,13 +147,13 @@ fn index_keys(kind: EventKind, f: &MessageFilter) -> Vec<IndexKey> {
 
 #[derive(Default)]
 struct Registry {
-    subs: HashMap<u64, Subscription>,
-    index: HashMap<IndexKey, HashSet<u64>>,
+    subs: HashMap<SubscriptionId, Subscription>,
+    index: HashMap<IndexKey, HashSet<SubscriptionId>>,
 }
 
 impl Registry {
     /// Removes a subscription and every index entry pointing at it.
-    fn remove(&mut self, id: u64) -> bool {
+    fn remove(&mut self, id: SubscriptionId) -> bool {
         let Some(sub) = self.subs.remove(&id) else {
             return false;
         };
@@ -179,8 +189,8 @@ impl Bus {
     }
 
     /// Registers a subscription; matching commits are sent to `sink` from now on.
-    pub fn subscribe(&self, kind: EventKind, filter: MessageFilter, sink: Sink) -> u64 {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+    pub fn subscribe(&self, kind: EventKind, filter: MessageFilter, sink: Sink) -> SubscriptionId {
+        let id = SubscriptionId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         for key in index_keys(kind, &filter) {
             reg.index.entry(key).or_default().insert(id);
@@ -189,7 +199,7 @@ impl Bus {
         id
     }
 
-    pub fn unsubscribe(&self, id: u64) -> bool {
+    pub fn unsubscribe(&self, id: SubscriptionId) -> bool {
         let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         reg.remove(id)
     }
@@ -201,7 +211,7 @@ impl Bus {
         let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         let mut ended = 0;
         for kind in [EventKind::Notification, EventKind::CommandInsert, EventKind::CommandUpdate] {
-            let ids: Vec<u64> = match reg.index.get(&IndexKey::Device(kind, device_id.to_string())) {
+            let ids: Vec<SubscriptionId> = match reg.index.get(&IndexKey::Device(kind, device_id.to_string())) {
                 Some(ids) => ids.iter().copied().collect(),
                 None => continue,
             };
@@ -231,7 +241,7 @@ impl Bus {
     }
 
     /// Whether subscription `id` is still registered.
-    pub fn is_subscribed(&self, id: u64) -> bool {
+    pub fn is_subscribed(&self, id: SubscriptionId) -> bool {
         self.registry.lock().unwrap_or_else(|e| e.into_inner()).subs.contains_key(&id)
     }
 
@@ -248,14 +258,14 @@ impl Bus {
     /// Routes one commit's rows. Called by the writer in commit order, after the commit.
     pub fn publish(&self, written: &[Written]) {
         let events: Vec<Arc<Event>> = written.iter().map(|w| Arc::new(Event::from_written(w))).collect();
-        let mut per_sub: HashMap<u64, Vec<Arc<Event>>> = HashMap::new();
+        let mut per_sub: HashMap<SubscriptionId, Vec<Arc<Event>>> = HashMap::new();
         let reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         if reg.subs.is_empty() {
             return;
         }
         for ev in &events {
             let (device, network, device_type, name) = ev.keys();
-            let mut candidates: Vec<u64> = Vec::new();
+            let mut candidates: Vec<SubscriptionId> = Vec::new();
             let lookups = [IndexKey::Device(ev.kind, device.to_string()), IndexKey::Global(ev.kind)];
             for key in lookups.iter() {
                 if let Some(set) = reg.index.get(key) {
@@ -295,7 +305,7 @@ impl Bus {
 /// Ends its subscription when dropped (e.g. when a long-poll request completes or is abandoned).
 pub struct SubscriptionGuard {
     bus: Arc<Bus>,
-    pub id: u64,
+    pub id: SubscriptionId,
 }
 
 impl Drop for SubscriptionGuard {

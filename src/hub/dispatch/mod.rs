@@ -234,7 +234,7 @@ pub async fn dispatch(session: &mut Session, action: ApiAction, req: &Value) -> 
             let device = required_text(&f, "deviceId", "Device id is wrong or empty")?;
             one("notifications", hub.notification_query(&p, &device, req, WS_DEFAULT_TAKE).await?)
         }
-        A::NotificationSubscribe => session.subscribe(EventKind::Notification, req).await,
+        A::NotificationSubscribe => one("subscriptionId", session.subscribe(EventKind::Notification, req).await?.0),
         A::NotificationUnsubscribe => session.unsubscribe(true, req),
 
         A::CommandInsert => {
@@ -259,7 +259,7 @@ pub async fn dispatch(session: &mut Session, action: ApiAction, req: &Value) -> 
             let device = required_text(&f, "deviceId", "Device id is wrong or empty")?;
             one("commands", hub.command_query(&p, &device, req, WS_DEFAULT_TAKE).await?)
         }
-        A::CommandSubscribe => session.subscribe(EventKind::CommandInsert, req).await,
+        A::CommandSubscribe => one("subscriptionId", session.subscribe(EventKind::CommandInsert, req).await?.0),
         A::CommandUnsubscribe => session.unsubscribe(false, req),
         A::SubscriptionList => session.list(req),
 

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::auth::{Action, Principal};
 use crate::error::{ApiError, Result};
-use crate::hub::bus::{Delivery, EventKind, Sink};
+use crate::hub::bus::{Delivery, EventKind, Sink, SubscriptionId};
 use crate::hub::fields::Fields;
 use crate::hub::Hub;
 
@@ -31,7 +31,7 @@ pub struct Session {
     pub host: String,
     /// The client's address (login throttling), when the transport knows it.
     pub peer: Option<std::net::IpAddr>,
-    subs: HashMap<u64, SubState>,
+    subs: HashMap<SubscriptionId, SubState>,
     sink: Sink,
     /// Pushes to send after the current response (history replay).
     pending: Vec<String>,
@@ -83,8 +83,8 @@ impl Session {
         Ok(Map::new())
     }
 
-    /// `notification/subscribe` and `command/subscribe`.
-    pub async fn subscribe(&mut self, kind: EventKind, req: &Value) -> Result<Map<String, Value>> {
+    /// `notification/subscribe` and `command/subscribe`: the new subscription's id.
+    pub async fn subscribe(&mut self, kind: EventKind, req: &Value) -> Result<SubscriptionId> {
         let hub = self.hub.clone();
         let action =
             if kind == EventKind::Notification { Action::GetDeviceNotification } else { Action::GetDeviceCommand };
@@ -120,7 +120,7 @@ impl Session {
         // Live first, then history: nothing committed in between is lost; duplicates are skipped.
         let id = hub.bus.subscribe(poll.kind, filter.clone(), self.sink.clone());
         let info = json!({
-            "subscriptionId": id,
+            "subscriptionId": id.0,
             "type": if kind == EventKind::Notification { "notification" } else { "command" },
             "deviceId": f.text("deviceId")?,
             "networkIds": poll.network_ids,
@@ -162,9 +162,7 @@ impl Session {
             state.replayed = Some((seen, max_key));
         }
         self.subs.insert(id, state);
-        let mut out = Map::new();
-        out.insert("subscriptionId".into(), json!(id));
-        Ok(out)
+        Ok(id)
     }
 
     /// `notification/unsubscribe` / `command/unsubscribe`: one subscription, or all of that type.
@@ -174,8 +172,8 @@ impl Session {
         self.prune();
         let is_type = |k: EventKind| (k == EventKind::Notification) == notification;
         match Fields::of(req)?.i64("subscriptionId")? {
-            Some(id) => {
-                let id = id as u64;
+            Some(raw) => {
+                let id = SubscriptionId(raw as u64);
                 match self.subs.get(&id) {
                     Some(s) if is_type(s.kind) => {
                         self.subs.remove(&id);
@@ -185,7 +183,8 @@ impl Session {
                 }
             }
             None => {
-                let ids: Vec<u64> = self.subs.iter().filter(|(_, s)| is_type(s.kind)).map(|(id, _)| *id).collect();
+                let ids: Vec<SubscriptionId> =
+                    self.subs.iter().filter(|(_, s)| is_type(s.kind)).map(|(id, _)| *id).collect();
                 for id in ids {
                     self.subs.remove(&id);
                     self.hub.bus.unsubscribe(id);
@@ -193,6 +192,13 @@ impl Session {
             }
         }
         Ok(Map::new())
+    }
+
+    /// Ends one of this session's subscriptions (MQTT unsubscribing a `dh/` filter).
+    pub fn end_subscription(&mut self, id: SubscriptionId) {
+        if self.subs.remove(&id).is_some() {
+            self.hub.bus.unsubscribe(id);
+        }
     }
 
     /// Forgets subscriptions the bus ended on its own (their device was deleted).
@@ -212,7 +218,7 @@ impl Session {
         }
         let wanted = Fields::of(req)?.text("type")?;
         self.prune();
-        let mut subs: Vec<(&u64, &SubState)> = self
+        let mut subs: Vec<(&SubscriptionId, &SubState)> = self
             .subs
             .iter()
             .filter(|(_, s)| {
@@ -304,7 +310,7 @@ fn json_of<T: serde::Serialize>(v: &T) -> String {
 
 /// `{"action":"notification/insert","subscriptionId":N,"notification":{...}}` around a message
 /// serialised once for every recipient.
-pub fn push_text(kind: EventKind, subscription_id: u64, message_json: &str) -> String {
+pub fn push_text(kind: EventKind, subscription_id: SubscriptionId, message_json: &str) -> String {
     let (action, key) = match kind {
         EventKind::Notification => ("notification/insert", "notification"),
         EventKind::CommandInsert => ("command/insert", "command"),

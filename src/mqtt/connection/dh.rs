@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::{Conn, End};
-use crate::hub::bus::{Delivery, EventKind};
+use crate::hub::bus::{Delivery, EventKind, SubscriptionId};
 use crate::hub::dispatch::{self as actions, push_text};
 use crate::mqtt::codec::{Publish, SUBACK_FAILURE};
 use crate::mqtt::topics::{self, DhFilter};
@@ -19,9 +19,8 @@ const RECENT_EVENTS: usize = 512;
 
 /// A `dh/` event subscription of this connection.
 pub(super) struct DhSub {
-    pub id: u64,
+    pub id: SubscriptionId,
     pub qos: u8,
-    pub kind: EventKind,
     pub private: bool,
 }
 
@@ -124,10 +123,9 @@ impl Conn {
                 }
                 let wire_kind = if kind == EventKind::CommandUpdate { EventKind::CommandInsert } else { kind };
                 match self.session.subscribe(wire_kind, &request).await {
-                    Ok(out) => {
-                        let id = out.get("subscriptionId").and_then(Value::as_u64).unwrap_or_default();
+                    Ok(id) => {
                         self.dh_by_id.insert(id, filter.to_string());
-                        self.dh_subs.insert(filter.to_string(), DhSub { id, qos, kind, private: private_to.is_some() });
+                        self.dh_subs.insert(filter.to_string(), DhSub { id, qos, private: private_to.is_some() });
                         if self.persistent && !restoring {
                             let now = crate::time::now_ms();
                             let stored = self.shared.hub.mqtt_subscription_put(&self.client_id, filter, qos, now);
@@ -156,8 +154,7 @@ impl Conn {
 
     pub(super) fn drop_engine_subscription(&mut self, sub: &DhSub) {
         self.dh_by_id.remove(&sub.id);
-        let notification = sub.kind == EventKind::Notification;
-        let _ = self.session.unsubscribe(notification, &json!({"subscriptionId": sub.id}));
+        self.session.end_subscription(sub.id);
     }
 
     /// A persistent session gets its stored `dh/` subscriptions back, then the commands it is owed:

@@ -29,7 +29,7 @@ use super::codec::{self, connack, Packet, Publish, SUBACK_FAILURE};
 use super::presence::PresenceEvent;
 use super::MqttShared;
 use crate::config::PlainTopics;
-use crate::hub::bus::{Delivery, EventKind};
+use crate::hub::bus::{Delivery, EventKind, SubscriptionId};
 use crate::hub::dispatch::Session;
 use crate::model::SessionRecord;
 
@@ -81,7 +81,7 @@ struct Conn {
     /// Filter text → engine subscription.
     dh_subs: HashMap<String, DhSub>,
     /// Engine subscription id → filter text.
-    dh_by_id: HashMap<u64, String>,
+    dh_by_id: HashMap<SubscriptionId, String>,
     /// Exact response topics subscribed, with their QoS.
     response_topics: HashMap<String, u8>,
     /// Outgoing QoS1 publishes awaiting PUBACK.
