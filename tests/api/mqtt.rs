@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use crate::common::ws::Ws;
+use crate::common::ws::{live_subscriptions, wait_new_subscriptions, Ws};
 use crate::common::{
     assert_error, assert_keys, assert_success, numbered_request, TestHub, ADMIN_LOGIN, ADMIN_PASSWORD,
 };
@@ -717,9 +717,10 @@ async fn device_notifications_reach_rest_long_polls_and_websockets() {
     ];
     for (way, name, params) in ways {
         let poll = format!("/device/mq-sensor/notification/poll?waitTimeout=30&names={name}");
+        let base = live_subscriptions(&hub).await;
         let (polled, ()) = tokio::join!(hub.get(&hub.admin, &poll), async {
-            // Let the long poll register first: it has no timestamp, so only a live event wakes it.
-            sleep_ms(300).await;
+            // The long poll registers first: it has no timestamp, so only a live event wakes it.
+            wait_new_subscriptions(&hub, base, 1).await;
             match way {
                 "request" => {
                     let r = device
@@ -837,8 +838,9 @@ async fn commands_reach_devices_and_their_updates_wake_waiters() {
         let wait = format!("/device/mq-actuator/command/{cid}/poll?waitTimeout=30");
         let status = format!("{name}-done");
         let result = json!({"way": way});
+        let base = live_subscriptions(&hub).await;
         let (waited, ()) = tokio::join!(hub.get(&hub.admin, &wait), async {
-            sleep_ms(300).await;
+            wait_new_subscriptions(&hub, base, 1).await;
             let topic = format!("dh/command_update/{net}/1/mq-actuator/{name}");
             match way {
                 "request" => {

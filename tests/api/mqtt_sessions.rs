@@ -94,8 +94,7 @@ async fn persistent_session_gets_missed_commands_also_after_restart() {
     hub.device("dev-p", 1).await;
     let (mut d, present) = connect(opts(&hub, "dev-p", false)).await;
     assert!(!present, "first connection has no stored session");
-    d.client.subscribe("dh/command/+/+/dev-p/#", QoS::AtLeastOnce).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    d.subscribe("dh/command/+/+/dev-p/#").await;
     command(&hub, "dev-p", "online", json!({})).await;
     assert_eq!(d.commands(Duration::from_millis(800)).await, ["online"]);
     let online_id = hub.get(&hub.admin, "/device/dev-p/command?command=online").await.expect(200)[0]["id"].clone();
@@ -154,8 +153,7 @@ async fn presence_notifications_and_last_will() {
     hub.device("dev-w", 1).await;
     let (watcher, _) = connect(opts(&hub, "watcher", true)).await;
     let mut watcher = watcher;
-    watcher.client.subscribe("status/#", QoS::AtLeastOnce).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    watcher.subscribe("status/#").await;
 
     let (d, _) = connect(opts(&hub, "dev-w", true)).await;
     d.disconnect().await;
@@ -167,15 +165,24 @@ async fn presence_notifications_and_last_will() {
     assert_eq!(topic, "status/dev-w");
     assert_eq!(payload, Value::Null, "payload `offline` is not JSON");
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let list = hub.get(&hub.admin, "/device/dev-w/notification?sortOrder=ASC&take=100").await.expect(200);
-    let presence: Vec<(String, Value)> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|n| n["notification"].as_str().unwrap().starts_with("$device-") && n["notification"] != "$device-add")
-        .map(|n| (n["notification"].as_str().unwrap().to_string(), n["parameters"].clone()))
-        .collect();
+    // The second disconnect is recorded once the hub has noticed the lost connection.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let presence = loop {
+        let list = hub.get(&hub.admin, "/device/dev-w/notification?sortOrder=ASC&take=100").await.expect(200);
+        let presence: Vec<(String, Value)> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| {
+                n["notification"].as_str().unwrap().starts_with("$device-") && n["notification"] != "$device-add"
+            })
+            .map(|n| (n["notification"].as_str().unwrap().to_string(), n["parameters"].clone()))
+            .collect();
+        if presence.len() >= 4 || tokio::time::Instant::now() > deadline {
+            break presence;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(
         presence,
         vec![
@@ -198,10 +205,9 @@ async fn presence_notifications_and_last_will() {
 async fn a_second_connect_with_the_same_client_id_takes_over() {
     let hub = TestHub::start().await;
     let (mut first, _) = connect(opts(&hub, "twin", true)).await;
-    first.client.subscribe("t/#", QoS::AtLeastOnce).await.unwrap();
+    first.subscribe("t/#").await;
     let (mut second, _) = connect(opts(&hub, "twin", true)).await;
-    second.client.subscribe("t/#", QoS::AtLeastOnce).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    second.subscribe("t/#").await;
     second.client.publish("t/x", QoS::AtLeastOnce, false, "{}").await.unwrap();
     assert_eq!(second.next(Duration::from_secs(5)).await.map(|(t, _)| t), Some("t/x".to_string()));
     // The first connection was closed by the takeover and receives nothing.
@@ -336,8 +342,7 @@ async fn unassigning_a_network_stops_mqtt_deliveries_at_once() {
     let mut o = MqttOptions::new("mu-watcher", addr.ip().to_string(), addr.port());
     o.set_credentials("mu-client", "client-pass-1");
     let (mut d, _) = connect(o).await;
-    d.client.subscribe("dh/notification/#", QoS::AtLeastOnce).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    d.subscribe("dh/notification/#").await;
     hub.post(&hub.admin, "/device/mu-1/notification", json!({"notification": "visible"})).await.expect(201);
     let (_, push) = d.next(Duration::from_secs(5)).await.expect("delivered while assigned");
     assert_eq!(push["notification"]["notification"], "visible");

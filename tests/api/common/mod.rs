@@ -119,7 +119,13 @@ impl TestHub {
         let app = App::start(settings).await.expect("hub starts");
         let root = format!("http://{}", app.http_addr);
         let base = format!("{root}/api/rest");
-        let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
+        // Every request has a deadline (longer than the longest long poll): a hub that hangs fails the
+        // test instead of hanging it.
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .timeout(std::time::Duration::from_secs(90))
+            .build()
+            .unwrap();
         let mut hub = TestHub { app: Some(app), dir, base, root, client, admin: String::new() };
         hub.admin = hub.login(ADMIN_LOGIN, ADMIN_PASSWORD).await;
         hub
