@@ -12,8 +12,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::common::mqtt::tls_connector;
+use crate::common::mqtt::{connack as rumqttc_connack, options};
 use crate::common::TestHub;
-use crate::mqtt::{connack as rumqttc_connack, options};
 
 /// Far longer than any timeout configured here: reaching it means the hub never closed the socket.
 const GENEROUS: Duration = Duration::from_secs(10);

@@ -121,8 +121,12 @@ impl TestHub {
         let base = format!("{root}/api/rest");
         // Every request has a deadline (longer than the longest long poll): a hub that hangs fails the
         // test instead of hanging it.
+        // Pooled connections are reused only while the hub still keeps them: it closes keep-alive
+        // connections idle for `http.header_read_timeout_secs` (10 s), and a request sent on one it is
+        // closing at that moment would be reset.
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(64)
+            .pool_idle_timeout(std::time::Duration::from_secs(5))
             .timeout(std::time::Duration::from_secs(90))
             .build()
             .unwrap();
