@@ -17,7 +17,7 @@ use tokio::sync::mpsc::error::{SendTimeoutError, TrySendError};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
-use crate::hub::dispatch::{self as actions, Session};
+use crate::hub::dispatch::{self as actions, revocation_of, Session};
 use crate::hub::Hub;
 use crate::net::http::Peer;
 
@@ -281,21 +281,9 @@ async fn run_session(hub: Arc<Hub>, socket: WebSocket, host: String, peer: Optio
                     break end;
                 }
             }
-            revoked = revocations.recv() => {
-                use tokio::sync::broadcast::error::RecvError;
-                let mine = match revoked {
-                    Ok(user_id) => session.principal.user_id() == Some(user_id),
-                    Err(RecvError::Lagged(_)) => true,
-                    Err(RecvError::Closed) => false,
-                };
-                if mine && session.principal.is_authenticated() {
-                    match hub.recheck_principal(&session.principal).await {
-                        None => break End::Revoked,
-                        Some(p) => {
-                            session.principal = p;
-                            session.refresh_visibility().await;
-                        }
-                    }
+            _ = revocation_of(&mut revocations, session.principal.user_id()) => {
+                if !session.recheck().await {
+                    break End::Revoked;
                 }
             }
             _ = overflow.notified() => break End::NotReading,

@@ -233,6 +233,23 @@ impl Session {
         Ok(out)
     }
 
+    /// Re-reads the session's user after a revocation: `false` when it is gone or no longer active
+    /// (the session must end); otherwise its fresh rights (role, assignments) apply from now on.
+    /// Anonymous sessions have nothing to lose.
+    pub async fn recheck(&mut self) -> bool {
+        if !self.principal.is_authenticated() {
+            return true;
+        }
+        match self.hub.recheck_principal(&self.principal).await {
+            Some(fresh) => {
+                self.principal = fresh;
+                self.refresh_visibility().await;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Re-reads the user's network assignments if they may have changed since the last read.
     pub async fn refresh_visibility(&mut self) {
         let Some(user) = self.principal.user.as_ref().filter(|u| !u.is_admin()) else {
@@ -326,5 +343,35 @@ fn order_key(kind: EventKind, id: i64, cursor: i64) -> i64 {
         cursor
     } else {
         id
+    }
+}
+
+/// Completes when the rights of user `me` may have shrunk: its id was announced on the hub's
+/// revocation channel, or announcements were missed (a lagging receiver cannot tell). The
+/// transports select on it beside their sockets and then call `Session::recheck`.
+pub async fn revocation_of(rx: &mut tokio::sync::broadcast::Receiver<i64>, me: Option<i64>) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match rx.recv().await {
+            Ok(id) if Some(id) == me => return,
+            Ok(_) => {}
+            Err(RecvError::Lagged(_)) => return,
+            // The hub is gone: nothing will be revoked any more.
+            Err(RecvError::Closed) => return std::future::pending().await,
+        }
+    }
+}
+
+/// Whether a revocation of user `me` was already announced (or announcements were missed); consumes
+/// what is queued. For checks between a socket read and serving it.
+pub fn revocation_pending(rx: &mut tokio::sync::broadcast::Receiver<i64>, me: Option<i64>) -> bool {
+    use tokio::sync::broadcast::error::TryRecvError;
+    let mut concerned = false;
+    loop {
+        match rx.try_recv() {
+            Ok(id) => concerned |= me == Some(id),
+            Err(TryRecvError::Lagged(_)) => concerned = true,
+            Err(TryRecvError::Empty | TryRecvError::Closed) => return concerned,
+        }
     }
 }

@@ -21,7 +21,6 @@ use rumqttd::protocol as rq;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{broadcast, mpsc, Notify};
 use tokio::time::Instant;
 
@@ -30,7 +29,7 @@ use super::presence::PresenceEvent;
 use super::MqttShared;
 use crate::config::PlainTopics;
 use crate::hub::bus::{Delivery, EventKind, SubscriptionId};
-use crate::hub::dispatch::Session;
+use crate::hub::dispatch::{revocation_of, revocation_pending, Session};
 use crate::model::SessionRecord;
 
 use dh::DhSub;
@@ -286,7 +285,7 @@ impl Conn {
                     Err(_) => Err(self.link_failed()),
                 },
                 Some(d) = self.deliveries.recv() => self.deliver(d).await,
-                r = next_revocation_for(&mut self.revocations, me) => self.on_revocation(r.err()).await,
+                _ = revocation_of(&mut self.revocations, me) => self.on_revocation().await,
                 _ = self.overflow.notified() => Err(End::NotReading),
                 _ = sleep_until_opt(deadline) => Err(End::KeepAlive),
                 _ = sleep_until_opt(anonymous_deadline) => Err(End::AnonymousTimeout),
@@ -342,46 +341,20 @@ impl Conn {
         self.push(d)
     }
 
-    /// A revocation of this session's user was announced (`None`), or some were missed (`Lagged`):
-    /// the session re-reads its user. Gone or inactive ends the connection; otherwise the fresh
-    /// rights (role, assignments) apply from now on.
-    async fn on_revocation(&mut self, missed: Option<RecvError>) -> Result<(), End> {
-        match missed {
-            None => self.recheck_principal().await,
-            Some(RecvError::Lagged(_)) => self.recheck_principal().await,
-            Some(RecvError::Closed) => Ok(()),
-        }
-    }
-
-    async fn recheck_principal(&mut self) -> Result<(), End> {
-        // Anonymous sessions have nothing to lose.
-        if !self.session.principal.is_authenticated() {
-            return Ok(());
-        }
-        match self.shared.hub.recheck_principal(&self.session.principal).await {
-            Some(fresh) => {
-                self.session.principal = fresh;
-                self.session.refresh_visibility().await;
-                Ok(())
-            }
-            None => Err(End::Revoked),
+    /// The session's user may have lost rights: gone or inactive ends the connection.
+    async fn on_revocation(&mut self) -> Result<(), End> {
+        if self.session.recheck().await {
+            Ok(())
+        } else {
+            Err(End::Revoked)
         }
     }
 
     /// Applies revocations already announced, so nothing is served with rights the user has lost
     /// (the select loop may pick a request or a delivery before the revocation).
     async fn apply_revocations(&mut self) -> Result<(), End> {
-        let me = self.session.principal.user_id();
-        let mut concerned = false;
-        loop {
-            match self.revocations.try_recv() {
-                Ok(id) => concerned |= me == Some(id),
-                Err(TryRecvError::Lagged(_)) => concerned = true,
-                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
-            }
-        }
-        if concerned {
-            self.recheck_principal().await?;
+        if revocation_pending(&mut self.revocations, self.session.principal.user_id()) {
+            self.on_revocation().await?;
         }
         Ok(())
     }
@@ -620,17 +593,6 @@ impl End {
 
 /// Waits for a revocation of user `me` (`Ok`) or for missed ones (`Err(Lagged)`); others' are
 /// skipped here, so they cost no wake-up of the connection loop. Never completes when closed.
-async fn next_revocation_for(rx: &mut broadcast::Receiver<i64>, me: Option<i64>) -> Result<(), RecvError> {
-    loop {
-        match rx.recv().await {
-            Ok(id) if Some(id) == me => return Ok(()),
-            Ok(_) => {}
-            Err(RecvError::Closed) => return std::future::pending().await,
-            Err(lagged) => return Err(lagged),
-        }
-    }
-}
-
 async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
