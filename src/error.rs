@@ -46,6 +46,9 @@ impl ApiError {
     pub fn internal() -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error")
     }
+    pub fn database_unavailable() -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "The database is unavailable; try again later")
+    }
     pub fn without_body(mut self) -> Self {
         self.empty_body = true;
         self
@@ -93,9 +96,42 @@ impl From<sqlx::Error> for ApiError {
             if db.is_unique_violation() || db.is_foreign_key_violation() {
                 return ApiError::conflict("Posted data conflicts with internal state.");
             }
+            // PostgreSQL's data exceptions (class 22): text it cannot store (a NUL character),
+            // numbers out of range — the client's data, not the hub.
+            if db.code().is_some_and(|c| c.starts_with("22")) {
+                return ApiError::bad_request("Invalid request parameters");
+            }
+        }
+        if database_unavailable(&e) {
+            tracing::warn!(error = %e, "database unavailable");
+            return ApiError::database_unavailable();
         }
         tracing::error!(error = %e, "database error");
         ApiError::internal()
+    }
+}
+
+/// Whether an error means the database cannot be reached or cannot serve now (restarting, down, out
+/// of connections, locked): the request may succeed later, so the client gets 503 rather than 500.
+fn database_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => match db.code() {
+            // PostgreSQL: connection exceptions (08...), shutting down / starting up (57P0x), out of
+            // connections (53300), read-only standby after a fail-over (25006).
+            Some(code) => {
+                code.starts_with("08") || code.starts_with("57P") || code == "53300" || code == "25006"
+                // SQLite: SQLITE_BUSY / SQLITE_LOCKED past the busy timeout (extended codes too).
+                || code.parse::<u32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
+            }
+            None => false,
+        },
+        _ => false,
     }
 }
 
@@ -124,5 +160,11 @@ impl std::error::Error for StartupError {}
 impl From<sqlx::Error> for StartupError {
     fn from(e: sqlx::Error) -> Self {
         StartupError(e.to_string())
+    }
+}
+
+impl From<ApiError> for StartupError {
+    fn from(e: ApiError) -> Self {
+        StartupError(e.message.to_string())
     }
 }

@@ -1,32 +1,29 @@
 //! Device commands: queries, history for polls, and the insert/update used by the group-commit writer.
 
-use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
-
 use super::notification::{expire, trim_to_whole_millis, MessageQuery};
 use super::scope::MessageFilter;
-use super::{json_column, json_text, Store};
+use super::{json_column, json_text, Backend, Row, Sql, Store, Tx};
 use crate::error::Result;
 use crate::model::Command;
 
 const COLUMNS: &str = "id, device_id, network_id, device_type_id, command, timestamp, last_updated, user_id, \
                        parameters, lifetime, status, result, is_updated";
 
-fn command_from_row(r: &SqliteRow) -> Command {
+fn command_from_row(r: &Row) -> Command {
     Command {
-        id: r.get("id"),
-        command: r.get("command"),
-        timestamp: r.get("timestamp"),
-        last_updated: r.get("last_updated"),
-        user_id: r.get("user_id"),
-        device_id: r.get("device_id"),
-        network_id: r.get("network_id"),
-        device_type_id: r.get("device_type_id"),
-        parameters: json_column(r.get("parameters")),
-        lifetime: r.get("lifetime"),
-        status: r.get("status"),
-        result: json_column(r.get("result")),
-        is_updated: r.get("is_updated"),
+        id: r.i64("id"),
+        command: r.text("command"),
+        timestamp: r.i64("timestamp"),
+        last_updated: r.i64("last_updated"),
+        user_id: r.opt_i64("user_id"),
+        device_id: r.text("device_id"),
+        network_id: r.opt_i64("network_id"),
+        device_type_id: r.opt_i64("device_type_id"),
+        parameters: json_column(r.opt_text("parameters")),
+        lifetime: r.opt_i64("lifetime"),
+        status: r.opt_text("status"),
+        result: json_column(r.opt_text("result")),
+        is_updated: r.bool("is_updated"),
     }
 }
 
@@ -56,19 +53,16 @@ pub struct CommandUpdate {
 
 impl Store {
     pub async fn command_get(&self, device_id: &str, id: i64) -> Result<Option<Command>> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM device_command WHERE id = ? AND device_id = ?"))
+        let sql = Sql::new(format!("SELECT {COLUMNS} FROM device_command WHERE id = $1 AND device_id = $2"))
             .bind(id)
-            .bind(device_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.as_ref().map(command_from_row))
+            .bind(device_id);
+        self.db.fetch_optional(sql, command_from_row).await
     }
 
     pub async fn command_query(&self, q: &MessageQuery) -> Result<Vec<Command>> {
-        let mut qb = QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM device_command"));
+        let mut qb = Sql::new(format!("SELECT {COLUMNS} FROM device_command"));
         q.push(&mut qb, "command");
-        let rows = qb.build().fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(command_from_row).collect())
+        self.db.fetch_all(qb, command_from_row).await
     }
 
     /// Commands matching `filter` after the cursor, oldest first: by `timestamp` for new commands, by
@@ -101,15 +95,13 @@ impl Store {
         now: i64,
         limit: usize,
     ) -> Result<Vec<Command>> {
-        let mut qb = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {COLUMNS} FROM device_command WHERE is_updated = 0 AND timestamp > "
-        ));
+        let mut qb =
+            Sql::new(format!("SELECT {COLUMNS} FROM device_command WHERE is_updated = FALSE AND timestamp > "));
         qb.push_bind(since);
         qb.push(" AND (lifetime IS NULL OR lifetime <= 0 OR timestamp + lifetime * 1000 > ").push_bind(now).push(")");
         filter.push_conditions(&mut qb, "command");
         qb.push(" ORDER BY timestamp, id LIMIT ").push_bind(limit as i64);
-        let rows = qb.build().fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(command_from_row).collect())
+        self.db.fetch_all(qb, command_from_row).await
     }
 
     async fn commands_page(
@@ -121,52 +113,94 @@ impl Store {
         updated: bool,
     ) -> Result<Vec<Command>> {
         let col = if updated { "last_updated" } else { "timestamp" };
-        let mut qb = QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM device_command WHERE {col} > "));
+        let mut qb = Sql::new(format!("SELECT {COLUMNS} FROM device_command WHERE {col} > "));
         qb.push_bind(after);
         if updated {
-            qb.push(" AND is_updated = 1");
+            qb.push(" AND is_updated = TRUE");
         }
         if let Some(u) = up_to {
-            qb.push(format!(" AND {col} <= ")).push_bind(u);
+            qb.push(&format!(" AND {col} <= ")).push_bind(u);
         }
         filter.push_conditions(&mut qb, "command");
-        qb.push(format!(" ORDER BY {col}, id"));
+        qb.push(&format!(" ORDER BY {col}, id"));
         if let Some(l) = limit {
             qb.push(" LIMIT ").push_bind(l as i64);
         }
-        let rows = qb.build().fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(command_from_row).collect())
+        self.db.fetch_all(qb, command_from_row).await
     }
 
     /// Deletes commands created before `before` (retention), in bounded batches.
     pub async fn commands_expire(&self, before: i64) -> Result<u64> {
-        expire(&self.pool, "device_command", "timestamp", before).await
+        expire(&self.db, "device_command", "timestamp", before).await
     }
 }
 
-/// Inserts one command inside the writer's transaction.
-pub(crate) async fn insert(conn: &mut SqliteConnection, c: &NewCommand, server_ts: i64) -> Result<Command> {
-    let timestamp = c.timestamp.unwrap_or(server_ts);
-    let id: i64 = sqlx::query(
+/// Inserts a batch of commands inside the writer's transaction, in order; a row that fails fails
+/// alone (see `notification::insert_many`).
+pub(crate) async fn insert_many(tx: &mut Tx, rows: &[&NewCommand], server_ts: i64) -> Vec<Result<Command>> {
+    if tx.backend() == Backend::Postgres && rows.len() > 1 {
+        if let Some(done) = insert_unnest(tx, rows, server_ts).await {
+            return done;
+        }
+    }
+    let mut out = Vec::with_capacity(rows.len());
+    for c in rows {
+        let r = match tx.savepoint().await {
+            Ok(()) => insert(tx, c, server_ts).await,
+            Err(e) => Err(e),
+        };
+        out.push(tx.end_savepoint(r).await);
+    }
+    out
+}
+
+async fn insert_unnest(tx: &mut Tx, rows: &[&NewCommand], server_ts: i64) -> Option<Vec<Result<Command>>> {
+    let Tx::Postgres(t) = tx else { return None };
+    let stamp = |c: &NewCommand| c.timestamp.unwrap_or(server_ts);
+    let device_ids: Vec<&str> = rows.iter().map(|c| c.device_id.as_str()).collect();
+    let networks: Vec<Option<i64>> = rows.iter().map(|c| c.network_id).collect();
+    let types: Vec<Option<i64>> = rows.iter().map(|c| c.device_type_id).collect();
+    let names: Vec<&str> = rows.iter().map(|c| c.command.as_str()).collect();
+    let stamps: Vec<i64> = rows.iter().map(|c| stamp(c)).collect();
+    let users: Vec<Option<i64>> = rows.iter().map(|c| c.user_id).collect();
+    let params: Vec<Option<String>> = rows.iter().map(|c| json_text(&c.parameters)).collect();
+    let lifetimes: Vec<Option<i64>> = rows.iter().map(|c| c.lifetime).collect();
+    let statuses: Vec<Option<&str>> = rows.iter().map(|c| c.status.as_deref()).collect();
+    let results: Vec<Option<String>> = rows.iter().map(|c| json_text(&c.result)).collect();
+    sqlx::query("SAVEPOINT bulk").execute(&mut **t).await.ok()?;
+    // Ids drawn in UNNEST order: sorted, they belong to the rows in input order.
+    let inserted = sqlx::query_scalar::<_, i64>(
         "INSERT INTO device_command (device_id, network_id, device_type_id, command, timestamp, last_updated, \
-         user_id, parameters, lifetime, status, result, is_updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0) \
-         RETURNING id",
+         user_id, parameters, lifetime, status, result, is_updated) \
+         SELECT d, n, t, c, ts, ts, u, p, l, s, r, FALSE FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], \
+         $4::text[], $5::bigint[], $6::bigint[], $7::text[], $8::bigint[], $9::text[], $10::text[]) \
+         AS x(d, n, t, c, ts, u, p, l, s, r) RETURNING id",
     )
-    .bind(&c.device_id)
-    .bind(c.network_id)
-    .bind(c.device_type_id)
-    .bind(&c.command)
-    .bind(timestamp)
-    .bind(timestamp)
-    .bind(c.user_id)
-    .bind(json_text(&c.parameters))
-    .bind(c.lifetime)
-    .bind(&c.status)
-    .bind(json_text(&c.result))
-    .fetch_one(&mut *conn)
-    .await?
-    .get(0);
-    Ok(Command {
+    .bind(&device_ids)
+    .bind(&networks)
+    .bind(&types)
+    .bind(&names)
+    .bind(&stamps)
+    .bind(&users)
+    .bind(&params)
+    .bind(&lifetimes)
+    .bind(&statuses)
+    .bind(&results)
+    .fetch_all(&mut **t)
+    .await;
+    let mut ids = match inserted {
+        Ok(ids) if ids.len() == rows.len() => ids,
+        _ => {
+            sqlx::query("ROLLBACK TO SAVEPOINT bulk").execute(&mut **t).await.ok()?;
+            return None;
+        }
+    };
+    ids.sort_unstable();
+    Some(rows.iter().zip(ids).map(|(c, id)| Ok(stored(c, id, stamp(c)))).collect())
+}
+
+fn stored(c: &NewCommand, id: i64, timestamp: i64) -> Command {
+    Command {
         id,
         command: c.command.clone(),
         timestamp,
@@ -180,15 +214,39 @@ pub(crate) async fn insert(conn: &mut SqliteConnection, c: &NewCommand, server_t
         status: c.status.clone(),
         result: c.result.clone(),
         is_updated: false,
-    })
+    }
 }
 
-/// Applies a device's update inside the writer's transaction; `None` when no such command.
-pub(crate) async fn update(conn: &mut SqliteConnection, u: &CommandUpdate, server_ts: i64) -> Result<Option<Command>> {
-    let row = sqlx::query(&format!(
-        "UPDATE device_command SET is_updated = 1, last_updated = ?, \
-         status = CASE WHEN ? THEN ? ELSE status END, result = CASE WHEN ? THEN ? ELSE result END \
-         WHERE id = ? AND device_id = ? RETURNING {COLUMNS}"
+/// Inserts one command inside the writer's transaction.
+async fn insert(tx: &mut Tx, c: &NewCommand, server_ts: i64) -> Result<Command> {
+    let timestamp = c.timestamp.unwrap_or(server_ts);
+    let sql = Sql::new(
+        "INSERT INTO device_command (device_id, network_id, device_type_id, command, timestamp, last_updated, \
+         user_id, parameters, lifetime, status, result, is_updated) \
+         VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9, $10, FALSE) RETURNING id",
+    )
+    .bind(&c.device_id)
+    .bind(c.network_id)
+    .bind(c.device_type_id)
+    .bind(&c.command)
+    .bind(timestamp)
+    .bind(c.user_id)
+    .bind(json_text(&c.parameters))
+    .bind(c.lifetime)
+    .bind(&c.status)
+    .bind(json_text(&c.result));
+    let id = tx.fetch_one(sql, |r| r.i64(0)).await?;
+    Ok(stored(c, id, timestamp))
+}
+
+/// Applies a device's update inside the writer's transaction, in a savepoint of its own; `None` when
+/// no such command.
+pub(crate) async fn update(tx: &mut Tx, u: &CommandUpdate, server_ts: i64) -> Result<Option<Command>> {
+    tx.savepoint().await?;
+    let sql = Sql::new(format!(
+        "UPDATE device_command SET is_updated = TRUE, last_updated = $1, \
+         status = CASE WHEN $2 THEN $3 ELSE status END, result = CASE WHEN $4 THEN $5 ELSE result END \
+         WHERE id = $6 AND device_id = $7 RETURNING {COLUMNS}"
     ))
     .bind(server_ts)
     .bind(u.status.is_some())
@@ -196,8 +254,7 @@ pub(crate) async fn update(conn: &mut SqliteConnection, u: &CommandUpdate, serve
     .bind(u.result.is_some())
     .bind(json_text(&u.result))
     .bind(u.command_id)
-    .bind(&u.device_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    Ok(row.as_ref().map(command_from_row))
+    .bind(&u.device_id);
+    let r = tx.fetch_optional(sql, command_from_row).await;
+    tx.end_savepoint(r).await
 }

@@ -1,25 +1,22 @@
 //! Devices.
 
-use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite};
-
 use super::scope::DeviceScope;
 use super::user::push_paging;
-use super::{json_column, json_text, Store};
+use super::{json_column, json_text, Row, Sql, Store};
 use crate::error::Result;
 use crate::model::Device;
 use crate::model::GroupKind;
 
 const COLUMNS: &str = "d.device_id, d.name, d.data, d.network_id, d.device_type_id, d.blocked";
 
-fn device_from_row(r: &SqliteRow) -> Device {
+fn device_from_row(r: &Row) -> Device {
     Device {
-        id: r.get("device_id"),
-        name: r.get("name"),
-        data: json_column(r.get("data")),
-        network_id: r.get("network_id"),
-        device_type_id: r.get("device_type_id"),
-        is_blocked: r.get("blocked"),
+        id: r.text("device_id"),
+        name: r.text("name"),
+        data: json_column(r.opt_text("data")),
+        network_id: r.opt_i64("network_id"),
+        device_type_id: r.opt_i64("device_type_id"),
+        is_blocked: r.bool("blocked"),
     }
 }
 
@@ -38,18 +35,18 @@ pub struct DeviceListQuery {
 }
 
 impl DeviceListQuery {
-    fn push_where(&self, qb: &mut QueryBuilder<'_, Sqlite>) {
+    fn push_where(&self, qb: &mut Sql) {
         qb.push(" WHERE 1=1");
         if let Some(p) = &self.name_pattern {
-            qb.push(" AND d.name LIKE ").push_bind(p.clone());
+            qb.push(" AND d.name LIKE ").push_bind(p);
         } else if let Some(n) = &self.name {
-            qb.push(" AND d.name = ").push_bind(n.clone());
+            qb.push(" AND d.name = ").push_bind(n);
         }
         if let Some(id) = self.network_id {
             qb.push(" AND d.network_id = ").push_bind(id);
         }
         if let Some(n) = &self.network_name {
-            qb.push(" AND n.name = ").push_bind(n.clone());
+            qb.push(" AND n.name = ").push_bind(n);
         }
         self.scope.push_conditions(qb, "d.network_id", "d.device_type_id");
     }
@@ -70,93 +67,84 @@ const FROM: &str =
 
 impl Store {
     pub async fn device_get(&self, device_id: &str) -> Result<Option<Device>> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM device d WHERE d.device_id = ?"))
-            .bind(device_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.as_ref().map(device_from_row))
+        let sql = Sql::new(format!("SELECT {COLUMNS} FROM device d WHERE d.device_id = $1")).bind(device_id);
+        self.db.fetch_optional(sql, device_from_row).await
     }
 
     pub async fn device_list(&self, q: &DeviceListQuery) -> Result<Vec<Device>> {
-        let mut qb = QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS}{FROM}"));
+        let mut qb = Sql::new(format!("SELECT {COLUMNS}{FROM}"));
         q.push_where(&mut qb);
-        qb.push(format!(
+        qb.push(&format!(
             " ORDER BY {} {}, d.id",
             q.sort_column.unwrap_or("d.id"),
             if q.descending { "DESC" } else { "ASC" }
         ));
         push_paging(&mut qb, q.take, q.skip);
-        let rows = qb.build().fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(device_from_row).collect())
+        self.db.fetch_all(qb, device_from_row).await
     }
 
     pub async fn device_count(&self, q: &DeviceListQuery) -> Result<i64> {
-        let mut qb = QueryBuilder::<Sqlite>::new(format!("SELECT COUNT(*){FROM}"));
+        let mut qb = Sql::new(format!("SELECT COUNT(*){FROM}"));
         q.push_where(&mut qb);
-        Ok(qb.build().fetch_one(&self.pool).await?.get(0))
+        self.db.fetch_one(qb, |r| r.i64(0)).await
     }
 
     /// Devices in a network or of a device type, within a scope.
     pub async fn devices_in_group(&self, kind: GroupKind, group_id: i64, scope: &DeviceScope) -> Result<Vec<Device>> {
-        let mut qb =
-            QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM device d WHERE d.{} = ", kind.device_column()));
+        let mut qb = Sql::new(format!("SELECT {COLUMNS} FROM device d WHERE d.{} = ", kind.device_column()));
         qb.push_bind(group_id);
         scope.push_conditions(&mut qb, "d.network_id", "d.device_type_id");
         qb.push(" ORDER BY d.id");
-        let rows = qb.build().fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(device_from_row).collect())
+        self.db.fetch_all(qb, device_from_row).await
     }
 
     pub async fn device_insert(&self, d: &Device) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO device (device_id, name, network_id, device_type_id, data, blocked) VALUES (?, ?, ?, ?, ?, ?)",
+        let sql = Sql::new(
+            "INSERT INTO device (device_id, name, network_id, device_type_id, data, blocked) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&d.id)
         .bind(&d.name)
         .bind(d.network_id)
         .bind(d.device_type_id)
         .bind(json_text(&d.data))
-        .bind(d.is_blocked)
-        .execute(&self.pool)
-        .await?;
+        .bind(d.is_blocked);
+        self.db.execute(sql).await?;
         Ok(())
     }
 
     pub async fn device_update(&self, d: &Device) -> Result<()> {
-        sqlx::query(
-            "UPDATE device SET name = ?, network_id = ?, device_type_id = ?, data = ?, blocked = ?, \
-             entity_version = entity_version + 1 WHERE device_id = ?",
+        let sql = Sql::new(
+            "UPDATE device SET name = $1, network_id = $2, device_type_id = $3, data = $4, blocked = $5, \
+             entity_version = entity_version + 1 WHERE device_id = $6",
         )
         .bind(&d.name)
         .bind(d.network_id)
         .bind(d.device_type_id)
         .bind(json_text(&d.data))
         .bind(d.is_blocked)
-        .bind(&d.id)
-        .execute(&self.pool)
-        .await?;
+        .bind(&d.id);
+        self.db.execute(sql).await?;
         Ok(())
     }
 
     /// Deletes a device and its messages. Messages go in bounded batches so a device with a long
     /// history does not hold the write lock for one long transaction.
     pub async fn device_delete(&self, device_id: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM device WHERE device_id = ?").bind(device_id).execute(&self.pool).await?;
+        let done = self.db.execute(Sql::new("DELETE FROM device WHERE device_id = $1").bind(device_id)).await?;
         self.device_messages_delete(device_id).await?;
-        Ok(done.rows_affected() > 0)
+        Ok(done > 0)
     }
 
     /// Deletes a device's notifications and commands, a bounded batch per statement.
     pub(crate) async fn device_messages_delete(&self, device_id: &str) -> Result<()> {
         for table in ["device_notification", "device_command"] {
             loop {
-                let n = sqlx::query(&format!(
-                    "DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE device_id = ? LIMIT 5000)"
+                let sql = Sql::new(format!(
+                    "DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE device_id = $1 LIMIT 5000)"
                 ))
-                .bind(device_id)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
+                .bind(device_id);
+                let n = self.db.execute(sql).await?;
                 if n == 0 {
                     break;
                 }

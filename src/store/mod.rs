@@ -1,6 +1,7 @@
 //! SQL storage, one file per entity. Only this module knows SQL; the service layer calls `Store`
-//! methods. SQLite (WAL) today; a PostgreSQL backend is picked from the database URL once it exists —
-//! its migrations go to `migrations/postgres/` beside `migrations/sqlite/`.
+//! methods. The database URL picks the backend: SQLite (`sqlite://PATH`, WAL) or PostgreSQL
+//! (`postgres://` / `postgresql://`). Entity files hold SQL both accept; `sql.rs` is the seam, and
+//! the migrations live side by side in `migrations/sqlite/` and `migrations/postgres/`.
 
 mod command;
 mod configuration;
@@ -10,6 +11,7 @@ mod network;
 mod notification;
 mod scope;
 mod seed;
+mod sql;
 mod user;
 pub mod writer;
 
@@ -17,8 +19,8 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::SqlitePool;
 
 pub use command::{CommandUpdate, NewCommand};
 pub use device::{DeviceListQuery, DeviceUpdate};
@@ -26,24 +28,39 @@ pub use network::GroupListQuery;
 pub use notification::{MessageQuery, NewNotification};
 pub use scope::{DeviceScope, MessageFilter};
 pub use seed::SeedOutcome;
+pub use sql::Backend;
 pub use user::{UserListQuery, UserUpdate};
+
+pub(crate) use sql::{Db, Row, Sql, Tx};
 
 use crate::config::DatabaseSettings;
 use crate::error::StartupError;
 
 #[derive(Clone)]
 pub struct Store {
-    pub(crate) pool: SqlitePool,
+    pub(crate) db: Db,
 }
 
+/// The accepted database URL forms, for error messages.
+pub const URL_FORMS: &str = "sqlite://PATH, postgres://USER:PASSWORD@HOST:PORT/DATABASE or postgresql://...";
+
+/// How long a request waits for a database connection before answering 503.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Store {
-    /// Opens (creating when missing) the database and runs the embedded migrations.
+    /// Opens (creating when missing) the database named by the URL and runs the embedded migrations.
     pub async fn open(settings: &DatabaseSettings) -> Result<Store, StartupError> {
         let url = settings.url.trim();
-        let path = url
-            .strip_prefix("sqlite://")
-            .or_else(|| url.strip_prefix("sqlite:"))
-            .ok_or_else(|| StartupError(format!("unsupported database url `{url}` (expected sqlite://PATH)")))?;
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Self::open_postgres(url, settings).await;
+        }
+        let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).ok_or_else(|| {
+            StartupError(format!("unsupported database url `{}` (accepted: {URL_FORMS})", redact(url)))
+        })?;
+        Self::open_sqlite(path, settings).await
+    }
+
+    async fn open_sqlite(path: &str, settings: &DatabaseSettings) -> Result<Store, StartupError> {
         let path = path.split('?').next().unwrap_or(path);
         if let Some(dir) = Path::new(path).parent() {
             if !dir.as_os_str().is_empty() {
@@ -71,6 +88,7 @@ impl Store {
         let pool = SqlitePoolOptions::new()
             .max_connections(settings.max_connections.max(2))
             .min_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await
             .map_err(|e| StartupError(format!("cannot open {path}: {e}")))?;
@@ -78,11 +96,53 @@ impl Store {
             .run(&pool)
             .await
             .map_err(|e| StartupError(format!("migration failed: {e}")))?;
-        Ok(Store { pool })
+        Ok(Store { db: Db::Sqlite(pool) })
+    }
+
+    async fn open_postgres(url: &str, settings: &DatabaseSettings) -> Result<Store, StartupError> {
+        // sqlx names only `postgres://`; both schemes mean the same.
+        let normalised = match url.strip_prefix("postgresql://") {
+            Some(rest) => format!("postgres://{rest}"),
+            None => url.to_string(),
+        };
+        let shown = redact(url);
+        let options = PgConnectOptions::from_str(&normalised)
+            .map_err(|e| StartupError(format!("bad database url `{shown}`: {e}")))?
+            .application_name("hivehub");
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections.max(2))
+            .min_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(|e| StartupError(format!("cannot connect to PostgreSQL at `{shown}`: {e}")))?;
+        // sqlx takes an advisory lock around the migrations: instances starting together apply them once.
+        sqlx::migrate!("./migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(|e| StartupError(format!("migration failed: {e}")))?;
+        Ok(Store { db: Db::Postgres(pool) })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.db.backend()
     }
 
     pub async fn close(&self) {
-        self.pool.close().await;
+        self.db.close().await;
+    }
+}
+
+/// A database URL with its password replaced, for messages and logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some(parts) => parts,
+        None => return url.to_string(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
     }
 }
 

@@ -1,24 +1,21 @@
 //! Device notifications: queries, history for polls, and the insert used by the group-commit writer.
 
-use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
-
 use super::scope::MessageFilter;
-use super::{json_column, json_text, Store};
+use super::{json_column, json_text, Backend, Db, Row, Sql, Store, Tx};
 use crate::error::Result;
 use crate::model::Notification;
 
 const COLUMNS: &str = "id, device_id, network_id, device_type_id, notification, timestamp, parameters";
 
-fn notification_from_row(r: &SqliteRow) -> Notification {
+fn notification_from_row(r: &Row) -> Notification {
     Notification {
-        id: r.get("id"),
-        notification: r.get("notification"),
-        device_id: r.get("device_id"),
-        network_id: r.get("network_id"),
-        device_type_id: r.get("device_type_id"),
-        timestamp: r.get("timestamp"),
-        parameters: json_column(r.get("parameters")),
+        id: r.i64("id"),
+        notification: r.text("notification"),
+        device_id: r.text("device_id"),
+        network_id: r.opt_i64("network_id"),
+        device_type_id: r.opt_i64("device_type_id"),
+        timestamp: r.i64("timestamp"),
+        parameters: json_column(r.opt_text("parameters")),
     }
 }
 
@@ -53,32 +50,31 @@ pub struct MessageQuery {
 }
 
 impl MessageQuery {
-    pub(crate) fn push(&self, qb: &mut QueryBuilder<'_, Sqlite>, name_col: &str) {
+    pub(crate) fn push(&self, qb: &mut Sql, name_col: &str) {
         let time_col = if self.updated_only { "last_updated" } else { "timestamp" };
-        qb.push(" WHERE device_id = ").push_bind(self.device_id.clone());
+        qb.push(" WHERE device_id = ").push_bind(&self.device_id);
         if self.updated_only {
-            qb.push(" AND is_updated = 1");
+            qb.push(" AND is_updated = TRUE");
         }
         if let Some(s) = self.start {
-            qb.push(format!(" AND {time_col} > ")).push_bind(s);
+            qb.push(&format!(" AND {time_col} > ")).push_bind(s);
         }
         if let Some(e) = self.end {
-            qb.push(format!(" AND {time_col} < ")).push_bind(e);
+            qb.push(&format!(" AND {time_col} < ")).push_bind(e);
         }
         if let Some(names) = &self.names {
-            qb.push(format!(" AND {name_col} IN ("));
-            let mut sep = qb.separated(", ");
-            for n in names {
-                sep.push_bind(n.clone());
+            if names.is_empty() {
+                qb.push(" AND FALSE");
+            } else {
+                qb.push(&format!(" AND {name_col} IN ")).push_list(names);
             }
-            qb.push(")");
         }
         if let Some(s) = &self.status {
-            qb.push(" AND status = ").push_bind(s.clone());
+            qb.push(" AND status = ").push_bind(s);
         }
         let dir = if self.descending { "DESC" } else { "ASC" };
         let sort = if self.sort_field == "timestamp" { time_col } else { self.sort_field };
-        qb.push(format!(" ORDER BY {sort} {dir}, {time_col} {dir}, id {dir} LIMIT "));
+        qb.push(&format!(" ORDER BY {sort} {dir}, {time_col} {dir}, id {dir} LIMIT "));
         qb.push_bind(self.take).push(" OFFSET ").push_bind(self.skip);
     }
 }
@@ -105,19 +101,16 @@ pub(crate) fn trim_to_whole_millis<T>(mut rows: Vec<T>, limit: usize, cursor: im
 
 impl Store {
     pub async fn notification_get(&self, device_id: &str, id: i64) -> Result<Option<Notification>> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM device_notification WHERE id = ? AND device_id = ?"))
+        let sql = Sql::new(format!("SELECT {COLUMNS} FROM device_notification WHERE id = $1 AND device_id = $2"))
             .bind(id)
-            .bind(device_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.as_ref().map(notification_from_row))
+            .bind(device_id);
+        self.db.fetch_optional(sql, notification_from_row).await
     }
 
     pub async fn notification_query(&self, q: &MessageQuery) -> Result<Vec<Notification>> {
-        let mut qb = QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM device_notification"));
+        let mut qb = Sql::new(format!("SELECT {COLUMNS} FROM device_notification"));
         q.push(&mut qb, "notification");
-        let rows = qb.build().fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(notification_from_row).collect())
+        self.db.fetch_all(qb, notification_from_row).await
     }
 
     /// Notifications matching `filter` stamped strictly after `after`, oldest first, at most `limit`
@@ -146,8 +139,7 @@ impl Store {
         up_to: Option<i64>,
         limit: Option<usize>,
     ) -> Result<Vec<Notification>> {
-        let mut qb =
-            QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM device_notification WHERE timestamp > "));
+        let mut qb = Sql::new(format!("SELECT {COLUMNS} FROM device_notification WHERE timestamp > "));
         qb.push_bind(after);
         if let Some(u) = up_to {
             qb.push(" AND timestamp <= ").push_bind(u);
@@ -157,26 +149,26 @@ impl Store {
         if let Some(l) = limit {
             qb.push(" LIMIT ").push_bind(l as i64);
         }
-        let rows = qb.build().fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(notification_from_row).collect())
+        self.db.fetch_all(qb, notification_from_row).await
     }
 
     /// Deletes notifications stamped before `before` (retention), in bounded batches.
     pub async fn notifications_expire(&self, before: i64) -> Result<u64> {
-        expire(&self.pool, "device_notification", "timestamp", before).await
+        expire(&self.db, "device_notification", "timestamp", before).await
     }
 }
 
-pub(crate) async fn expire(pool: &sqlx::SqlitePool, table: &str, col: &str, before: i64) -> Result<u64> {
+/// Deletes rows of `table` with `col` before `before`, a bounded batch per statement: each batch is
+/// a short transaction found through the `(timestamp, id)` index, so retention never holds a long
+/// lock, and on PostgreSQL autovacuum reuses the freed space for new rows (the table stays at the
+/// size of the retention window instead of bloating).
+pub(crate) async fn expire(db: &Db, table: &str, col: &str, before: i64) -> Result<u64> {
     let mut total = 0;
     loop {
-        let n = sqlx::query(&format!(
-            "DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE {col} < ? LIMIT 5000)"
-        ))
-        .bind(before)
-        .execute(pool)
-        .await?
-        .rows_affected();
+        let sql =
+            Sql::new(format!("DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE {col} < $1 LIMIT 5000)"))
+                .bind(before);
+        let n = db.execute(sql).await?;
         total += n;
         if n == 0 {
             return Ok(total);
@@ -184,23 +176,67 @@ pub(crate) async fn expire(pool: &sqlx::SqlitePool, table: &str, col: &str, befo
     }
 }
 
-/// Inserts one notification inside the writer's transaction.
-pub(crate) async fn insert(conn: &mut SqliteConnection, n: &NewNotification, server_ts: i64) -> Result<Notification> {
-    let timestamp = n.timestamp.unwrap_or(server_ts);
-    let id: i64 = sqlx::query(
+/// Inserts a batch of notifications inside the writer's transaction, in order. One result per row:
+/// a row that fails fails alone. On PostgreSQL the batch is one `INSERT ... SELECT FROM UNNEST` (one
+/// round trip for the lot); should it fail, a savepoint per row finds the failing rows and keeps the
+/// rest. On SQLite, in process, a prepared statement per row is as fast.
+pub(crate) async fn insert_many(tx: &mut Tx, rows: &[&NewNotification], server_ts: i64) -> Vec<Result<Notification>> {
+    if tx.backend() == Backend::Postgres && rows.len() > 1 {
+        if let Some(done) = insert_unnest(tx, rows, server_ts).await {
+            return done;
+        }
+    }
+    let mut out = Vec::with_capacity(rows.len());
+    for n in rows {
+        let r = match tx.savepoint().await {
+            Ok(()) => insert(tx, n, server_ts).await,
+            Err(e) => Err(e),
+        };
+        out.push(tx.end_savepoint(r).await);
+    }
+    out
+}
+
+/// The PostgreSQL bulk insert; `None` when the statement failed (the transaction is rolled back to
+/// before it).
+async fn insert_unnest(tx: &mut Tx, rows: &[&NewNotification], server_ts: i64) -> Option<Vec<Result<Notification>>> {
+    let Tx::Postgres(t) = tx else { return None };
+    let stamp = |n: &NewNotification| n.timestamp.unwrap_or(server_ts);
+    let device_ids: Vec<&str> = rows.iter().map(|n| n.device_id.as_str()).collect();
+    let networks: Vec<Option<i64>> = rows.iter().map(|n| n.network_id).collect();
+    let types: Vec<Option<i64>> = rows.iter().map(|n| n.device_type_id).collect();
+    let names: Vec<&str> = rows.iter().map(|n| n.notification.as_str()).collect();
+    let stamps: Vec<i64> = rows.iter().map(|n| stamp(n)).collect();
+    let params: Vec<Option<String>> = rows.iter().map(|n| json_text(&n.parameters)).collect();
+    sqlx::query("SAVEPOINT bulk").execute(&mut **t).await.ok()?;
+    // UNNEST yields the arrays in order and the identity default is drawn row by row in that order, so
+    // the ids, sorted, belong to the rows in input order.
+    let inserted = sqlx::query_scalar::<_, i64>(
         "INSERT INTO device_notification (device_id, network_id, device_type_id, notification, timestamp, parameters) \
-         VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+         SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[], $6::text[]) \
+         RETURNING id",
     )
-    .bind(&n.device_id)
-    .bind(n.network_id)
-    .bind(n.device_type_id)
-    .bind(&n.notification)
-    .bind(timestamp)
-    .bind(json_text(&n.parameters))
-    .fetch_one(&mut *conn)
-    .await?
-    .get(0);
-    Ok(Notification {
+    .bind(&device_ids)
+    .bind(&networks)
+    .bind(&types)
+    .bind(&names)
+    .bind(&stamps)
+    .bind(&params)
+    .fetch_all(&mut **t)
+    .await;
+    let mut ids = match inserted {
+        Ok(ids) if ids.len() == rows.len() => ids,
+        _ => {
+            sqlx::query("ROLLBACK TO SAVEPOINT bulk").execute(&mut **t).await.ok()?;
+            return None;
+        }
+    };
+    ids.sort_unstable();
+    Some(rows.iter().zip(ids).map(|(n, id)| Ok(stored(n, id, stamp(n)))).collect())
+}
+
+fn stored(n: &NewNotification, id: i64, timestamp: i64) -> Notification {
+    Notification {
         id,
         notification: n.notification.clone(),
         device_id: n.device_id.clone(),
@@ -208,7 +244,24 @@ pub(crate) async fn insert(conn: &mut SqliteConnection, n: &NewNotification, ser
         device_type_id: n.device_type_id,
         timestamp,
         parameters: n.parameters.clone(),
-    })
+    }
+}
+
+/// Inserts one notification inside the writer's transaction.
+async fn insert(tx: &mut Tx, n: &NewNotification, server_ts: i64) -> Result<Notification> {
+    let timestamp = n.timestamp.unwrap_or(server_ts);
+    let sql = Sql::new(
+        "INSERT INTO device_notification (device_id, network_id, device_type_id, notification, timestamp, parameters) \
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+    )
+    .bind(&n.device_id)
+    .bind(n.network_id)
+    .bind(n.device_type_id)
+    .bind(&n.notification)
+    .bind(timestamp)
+    .bind(json_text(&n.parameters));
+    let id = tx.fetch_one(sql, |r| r.i64(0)).await?;
+    Ok(stored(n, id, timestamp))
 }
 
 #[cfg(test)]

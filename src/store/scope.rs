@@ -1,8 +1,7 @@
 //! Visibility scopes and message filters, rendered into SQL conditions. The same `MessageFilter` is
 //! matched in memory by the bus (`hub::bus`), so history queries and live delivery agree exactly.
 
-use sqlx::{QueryBuilder, Sqlite};
-
+use super::Sql;
 use crate::auth::IdSet;
 
 /// Which devices a principal may see (CONTRACT.md §5.4).
@@ -22,9 +21,9 @@ impl DeviceScope {
     pub fn is_nothing(&self) -> bool {
         self.networks.is_empty() || self.device_types.is_empty()
     }
-    pub(crate) fn push_conditions(&self, qb: &mut QueryBuilder<'_, Sqlite>, net_col: &str, type_col: &str) {
+    pub(crate) fn push_conditions(&self, qb: &mut Sql, net_col: &str, type_col: &str) {
         if let Some(user) = self.assigned_to_user {
-            qb.push(format!(" AND {net_col} IN (SELECT network_id FROM user_network WHERE user_id = "));
+            qb.push(&format!(" AND {net_col} IN (SELECT network_id FROM user_network WHERE user_id = "));
             qb.push_bind(user);
             qb.push(")");
         }
@@ -33,18 +32,13 @@ impl DeviceScope {
     }
 }
 
-pub(crate) fn push_id_set(qb: &mut QueryBuilder<'_, Sqlite>, col: &str, set: &IdSet) {
+pub(crate) fn push_id_set(qb: &mut Sql, col: &str, set: &IdSet) {
     if let IdSet::Only(ids) = set {
         if ids.is_empty() {
-            qb.push(" AND 0");
+            qb.push(" AND FALSE");
             return;
         }
-        qb.push(format!(" AND {col} IN ("));
-        let mut sep = qb.separated(", ");
-        for id in ids {
-            sep.push_bind(*id);
-        }
-        qb.push(")");
+        qb.push(&format!(" AND {col} IN ")).push_list(ids.iter().copied());
     }
 }
 
@@ -75,27 +69,21 @@ impl MessageFilter {
         self.networks.contains(network_id) && self.device_types.contains(device_type_id)
     }
 
-    pub(crate) fn push_conditions(&self, qb: &mut QueryBuilder<'_, Sqlite>, name_col: &str) {
+    pub(crate) fn push_conditions(&self, qb: &mut Sql, name_col: &str) {
         if let Some(devices) = &self.devices {
-            qb.push(" AND device_id IN (");
-            let mut sep = qb.separated(", ");
-            for d in devices {
-                sep.push_bind(d.clone());
+            if devices.is_empty() {
+                qb.push(" AND FALSE");
+            } else {
+                qb.push(" AND device_id IN ").push_list(devices);
             }
-            qb.push(")");
         }
         push_id_set(qb, "network_id", &self.networks);
         push_id_set(qb, "device_type_id", &self.device_types);
         if let Some(names) = &self.names {
             if names.is_empty() {
-                qb.push(" AND 0");
+                qb.push(" AND FALSE");
             } else {
-                qb.push(format!(" AND {name_col} IN ("));
-                let mut sep = qb.separated(", ");
-                for n in names {
-                    sep.push_bind(n.clone());
-                }
-                qb.push(")");
+                qb.push(&format!(" AND {name_col} IN ")).push_list(names);
             }
         }
     }

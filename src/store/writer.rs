@@ -153,35 +153,51 @@ async fn next_stamp(last_ts: i64, rx: &mut mpsc::Receiver<Job>, jobs: &mut Vec<J
     }
 }
 
-/// Runs one transaction; on a failed commit every row of the batch fails.
+/// Runs one transaction; a row that fails fails alone, and on a failed commit every row of the batch
+/// fails. Notifications and commands go in as one bulk insert each (in job order, so ids follow the
+/// order requests arrived in); command updates one by one.
 async fn commit_batch(store: &Store, jobs: &[Job], ts: i64) -> Vec<Result<Written>> {
-    let mut tx = match store.pool.begin().await {
+    let fail_all = |e: ApiError| jobs.iter().map(|_| Err(e.clone())).collect();
+    let mut tx = match store.db.begin().await {
         Ok(tx) => tx,
-        Err(e) => {
-            let err = ApiError::from(e);
-            return jobs.iter().map(|_| Err(err.clone())).collect();
-        }
+        Err(e) => return fail_all(e),
     };
-    let mut results = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        let r = match &job.op {
-            WriteOp::Notification(n) => {
-                notification::insert(&mut tx, n, ts).await.map(|n| Written::Notification(Arc::new(n)))
-            }
-            WriteOp::Command(c) => command::insert(&mut tx, c, ts).await.map(|c| Written::Command(Arc::new(c))),
-            WriteOp::CommandUpdate(u) => match command::update(&mut tx, u, ts).await {
+    let mut results: Vec<Option<Result<Written>>> = jobs.iter().map(|_| None).collect();
+    let (note_at, notes): (Vec<usize>, Vec<&NewNotification>) = jobs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, j)| if let WriteOp::Notification(n) = &j.op { Some((i, n)) } else { None })
+        .unzip();
+    if !notes.is_empty() {
+        let done = notification::insert_many(&mut tx, &notes, ts).await;
+        for (i, r) in note_at.into_iter().zip(done) {
+            results[i] = Some(r.map(|n| Written::Notification(Arc::new(n))));
+        }
+    }
+    let (command_at, commands): (Vec<usize>, Vec<&NewCommand>) = jobs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, j)| if let WriteOp::Command(c) = &j.op { Some((i, c)) } else { None })
+        .unzip();
+    if !commands.is_empty() {
+        let done = command::insert_many(&mut tx, &commands, ts).await;
+        for (i, r) in command_at.into_iter().zip(done) {
+            results[i] = Some(r.map(|c| Written::Command(Arc::new(c))));
+        }
+    }
+    for (i, job) in jobs.iter().enumerate() {
+        if let WriteOp::CommandUpdate(u) = &job.op {
+            results[i] = Some(match command::update(&mut tx, u, ts).await {
                 Ok(Some(c)) => Ok(Written::CommandUpdated(Arc::new(c))),
                 Ok(None) => Err(ApiError::command_not_found(u.command_id)),
                 Err(e) => Err(e),
-            },
-        };
-        results.push(r);
+            });
+        }
     }
     if let Err(e) = tx.commit().await {
-        let err = ApiError::from(e);
-        return jobs.iter().map(|_| Err(err.clone())).collect();
+        return fail_all(e);
     }
-    results
+    results.into_iter().map(|r| r.unwrap_or_else(|| Err(ApiError::internal()))).collect()
 }
 
 #[cfg(test)]
