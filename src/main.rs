@@ -1,4 +1,5 @@
-//! The `hivehub` command: `serve` runs the hub, `config` prints the commented default configuration.
+//! The `hivehub` command: `serve` runs the hub, `config` prints the commented default configuration,
+//! `migrate-db` copies a hub database into another (SQLite to PostgreSQL, typically).
 
 use clap::{Parser, Subcommand};
 use hivehub::config::{Settings, DEFAULT_CONFIG};
@@ -21,6 +22,20 @@ enum Command {
     },
     /// Print the commented default configuration.
     Config,
+    /// Copy every row of a hub database into another, keeping ids, timestamps, password hashes and the
+    /// JWT secret (old passwords and tokens keep working). Stop the hub first.
+    #[command(name = "migrate-db")]
+    MigrateDb {
+        /// Source database URL, e.g. sqlite://data/hivehub.db
+        #[arg(long)]
+        from: String,
+        /// Target database URL, e.g. postgres://hivehub:secret@localhost:5432/hivehub
+        #[arg(long)]
+        to: String,
+        /// Empty a target that already holds rows (e.g. one a hub has seeded) instead of refusing it.
+        #[arg(long)]
+        replace: bool,
+    },
 }
 
 fn main() {
@@ -28,7 +43,79 @@ fn main() {
     match cli.command.unwrap_or(Command::Serve { config: None }) {
         Command::Config => print!("{DEFAULT_CONFIG}"),
         Command::Serve { config } => serve(config),
+        Command::MigrateDb { from, to, replace } => migrate_db(&from, &to, replace),
     }
+}
+
+/// `hivehub migrate-db`: exit code 0 when every row was copied and the counts match, 1 otherwise.
+fn migrate_db(from: &str, to: &str, replace: bool) {
+    use hivehub::store::{redact, Store};
+    use std::io::Write;
+    let open = |url: &str| {
+        let mut settings = Settings::defaults().database;
+        settings.url = url.to_string();
+        settings
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let code = runtime.block_on(async move {
+        let (source, target) = match (Store::open(&open(from)).await, Store::open(&open(to)).await) {
+            (Ok(s), Ok(t)) => (s, t),
+            (Err(e), _) => {
+                eprintln!("hivehub migrate-db: source {}: {e}", redact(from));
+                return 1;
+            }
+            (_, Err(e)) => {
+                eprintln!("hivehub migrate-db: target {}: {e}", redact(to));
+                return 1;
+            }
+        };
+        eprintln!(
+            "hivehub migrate-db: {} ({}) -> {} ({})",
+            redact(from),
+            source.backend().name(),
+            redact(to),
+            target.backend().name()
+        );
+        let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let mut last_table = "";
+        let mut last_draw = std::time::Instant::now();
+        let result = source
+            .copy_into(&target, replace, |p| {
+                let finished = p.copied == p.total;
+                if terminal {
+                    // One updating line per table, redrawn at most ten times a second.
+                    if finished || last_draw.elapsed().as_millis() >= 100 || p.table != last_table {
+                        eprint!(
+                            "\r  {:<20} {:>10} / {:<10} rows   (all: {} / {})\x1b[K",
+                            p.table, p.copied, p.total, p.all_copied, p.all_total
+                        );
+                        if finished {
+                            eprintln!();
+                        }
+                        let _ = std::io::stderr().flush();
+                        last_draw = std::time::Instant::now();
+                    }
+                } else if finished {
+                    eprintln!("  {:<20} {:>10} rows   (all: {} / {})", p.table, p.copied, p.all_copied, p.all_total);
+                }
+                last_table = p.table;
+            })
+            .await;
+        source.close().await;
+        target.close().await;
+        match result {
+            Ok(report) => {
+                let rows: u64 = report.tables.iter().map(|(_, n)| n).sum();
+                println!("hivehub migrate-db: copied {rows} rows in {} tables; counts verified", report.tables.len());
+                0
+            }
+            Err(e) => {
+                eprintln!("hivehub migrate-db: {}", e.message);
+                1
+            }
+        }
+    });
+    std::process::exit(code);
 }
 
 fn serve(config: Option<String>) {

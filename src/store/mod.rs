@@ -5,6 +5,7 @@
 
 mod command;
 mod configuration;
+pub mod copy;
 mod device;
 mod mqtt_session;
 mod network;
