@@ -58,6 +58,9 @@ pub enum TokenError {
     Invalid,
     Expired,
     WrongType,
+    /// The token may be fine, but the database that says whether its user is still active cannot
+    /// answer now (503, not 401: the client should retry, not log in again).
+    Unavailable,
 }
 
 /// Signing and verification keys derived from the secret string.

@@ -28,7 +28,8 @@ impl Hub {
         let user_id = payload.u.ok_or(TokenError::Invalid)?;
         let user = match self.store.user_get(user_id).await {
             Ok(Some(u)) if u.is_active() => u,
-            _ => return Err(TokenError::Invalid),
+            Ok(_) => return Err(TokenError::Invalid),
+            Err(_) => return Err(TokenError::Unavailable),
         };
         Principal::from_token(&payload, user).map_err(|_| TokenError::Invalid)
     }
@@ -37,6 +38,7 @@ impl Hub {
     pub fn token_error_to_rest(e: TokenError) -> ApiError {
         match e {
             TokenError::Expired => ApiError::unauthorized_msg("Token expired"),
+            TokenError::Unavailable => ApiError::database_unavailable(),
             _ => ApiError::unauthorized(),
         }
     }
@@ -195,7 +197,7 @@ impl Hub {
             Ok(p) => p,
             Err(TokenError::WrongType) => return Err(ApiError::unauthorized_msg("Invalid token type")),
             Err(TokenError::Expired) => return Err(ApiError::unauthorized_msg("Token has expired")),
-            Err(TokenError::Invalid) => return Err(ApiError::unauthorized()),
+            Err(TokenError::Invalid | TokenError::Unavailable) => return Err(ApiError::unauthorized()),
         };
         let user_id = payload.u.ok_or_else(ApiError::unauthorized)?;
         let user = match self.store.user_get(user_id).await? {

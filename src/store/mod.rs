@@ -46,7 +46,7 @@ pub struct Store {
 pub const URL_FORMS: &str = "sqlite://PATH, postgres://USER:PASSWORD@HOST:PORT/DATABASE or postgresql://...";
 
 /// How long a request waits for a database connection before answering 503.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Store {
     /// Opens (creating when missing) the database named by the URL and runs the embedded migrations.

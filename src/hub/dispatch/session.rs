@@ -74,6 +74,7 @@ impl Session {
         let token = Fields::of(req)?.str("token")?.ok_or_else(ApiError::unauthorized)?;
         let principal = self.hub.principal_from_token(token).await.map_err(|e| match e {
             crate::auth::jwt::TokenError::Expired => ApiError::unauthorized_msg("Token expired"),
+            crate::auth::jwt::TokenError::Unavailable => ApiError::database_unavailable(),
             _ => ApiError::unauthorized_msg("Invalid credentials"),
         })?;
         if let Some(user) = &principal.user {

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use axum::http::StatusCode;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
@@ -27,8 +28,8 @@ pub(super) struct DhSub {
 impl Conn {
     /// `dh/request`: runs the action on this session and answers on `dh/response/<action>@<id>`
     /// when the client subscribed to that topic. QoS1 requests are acknowledged after the action
-    /// (so after any insert it made is committed).
-    pub(super) async fn on_request(&mut self, p: &Publish) {
+    /// (so after any insert it made is committed); not at all when the database was unavailable.
+    pub(super) async fn on_request(&mut self, p: &Publish) -> Result<(), End> {
         let request: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
         let response = actions::handle(&mut self.session, &request).await;
         self.follow_owner().await;
@@ -40,25 +41,26 @@ impl Conn {
                 tracing::debug!(client_id = %self.client_id, "response dropped: too many unacknowledged publishes");
             }
         }
+        unacknowledged_when_unavailable(p, response.get("code").and_then(Value::as_u64) == Some(503))
     }
 
     /// A publish to `dh/notification|command|command_update/...`: an insert (or update) when the
     /// session may make it; dropped and counted otherwise. Never echoed to subscribers: they get the
     /// hub's push of the stored message.
-    pub(super) async fn on_direct_publish(&mut self, p: &Publish) {
+    pub(super) async fn on_direct_publish(&mut self, p: &Publish) -> Result<(), End> {
         let Some(target) = topics::parse_direct(&p.topic) else {
             self.refuse_publish("not a publishable dh/ topic", p);
-            return;
+            return Ok(());
         };
         if !self.session.principal.is_authenticated() {
             self.refuse_publish("anonymous session", p);
-            return;
+            return Ok(());
         }
         let body: Value = match serde_json::from_slice(&p.payload) {
             Ok(v @ Value::Object(_)) => v,
             _ => {
                 self.refuse_publish("payload is not a JSON object", p);
-                return;
+                return Ok(());
             }
         };
         let hub = self.shared.hub.clone();
@@ -66,9 +68,10 @@ impl Conn {
         // The topic's network and type levels must match the device.
         match hub.mqtt_topic_names_device(&target.device_id, target.network, target.device_type).await {
             Ok(true) => {}
+            Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => return unacknowledged_when_unavailable(p, true),
             _ => {
                 self.refuse_publish("topic does not match the device", p);
-                return;
+                return Ok(());
             }
         }
         let mut body = body;
@@ -97,8 +100,13 @@ impl Conn {
                 }
             }
         };
-        if let Err(e) = result {
-            self.refuse_publish(&e.message, p);
+        match result {
+            Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => unacknowledged_when_unavailable(p, true),
+            Err(e) => {
+                self.refuse_publish(&e.message, p);
+                Ok(())
+            }
+            Ok(()) => Ok(()),
         }
     }
 
@@ -239,4 +247,15 @@ impl Conn {
         }
         Ok(())
     }
+}
+
+/// A publish the database could not take: QoS 0 is lost as QoS 0 may be; QoS 1 and 2 end the
+/// connection unacknowledged, so the client sends them again after reconnecting (never acknowledged
+/// and lost).
+fn unacknowledged_when_unavailable(p: &Publish, unavailable: bool) -> Result<(), End> {
+    if unavailable && p.qos > 0 {
+        tracing::warn!(topic = %p.topic, "database unavailable: publish not acknowledged, closing the connection");
+        return Err(End::StoreUnavailable);
+    }
+    Ok(())
 }

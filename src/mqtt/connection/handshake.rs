@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{broadcast, Notify};
 
 use super::{Conn, Reader, Writer};
+use crate::auth::jwt::TokenError;
 use crate::auth::Principal;
 use crate::model::StoredSession;
 use crate::mqtt::codec::{self, connack, Connect, DecodeError, Packet};
@@ -212,12 +213,17 @@ async fn authenticate(shared: &MqttShared, connect: &Connect, peer: Option<std::
     let hub = &shared.hub;
     let password = connect.password.as_ref().map(|p| String::from_utf8_lossy(p).into_owned());
     match (&connect.username, password) {
-        (_, Some(pw)) if looks_like_jwt(&pw) => {
-            hub.principal_from_token(&pw).await.map_err(|_| connack::BAD_USERNAME_OR_PASSWORD)
-        }
-        (Some(login), Some(pw)) => {
-            hub.password_principal(login, &pw, peer).await.map_err(|_| connack::BAD_USERNAME_OR_PASSWORD)
-        }
+        (_, Some(pw)) if looks_like_jwt(&pw) => hub.principal_from_token(&pw).await.map_err(|e| match e {
+            TokenError::Unavailable => connack::SERVER_UNAVAILABLE,
+            _ => connack::BAD_USERNAME_OR_PASSWORD,
+        }),
+        (Some(login), Some(pw)) => hub.password_principal(login, &pw, peer).await.map_err(|e| {
+            if e.status == axum::http::StatusCode::SERVICE_UNAVAILABLE {
+                connack::SERVER_UNAVAILABLE
+            } else {
+                connack::BAD_USERNAME_OR_PASSWORD
+            }
+        }),
         (Some(_), None) | (None, Some(_)) => Err(connack::BAD_USERNAME_OR_PASSWORD),
         (None, None) if hub.settings.mqtt.allow_anonymous => Ok(Principal::anonymous()),
         (None, None) => Err(connack::NOT_AUTHORIZED),

@@ -54,6 +54,9 @@ enum End {
     /// The rumqttd router link failed (refused, dropped or closed) while no newer connection holds
     /// the client id.
     RouterLinkFailed,
+    /// The database could not store a QoS 1/2 publish: it is not acknowledged, and closing the
+    /// connection makes the client send it again once it reconnects.
+    StoreUnavailable,
 }
 
 struct Conn {
@@ -441,9 +444,9 @@ impl Conn {
             }
             self.refuse_publish("plain topic not allowed", &p);
         } else if p.topic == "dh/request" {
-            self.on_request(&p).await;
+            self.on_request(&p).await?;
         } else {
-            self.on_direct_publish(&p).await;
+            self.on_direct_publish(&p).await?;
         }
         match p.qos {
             1 => self.queue(&Packet::PubAck(p.pkid)),
@@ -529,7 +532,8 @@ impl Conn {
                     payload: will.payload,
                 };
                 if p.topic.starts_with("dh/") {
-                    self.on_direct_publish(&Publish { qos: 0, ..p }).await;
+                    // QoS 0: a will the database cannot take is lost, never an error here.
+                    let _ = self.on_direct_publish(&Publish { qos: 0, ..p }).await;
                 } else if self.plain_allowed() {
                     let _ = self.send_to_router(rq::Packet::Publish(to_router(&Publish { qos: 0, ..p }), None)).await;
                 }
@@ -587,6 +591,7 @@ impl End {
             End::Revoked => "revoked",
             End::AnonymousTimeout => "anonymous-timeout",
             End::RouterLinkFailed => "router-link-failed",
+            End::StoreUnavailable => "database-unavailable",
         }
     }
 }
