@@ -1,4 +1,5 @@
 //! Benchmarks of a real hivehub started in-process on 127.0.0.1:0 with a fresh temporary SQLite database
+//! (or, with `--database postgres://...`, a fresh database on that PostgreSQL server)
 //! (and, for the connection and broker-comparison scenarios, of a hub and a Mosquitto broker started as
 //! child processes, so their memory can be read from `/proc/<pid>/status`).
 //!
@@ -8,6 +9,7 @@
 //! cargo run --release --example bench -- --seconds 5 longpoll
 //! BENCH_SECONDS=30 cargo run --release --example bench -- inserts
 //! cargo run --release --example bench -- --help       # every knob (each also has a BENCH_* variable)
+//! cargo run --release --example bench -- --database postgres://postgres@127.0.0.1:5432/postgres inserts
 //! ```
 //!
 //! Scenarios (one `async fn` each, listed in [`SCENARIOS`]):
@@ -77,7 +79,7 @@ fn describe(name: &str) -> &'static str {
 }
 
 #[derive(Parser, Debug, Clone)]
-#[command(about = "hivehub benchmarks (in-process hub, temporary SQLite database)")]
+#[command(about = "hivehub benchmarks (in-process hub, temporary SQLite or PostgreSQL database)")]
 struct Opts {
     /// Scenarios to run: `inserts`, `longpoll`, `ws`, `mqtt-latency`, `mqtt-ingest`, `mqtt-connect`,
     /// `mosquitto`, or `all` (default).
@@ -143,6 +145,11 @@ struct Opts {
     /// Timeout of one connection attempt (TCP connect + CONNECT -> CONNACK) in ms [env BENCH_CONNECT_TIMEOUT_MS, default 5000].
     #[arg(long)]
     connect_timeout_ms: Option<u64>,
+    /// Database of the hubs under test: empty for a temporary SQLite file, or a PostgreSQL URL
+    /// (`postgres://USER@HOST:PORT/DB`) on which every hub gets a fresh database, dropped afterwards
+    /// [env BENCH_DATABASE].
+    #[arg(long)]
+    database: Option<String>,
     /// Idle connections opened to measure a broker's memory per connection [env BENCH_IDLE_CONNECTIONS, default 5000].
     #[arg(long)]
     idle_connections: Option<usize>,
@@ -280,13 +287,19 @@ async fn main() {
 async fn run(opts: Opts) -> BenchResult<()> {
     let config = Config::from(&opts)?;
     let selected = select_scenarios(&opts.scenarios)?;
+    let server = opts.database.clone().or_else(|| std::env::var("BENCH_DATABASE").ok()).filter(|u| !u.is_empty());
+    let _ = POSTGRES_SERVER.set(server);
 
     let hub = BenchHub::start().await?;
     println!("hivehub bench");
     println!(
-        "  hub: in-process at {} | SQLite in a temporary dir, synchronous={}, batch_max_rows={}, \
-         read pool={} | {} CPUs | load generator in the same process and runtime",
+        "  hub: in-process at {} | {}, synchronous={}, batch_max_rows={}, \
+         pool={} | {} CPUs | load generator in the same process and runtime",
         hub.root,
+        match POSTGRES_SERVER.get().cloned().flatten() {
+            Some(url) => format!("PostgreSQL, a fresh database on {}", hivehub::store::redact(&url)),
+            None => "SQLite in a temporary dir".to_string(),
+        },
         hub.settings.database.synchronous,
         hub.settings.database.batch_max_rows,
         hub.settings.database.max_connections,
@@ -307,6 +320,7 @@ async fn run(opts: Opts) -> BenchResult<()> {
         }
     }
     hub.stop().await;
+    drop_bench_databases().await;
     if failed.is_empty() {
         Ok(())
     } else {
@@ -353,6 +367,52 @@ async fn run_scenario(name: &str, hub: &BenchHub, config: &Config) -> BenchResul
 // ---------------------------------------------------------------------------------------------------
 // The hub under test and small REST helpers.
 
+/// `--database`: the PostgreSQL server the hubs run on (`None`: SQLite).
+static POSTGRES_SERVER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+/// Databases the bench created, dropped at the end.
+static BENCH_DATABASES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// The database URL of a new hub under test: a SQLite file in `dir`, or a fresh PostgreSQL database.
+async fn bench_database(dir: &std::path::Path) -> BenchResult<String> {
+    let Some(server) = POSTGRES_SERVER.get().cloned().flatten() else {
+        return Ok(format!("sqlite://{}/hub.db", dir.display()));
+    };
+    let name = {
+        let mut created = BENCH_DATABASES.lock().unwrap_or_else(|e| e.into_inner());
+        let name = format!("hivehub_bench_{}_{}", std::process::id(), created.len());
+        created.push(name.clone());
+        name
+    };
+    let admin = sqlx::PgPool::connect(&server).await.map_err(|e| format!("PostgreSQL at {server}: {e}"))?;
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await?;
+    admin.close().await;
+    Ok(with_database(&server, &name))
+}
+
+/// `url` with its database name replaced.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{name}", &base[..host_end]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+async fn drop_bench_databases() {
+    let Some(server) = POSTGRES_SERVER.get().cloned().flatten() else { return };
+    let names = std::mem::take(&mut *BENCH_DATABASES.lock().unwrap_or_else(|e| e.into_inner()));
+    if let Ok(admin) = sqlx::PgPool::connect(&server).await {
+        for name in names {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin).await;
+        }
+        admin.close().await;
+    }
+}
+
 struct BenchHub {
     app: App,
     _dir: tempfile::TempDir,
@@ -371,7 +431,7 @@ impl BenchHub {
         let mut settings = Settings::defaults();
         settings.http.listen = "127.0.0.1:0".into();
         settings.mqtt.listen = "127.0.0.1:0".into();
-        settings.database.url = format!("sqlite://{}/bench.db", dir.path().display());
+        settings.database.url = bench_database(dir.path()).await?;
         settings.auth.admin_login = ADMIN_LOGIN.into();
         settings.auth.admin_password = ADMIN_PASSWORD.into();
         settings.auth.jwt_secret = String::new();
@@ -1268,7 +1328,7 @@ impl ChildBroker {
             .env("HIVEHUB__HTTP__LISTEN", format!("127.0.0.1:{http_port}"))
             .env("HIVEHUB__MQTT__LISTEN", format!("127.0.0.1:{mqtt_port}"))
             .env("HIVEHUB__MQTT__MAX_CONNECTIONS", "200000")
-            .env("HIVEHUB__DATABASE__URL", format!("sqlite://{}/hub.db", dir.path().display()))
+            .env("HIVEHUB__DATABASE__URL", bench_database(dir.path()).await?)
             .env("HIVEHUB__AUTH__ADMIN_LOGIN", ADMIN_LOGIN)
             .env("HIVEHUB__AUTH__ADMIN_PASSWORD", ADMIN_PASSWORD)
             .stdin(std::process::Stdio::piped())
