@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod mqtt;
+pub mod pg;
+pub mod sql;
 pub mod ws;
 
 use hivehub::config::Settings;
