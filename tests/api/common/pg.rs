@@ -408,7 +408,12 @@ impl DbLease {
     /// Creates a fresh database on the shared server; returns its URL and the lease.
     pub async fn create() -> (String, DbLease) {
         let server = shared().unwrap_or_else(|e| {
-            panic!("{e}\n(a PostgreSQL test must start with `skip_unless_backend!();`, see tests/api/main.rs)")
+            let hint = if bin_dir().is_err() {
+                "\n(a PostgreSQL test must start with `skip_unless_backend!();`, see tests/api/main.rs)"
+            } else {
+                ""
+            };
+            panic!("{e}{hint}")
         });
         let name = server.create_database().await;
         (server.url(&name), DbLease { name })
