@@ -6,7 +6,8 @@ use hivehub::time::now_ms;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::common::{Reply, TestHub, ADMIN_LOGIN, ADMIN_PASSWORD};
+use super::TestHub;
+use crate::common::{Reply, ADMIN_LOGIN, ADMIN_PASSWORD};
 
 const CLIENT_PASSWORD: &str = "client-pass-1";
 const CLIENT_ACTIONS: [i64; 13] = [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 15, 16, 17];
@@ -116,6 +117,7 @@ fn assert_cors(reply: &Reply) {
 
 #[tokio::test]
 async fn info_endpoints_need_no_auth() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let host = hub.root.trim_start_matches("http://").to_string();
 
@@ -158,6 +160,7 @@ async fn info_endpoints_need_no_auth() {
 
 #[tokio::test]
 async fn dh_rest_and_auth_rest_aliases() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let dh = format!("{}/dh/rest", hub.root);
     let auth = format!("{}/auth/rest", hub.root);
@@ -208,6 +211,7 @@ async fn dh_rest_and_auth_rest_aliases() {
 
 #[tokio::test]
 async fn login_returns_both_tokens_with_the_contract_claims() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let reply = try_login(&hub, ADMIN_LOGIN, ADMIN_PASSWORD).await;
     let ct = reply.headers["content-type"].to_str().unwrap().to_string();
@@ -260,6 +264,7 @@ async fn login_returns_both_tokens_with_the_contract_claims() {
 
 #[tokio::test]
 async fn login_errors() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let blank = "Invalid or empty authorization request parameters";
     try_login(&hub, "   ", "whatever").await.expect_error(400, blank);
@@ -275,6 +280,7 @@ async fn login_errors() {
 
 #[tokio::test]
 async fn ten_wrong_passwords_lock_the_user_and_kill_its_tokens() {
+    skip_unless_backend!();
     // The lockout counter itself, without the throttle's delays or an expiring lock.
     let hub = TestHub::start_with(|s| {
         s.auth.login_throttle_base_ms = 0;
@@ -324,6 +330,7 @@ async fn ten_wrong_passwords_lock_the_user_and_kill_its_tokens() {
 
 #[tokio::test]
 async fn max_login_attempts_comes_from_configuration() {
+    skip_unless_backend!();
     // The lockout counter itself, without the throttle's delays or an expiring lock.
     let hub = TestHub::start_with(|s| {
         s.auth.login_throttle_base_ms = 0;
@@ -358,6 +365,7 @@ async fn max_login_attempts_comes_from_configuration() {
 
 #[tokio::test]
 async fn last_login_is_throttled_by_configuration() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let id = user(&hub, json!({"login": "stamp", "password": CLIENT_PASSWORD, "role": 1})).await;
     assert_eq!(get_user(&hub, id).await["lastLogin"], Value::Null);
@@ -385,6 +393,7 @@ async fn last_login_is_throttled_by_configuration() {
 
 #[tokio::test]
 async fn refresh_tokens() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let n = hub.network("Refresh Net").await;
     let (_, _) = hub.client_user("refresher", &[n]).await;
@@ -433,6 +442,7 @@ async fn refresh_tokens() {
 
 #[tokio::test]
 async fn expired_and_badly_signed_tokens_are_refused() {
+    skip_unless_backend!();
     const SECRET: &str = "a-known-test-secret-0123456789";
     let hub = TestHub::start_with(|s| s.auth.jwt_secret = SECRET.into()).await;
     let past = now_ms() - 60_000;
@@ -487,6 +497,7 @@ async fn expired_and_badly_signed_tokens_are_refused() {
 
 #[tokio::test]
 async fn token_create_as_admin() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let client = user(&hub, json!({"login": "target", "password": CLIENT_PASSWORD, "role": 1})).await;
 
@@ -570,6 +581,7 @@ async fn token_create_as_admin() {
 
 #[tokio::test]
 async fn token_create_is_restricted_for_clients_by_default() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let a = hub.network("Own Net").await;
     let b = hub.network("Other Net").await;
@@ -614,6 +626,7 @@ async fn token_create_is_restricted_for_clients_by_default() {
 
 #[tokio::test]
 async fn a_limited_admin_token_cannot_mint_a_stronger_one() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let pair = create_token(
         &hub,
@@ -641,6 +654,7 @@ async fn a_limited_admin_token_cannot_mint_a_stronger_one() {
 
 #[tokio::test]
 async fn token_create_reference_behaviour_when_unrestricted() {
+    skip_unless_backend!();
     let hub = TestHub::start_with(|s| s.auth.restrict_token_create = false).await;
     // An administrator holding a limited token with ManageToken may mint any token (the reference)...
     let limited = create_token(&hub, &hub.admin, json!({"userId": 1, "actions": ["ManageToken"]})).await.expect(201);
@@ -673,6 +687,7 @@ async fn token_create_reference_behaviour_when_unrestricted() {
 
 #[tokio::test]
 async fn configuration_get_put_delete() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let r = hub.get(&hub.admin, "/configuration/test.key").await;
     assert_eq!(r.status.as_u16(), 404);
@@ -733,6 +748,7 @@ async fn configuration_get_put_delete() {
 
 #[tokio::test]
 async fn user_list_and_count_filters_and_sorting() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let alpha = user(&hub, json!({"login": "alpha1", "password": CLIENT_PASSWORD, "role": 1})).await;
     let beta = user(&hub, json!({"login": "beta22", "password": CLIENT_PASSWORD, "role": 0})).await;
@@ -792,6 +808,7 @@ async fn user_list_and_count_filters_and_sorting() {
 
 #[tokio::test]
 async fn user_get_and_current_use_the_published_view() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let a = hub.network("Pub A").await;
     hub.put(&hub.admin, &format!("/network/{a}"), json!({"description": "first"})).await.expect(204);
@@ -834,6 +851,7 @@ async fn user_get_and_current_use_the_published_view() {
 
 #[tokio::test]
 async fn client_updates_itself_but_not_its_login_role_or_status() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let (_, client) = hub.client_user("selfie", &[]).await;
 
@@ -890,6 +908,7 @@ async fn client_updates_itself_but_not_its_login_role_or_status() {
 
 #[tokio::test]
 async fn user_insert_view_location_and_validation() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let r = hub
         .post(
@@ -989,6 +1008,7 @@ async fn user_insert_view_location_and_validation() {
 
 #[tokio::test]
 async fn user_update_and_delete() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let id = user(&hub, json!({"login": "updatee", "password": CLIENT_PASSWORD, "role": 1, "data": {"k": 1}})).await;
     let (token, _) = login_pair(&hub, "updatee", CLIENT_PASSWORD).await;
@@ -1051,6 +1071,7 @@ async fn user_update_and_delete() {
 
 #[tokio::test]
 async fn user_network_assignment() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let a = hub.network("Assign A").await;
     let b = hub.network("Assign B").await;
@@ -1093,6 +1114,7 @@ async fn user_network_assignment() {
 
 #[tokio::test]
 async fn user_device_type_assignment() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let (id, _) = hub.client_user("typed", &[]).await;
     let all_types = hub.get(&hub.admin, "/devicetype").await.expect(200);
@@ -1176,6 +1198,7 @@ async fn user_device_type_assignment() {
 
 #[tokio::test]
 async fn network_crud_and_errors() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let r = hub.post(&hub.admin, "/network", json!({"id": 999, "name": "Alpha Net", "description": "first one"})).await;
     let location = r.headers.get("location").map(|v| v.to_str().unwrap().to_string());
@@ -1283,6 +1306,7 @@ async fn network_crud_and_errors() {
 
 #[tokio::test]
 async fn device_type_crud_and_errors() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let seeded = hub.get(&hub.admin, "/devicetype/1").await.expect(200);
     assert_eq!(seeded["name"], "Default Device Type");
@@ -1353,6 +1377,7 @@ async fn device_type_crud_and_errors() {
 
 #[tokio::test]
 async fn client_sees_only_its_networks() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let a = hub.network("Visible A").await;
     let b = hub.network("Hidden B").await;
@@ -1408,6 +1433,7 @@ async fn client_sees_only_its_networks() {
 
 #[tokio::test]
 async fn cors_headers_and_preflight() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     for path in ["/user", "/network/1", "/configuration/jwt.secret", "/no/such/route", "/token"] {
         let r = raw(
@@ -1436,6 +1462,7 @@ async fn cors_headers_and_preflight() {
 
 #[tokio::test]
 async fn method_override_header() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let n = hub.network("Override Me").await;
     let auth = format!("Bearer {}", hub.admin);
@@ -1473,6 +1500,7 @@ async fn method_override_header() {
 
 #[tokio::test]
 async fn unknown_routes_and_wrong_methods() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     for path in ["/no/such/thing", "/usr", "/user/1/nothing"] {
         hub.get(&hub.admin, path).await.expect_error(404, "HTTP 404 Not Found");
@@ -1496,6 +1524,7 @@ async fn unknown_routes_and_wrong_methods() {
 
 #[tokio::test]
 async fn malformed_json_changes_nothing() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let auth = format!("Bearer {}", hub.admin);
     let json_ct = ("Content-Type", "application/json");
@@ -1529,6 +1558,7 @@ async fn malformed_json_changes_nothing() {
 
 #[tokio::test]
 async fn oversized_bodies_get_413() {
+    skip_unless_backend!();
     let hub = TestHub::start_with(|s| s.limits.max_body_bytes = 200).await;
     let auth = format!("Bearer {}", hub.admin);
     let big = json!({"name": "Too Big", "description": "d".repeat(250)}).to_string();
@@ -1554,6 +1584,7 @@ async fn oversized_bodies_get_413() {
 
 #[tokio::test]
 async fn bodies_without_content_type_are_json() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let auth = format!("Bearer {}", hub.admin);
     let r = raw(&hub, Method::POST, "/network", &[("Authorization", &auth)], Some(r#"{"name": "No CT"}"#)).await;
@@ -1569,6 +1600,7 @@ async fn bodies_without_content_type_are_json() {
 
 #[tokio::test]
 async fn authorization_header_handling() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let protected: [(Method, &str, Option<Value>); 9] = [
         (Method::GET, "/user", None),

@@ -12,6 +12,7 @@ use serde_json::json;
 const BIN: &str = env!("CARGO_BIN_EXE_hivehub");
 #[test]
 fn config_prints_the_commented_defaults() {
+    skip_unless_backend!();
     let out = Command::new(BIN).arg("config").output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
@@ -93,6 +94,10 @@ fn serve(dir: &std::path::Path, env: &[(&str, &str)]) -> (Child, u16) {
         .env_remove("HIVEHUB__AUTH__ADMIN_PASSWORD")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    // On PostgreSQL, the database of this directory (SQLite uses its default file in `dir`).
+    for (k, v) in super::TestHub::serve_env(dir) {
+        command.env(k, v);
+    }
     for (k, v) in env {
         command.env(k, v);
     }
@@ -144,6 +149,7 @@ fn is_password_line(line: &str) -> bool {
 
 #[tokio::test]
 async fn serve_prints_a_generated_password_once_and_stops_gracefully_on_sigterm() {
+    skip_unless_backend!();
     let dir = tempfile::tempdir().unwrap();
     let (mut child, port) = serve(dir.path(), &[]);
     let mut out = Output::of(&mut child);
@@ -154,8 +160,11 @@ async fn serve_prints_a_generated_password_once_and_stops_gracefully_on_sigterm(
     assert!(out.seen.iter().any(|l| l.contains("hivehub listening")), "{:?}", out.seen);
     assert!(out.seen.iter().any(|l| l.contains("MQTT broker listening")), "{:?}", out.seen);
     let base = format!("http://127.0.0.1:{port}/api/rest");
-    // The default database file was created with its folder.
-    assert!(dir.path().join("data/hivehub.db").exists());
+    // The default database file was created with its folder (SQLite only: the PostgreSQL variant is
+    // given a database URL).
+    if super::TestHub::BACKEND == "sqlite" {
+        assert!(dir.path().join("data/hivehub.db").exists());
+    }
 
     let client = reqwest::Client::new();
     let login: serde_json::Value = client
@@ -203,6 +212,7 @@ async fn serve_prints_a_generated_password_once_and_stops_gracefully_on_sigterm(
 
 #[tokio::test]
 async fn the_generated_password_is_printed_on_stdout_whatever_the_log_level() {
+    skip_unless_backend!();
     let dir = tempfile::tempdir().unwrap();
     let (mut child, port) = serve(dir.path(), &[("RUST_LOG", "error")]);
     let mut out = Output::of(&mut child);
@@ -213,6 +223,7 @@ async fn the_generated_password_is_printed_on_stdout_whatever_the_log_level() {
 
 #[tokio::test]
 async fn a_first_start_that_cannot_bind_does_not_burn_the_generated_password() {
+    skip_unless_backend!();
     let dir = tempfile::tempdir().unwrap();
     // The MQTT port is taken: the HTTP listener binds, the MQTT one does not.
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -258,6 +269,7 @@ async fn a_first_start_that_cannot_bind_does_not_burn_the_generated_password() {
 
 #[tokio::test]
 async fn environment_values_of_string_keys_are_taken_as_written() {
+    skip_unless_backend!();
     let dir = tempfile::tempdir().unwrap();
     let (mut child, port) = serve(dir.path(), &[("HIVEHUB__AUTH__ADMIN_PASSWORD", "007123")]);
     let mut out = Output::of(&mut child);
@@ -268,6 +280,7 @@ async fn environment_values_of_string_keys_are_taken_as_written() {
 
 #[test]
 fn a_bad_configuration_exits_with_code_2_and_names_every_problem() {
+    skip_unless_backend!();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("hub.toml"), "[htpp]\nlisten = \"127.0.0.1:0\"\n").unwrap();
     let mut child = Command::new(BIN)

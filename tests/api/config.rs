@@ -1,8 +1,7 @@
 //! Stored credentials at startup and login: password hashes imported from a DeviceHive database.
 
-use crate::common::TestHub;
+use super::TestHub;
 use serde_json::json;
-use sqlx::Row;
 
 /// The reference's seeded administrator: SHA-256 of salt + password, Base64.
 const LEGACY_SALT: &str = "sjQbZgcCmFxqTV4CCmGwpIHO";
@@ -11,23 +10,17 @@ const LEGACY_PASSWORD: &str = "dhadmin_#911";
 
 #[tokio::test]
 async fn an_imported_devicehive_hash_is_rehashed_with_argon2_at_the_first_login() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
-    let db = sqlx::SqlitePool::connect(&format!("sqlite://{}/hub.db", hub.dir.path().display())).await.unwrap();
-    sqlx::query(
-        "INSERT INTO dh_user (login, password_hash, password_salt, role, status, login_attempts, intro_reviewed, \
-         all_device_types_available) VALUES ('imported', ?, ?, 0, 0, 0, 0, 1)",
+    let db = hub.db().await;
+    db.execute(
+        "INSERT INTO dh_user (login, password_hash, password_salt, role, status) VALUES ('imported', $1, $2, 0, 0)",
+        &[LEGACY_HASH.into(), LEGACY_SALT.into()],
     )
-    .bind(LEGACY_HASH)
-    .bind(LEGACY_SALT)
-    .execute(&db)
-    .await
-    .unwrap();
+    .await;
     let stored = || async {
-        let row = sqlx::query("SELECT password_hash, password_salt FROM dh_user WHERE login = 'imported'")
-            .fetch_one(&db)
-            .await
-            .unwrap();
-        (row.get::<String, _>(0), row.get::<String, _>(1))
+        let row = db.fetch_one("SELECT password_hash, password_salt FROM dh_user WHERE login = 'imported'", &[]).await;
+        (row[0].as_str().unwrap().to_string(), row[1].as_str().unwrap().to_string())
     };
 
     // A wrong password changes nothing.

@@ -7,7 +7,8 @@ use hivehub_rust_device::{run, DeviceConfig, Stats};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
-use crate::common::{TestHub, ADMIN_LOGIN, ADMIN_PASSWORD};
+use super::TestHub;
+use crate::common::{ADMIN_LOGIN, ADMIN_PASSWORD};
 
 /// Repeats `probe` until it returns `Some` or 15 s pass.
 async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
@@ -41,6 +42,7 @@ async fn command(hub: &TestHub, device: &str, name: &str, parameters: Value) -> 
 
 #[tokio::test]
 async fn rust_device_registers_sends_telemetry_and_answers_commands() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let network = hub.network("firmware-net").await;
     let addr = hub.mqtt_addr();
@@ -126,6 +128,7 @@ async fn rust_device_registers_sends_telemetry_and_answers_commands() {
 
 #[tokio::test]
 async fn rust_device_reports_bad_credentials() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let addr = hub.mqtt_addr();
     let config = DeviceConfig::new(addr.ip().to_string(), addr.port(), ADMIN_LOGIN, "wrong-password", "fw-rust-2");

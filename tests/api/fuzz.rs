@@ -8,7 +8,7 @@ use hivehub::hub::dispatch::ApiAction;
 use serde_json::{json, Map, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::common::TestHub;
+use super::TestHub;
 
 struct Rng(u64);
 
@@ -172,6 +172,7 @@ async fn fuzz_websocket(hub: &TestHub, token: &str, seed: u64, count: usize, spa
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_websocket_requests_never_fail_the_hub() {
+    skip_unless_backend!();
     let hub = TestHub::start_with(|s| s.auth.login_throttle_base_ms = 0).await;
     let n = hub.network("fuzz").await;
     hub.device("fuzz-dev", n).await;
@@ -187,6 +188,7 @@ async fn random_websocket_requests_never_fail_the_hub() {
 
 #[tokio::test]
 async fn random_rest_query_strings_never_fail_the_hub() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let n = hub.network("fuzzq").await;
     hub.device("fuzzq-dev", n).await;

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use super::TestHub;
 use crate::common::ws::{live_subscriptions, wait_new_subscriptions};
-use crate::common::TestHub;
 
 fn ids(list: &Value) -> Vec<i64> {
     list.as_array().unwrap().iter().map(|m| m["id"].as_i64().unwrap()).collect()
@@ -19,6 +19,7 @@ fn names(list: &Value, key: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn device_registration_defaults_updates_and_server_notifications() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let a = &hub.admin;
     // Defaults: lowest assigned network of the user, lowest allowed device type.
@@ -75,6 +76,7 @@ async fn device_registration_defaults_updates_and_server_notifications() {
 
 #[tokio::test]
 async fn device_list_filters_and_sorting() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let a = &hub.admin;
     let n2 = hub.network("second").await;
@@ -104,6 +106,7 @@ async fn device_list_filters_and_sorting() {
 
 #[tokio::test]
 async fn notifications_insert_get_and_query() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let a = &hub.admin;
     hub.device("d1", 1).await;
@@ -170,6 +173,7 @@ async fn notifications_insert_get_and_query() {
 
 #[tokio::test]
 async fn commands_insert_update_get_and_query() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let a = &hub.admin;
     hub.device("d1", 1).await;
@@ -223,6 +227,7 @@ async fn commands_insert_update_get_and_query() {
 
 #[tokio::test]
 async fn long_poll_history_wakeup_and_timeout() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let a = hub.admin.clone();
     hub.device("d1", 1).await;
@@ -273,6 +278,7 @@ async fn long_poll_history_wakeup_and_timeout() {
 
 #[tokio::test]
 async fn poll_many_across_devices_and_networks() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let a = hub.admin.clone();
     let n2 = hub.network("net-2").await;
@@ -338,6 +344,7 @@ async fn poll_many_across_devices_and_networks() {
 
 #[tokio::test]
 async fn command_poll_updates_and_wait() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let a = hub.admin.clone();
     hub.device("d1", 1).await;
@@ -395,6 +402,7 @@ async fn command_poll_updates_and_wait() {
 /// exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chained_poll_cursors_never_skip_or_repeat() {
+    skip_unless_backend!();
     const WRITERS: usize = 16;
     const PER_WRITER: usize = 60;
     const POLLERS: usize = 4;
@@ -468,6 +476,7 @@ async fn chained_poll_cursors_never_skip_or_repeat() {
 /// The same promise for history pages: a query cut by `limit` never splits one millisecond.
 #[tokio::test]
 async fn limited_history_pages_never_split_a_millisecond() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let a = hub.admin.clone();
     hub.device("d1", 1).await;
@@ -496,6 +505,7 @@ async fn limited_history_pages_never_split_a_millisecond() {
 /// A client limited to network A sees and changes nothing of network B, on every endpoint.
 #[tokio::test]
 async fn client_of_network_a_cannot_reach_network_b() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let a = hub.admin.clone();
     let net_a = hub.network("net-a").await;
@@ -579,6 +589,7 @@ async fn client_of_network_a_cannot_reach_network_b() {
 
 #[tokio::test]
 async fn action_lists_restrict_admins_too() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let a = hub.admin.clone();
     hub.device("d1", 1).await;
@@ -610,6 +621,7 @@ async fn action_lists_restrict_admins_too() {
 
 #[tokio::test]
 async fn everything_survives_a_restart() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let a = hub.admin.clone();
     let n = hub.network("persisted").await;
@@ -640,6 +652,7 @@ async fn everything_survives_a_restart() {
 /// Without credentials nothing about the body is evaluated: 401 comes before 400 or 413.
 #[tokio::test]
 async fn anonymous_requests_get_401_before_any_body_error() {
+    skip_unless_backend!();
     let hub = TestHub::start_with(|s| s.limits.max_body_bytes = 64).await;
     for body in ["{not json", &format!("{{\"name\":\"{}\"}}", "x".repeat(200)), "{\"name\":\"ok\"}"] {
         for path in ["/network", "/device/d1/notification"] {
@@ -658,6 +671,7 @@ async fn anonymous_requests_get_401_before_any_body_error() {
 /// response arrived, at thousands of inserts per second with one row per commit.
 #[tokio::test]
 async fn server_timestamps_never_run_ahead_of_the_clock() {
+    skip_unless_backend!();
     let hub = TestHub::start_with(|s| s.database.batch_max_rows = 1).await;
     let n = hub.network("clock").await;
     hub.device("clock-dev", n).await;

@@ -13,9 +13,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
+use super::TestHub;
 use crate::common::mqtt::{connect_code, options, with_credentials, Mqtt, Msg, GRANTED, QUIET, REFUSED};
 use crate::common::ws::{live_subscriptions, wait_new_subscriptions, Ws};
-use crate::common::{assert_keys, TestHub, ADMIN_LOGIN, ADMIN_PASSWORD};
+use crate::common::{assert_keys, ADMIN_LOGIN, ADMIN_PASSWORD};
 
 const SAMPLE_DEVICE: &str = "e50d6085-2aba-48e9-b1c3-73c673e414be";
 const CLIENT_PASSWORD: &str = "client-pass-1";
@@ -57,6 +58,7 @@ async fn notification_names(hub: &TestHub, device: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn mqtt_smoke() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let mut m = Mqtt::login(&hub, "smoke-1", ADMIN_LOGIN, ADMIN_PASSWORD).await;
     let r = m.request("device/list", json!({})).await;
@@ -90,6 +92,7 @@ async fn mqtt_smoke() {
 
 #[tokio::test]
 async fn connect_with_password_or_access_token_and_refusals() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let net = hub.network("connect-net").await;
     let (client_id, client_token) = hub.client_user("connect-client", &[net]).await;
@@ -159,6 +162,7 @@ async fn connect_with_password_or_access_token_and_refusals() {
 
 #[tokio::test]
 async fn anonymous_session_may_only_authenticate_until_it_does() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let mut anon = Mqtt::anonymous(&hub, "anon-1").await;
 
@@ -231,6 +235,7 @@ async fn anonymous_session_may_only_authenticate_until_it_does() {
 
 #[tokio::test]
 async fn anonymous_connect_refused_when_disallowed() {
+    skip_unless_backend!();
     let hub = TestHub::start_with(|s| s.mqtt.allow_anonymous = false).await;
     assert_eq!(connect_code(options(&hub, "anon-no")).await, Ok(ConnectReturnCode::NotAuthorized));
     let mut m = Mqtt::login(&hub, "named", ADMIN_LOGIN, ADMIN_PASSWORD).await;
@@ -243,6 +248,7 @@ async fn anonymous_connect_refused_when_disallowed() {
 
 #[tokio::test]
 async fn requests_answer_on_their_response_topics_in_websocket_shapes() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let mut m = Mqtt::login(&hub, "req-1", ADMIN_LOGIN, ADMIN_PASSWORD).await;
 
@@ -361,6 +367,7 @@ async fn requests_answer_on_their_response_topics_in_websocket_shapes() {
 
 #[tokio::test]
 async fn responses_need_an_earlier_subscription_and_follow_the_request_qos() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let mut m = Mqtt::login(&hub, "resp-1", ADMIN_LOGIN, ADMIN_PASSWORD).await;
 
@@ -390,6 +397,7 @@ async fn responses_need_an_earlier_subscription_and_follow_the_request_qos() {
 
 #[tokio::test]
 async fn malformed_json_answers_an_error_and_other_sessions_are_unaffected() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let mut bad = Mqtt::login(&hub, "json-bad", ADMIN_LOGIN, ADMIN_PASSWORD).await;
     let mut other = Mqtt::login(&hub, "json-other", ADMIN_LOGIN, ADMIN_PASSWORD).await;
@@ -423,6 +431,7 @@ async fn malformed_json_answers_an_error_and_other_sessions_are_unaffected() {
 
 #[tokio::test]
 async fn device_notifications_reach_rest_long_polls_and_websockets() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let (net, mut device) = network_and_device_session(&hub, "sensors", &["mq-sensor"], "sensor-user", "sensor").await;
     // The device watches its own notifications: it must get the hub's push, never its raw publish.
@@ -532,6 +541,7 @@ async fn device_notifications_reach_rest_long_polls_and_websockets() {
 
 #[tokio::test]
 async fn commands_reach_devices_and_their_updates_wake_waiters() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let (net, mut device) =
         network_and_device_session(&hub, "actuators", &["mq-actuator", "mq-other"], "actuator-user", "actuator").await;
@@ -643,6 +653,7 @@ async fn commands_reach_devices_and_their_updates_wake_waiters() {
 
 #[tokio::test]
 async fn overlapping_filters_deliver_once_and_unsubscribe_stops_delivery() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let mut m = Mqtt::login(&hub, "overlap", ADMIN_LOGIN, ADMIN_PASSWORD).await;
     let filters = [
@@ -696,6 +707,7 @@ async fn overlapping_filters_deliver_once_and_unsubscribe_stops_delivery() {
 
 #[tokio::test]
 async fn topic_levels_filter_by_network_type_device_and_name() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let n2 = hub.network("second").await;
     hub.device("f-dev", n2).await;
@@ -797,6 +809,7 @@ async fn snapshot_of_b(hub: &TestHub, net_b: i64) -> Value {
 
 #[tokio::test]
 async fn clients_and_anonymous_sessions_never_see_or_touch_another_network() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let net_a = hub.network("net-a").await;
     let net_b = hub.network("net-b").await;
@@ -1028,6 +1041,7 @@ async fn clients_and_anonymous_sessions_never_see_or_touch_another_network() {
 
 #[tokio::test]
 async fn plain_topics_open_by_default_with_retained_messages() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let mut anon = Mqtt::anonymous(&hub, "plain-anon").await;
     let mut admin = Mqtt::login(&hub, "plain-admin", ADMIN_LOGIN, ADMIN_PASSWORD).await;
@@ -1048,6 +1062,7 @@ async fn plain_topics_open_by_default_with_retained_messages() {
 
 #[tokio::test]
 async fn plain_topics_for_authenticated_sessions_only() {
+    skip_unless_backend!();
     let hub = TestHub::start_with(|s| s.mqtt.plain_topics = hivehub::config::PlainTopics::Authenticated).await;
     let mut anon = Mqtt::anonymous(&hub, "auth-anon").await;
     let mut admin = Mqtt::login(&hub, "auth-admin", ADMIN_LOGIN, ADMIN_PASSWORD).await;
@@ -1073,6 +1088,7 @@ async fn plain_topics_for_authenticated_sessions_only() {
 
 #[tokio::test]
 async fn plain_topics_off() {
+    skip_unless_backend!();
     let hub = TestHub::start_with(|s| s.mqtt.plain_topics = hivehub::config::PlainTopics::Off).await;
     let mut admin = Mqtt::login(&hub, "off-admin", ADMIN_LOGIN, ADMIN_PASSWORD).await;
     let mut anon = Mqtt::anonymous(&hub, "off-anon").await;
@@ -1192,6 +1208,7 @@ fn connack_code(code: u8) -> Wire {
 
 #[tokio::test]
 async fn hostile_input_never_crashes_the_hub() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let mut steady = Mqtt::login(&hub, "steady", ADMIN_LOGIN, ADMIN_PASSWORD).await;
     assert_eq!(steady.subscribe("dh/notification/#").await, GRANTED);
@@ -1332,6 +1349,7 @@ async fn hostile_input_never_crashes_the_hub() {
 
 #[tokio::test]
 async fn a_second_connect_with_the_same_client_id_takes_over() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let mut first = Mqtt::login(&hub, "same-id", ADMIN_LOGIN, ADMIN_PASSWORD).await;
     assert_eq!(first.subscribe("dh/notification/#").await, GRANTED);
@@ -1356,6 +1374,7 @@ async fn a_second_connect_with_the_same_client_id_takes_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_device_sessions() {
+    skip_unless_backend!();
     const DEVICES: usize = 1000;
     const BATCH: usize = 100;
     let started = Instant::now();
@@ -1483,6 +1502,7 @@ async fn raw_session(hub: &TestHub, id: &str, credentials: Option<(&str, &str)>)
 
 #[tokio::test]
 async fn one_subscribe_packet_mixing_plain_and_dh_filters_gets_one_suback() {
+    skip_unless_backend!();
     let hub = TestHub::start_with(|s| s.mqtt.plain_topics = hivehub::config::PlainTopics::Authenticated).await;
     let filters = vec![
         ("plain/a".to_string(), 1u8),
@@ -1511,6 +1531,7 @@ async fn one_subscribe_packet_mixing_plain_and_dh_filters_gets_one_suback() {
 
 #[tokio::test]
 async fn interleaved_plain_and_hub_qos1_traffic_keeps_packet_ids_apart() {
+    skip_unless_backend!();
     const N: usize = 200;
     let hub = TestHub::start().await;
     let mut sub = Mqtt::login(&hub, "flood-sub", ADMIN_LOGIN, ADMIN_PASSWORD).await;
@@ -1556,6 +1577,7 @@ async fn interleaved_plain_and_hub_qos1_traffic_keeps_packet_ids_apart() {
 
 #[tokio::test]
 async fn keepalive_oversized_packets_and_qos2_do_not_harm_other_sessions() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let mut steady = Mqtt::login(&hub, "ka-steady", ADMIN_LOGIN, ADMIN_PASSWORD).await;
 
@@ -1607,6 +1629,7 @@ async fn keepalive_oversized_packets_and_qos2_do_not_harm_other_sessions() {
 
 #[tokio::test]
 async fn retained_flag_on_dh_topics_stores_but_is_never_replayed() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let mut device = Mqtt::login(&hub, "ret-dev", ADMIN_LOGIN, ADMIN_PASSWORD).await;
     device
@@ -1629,6 +1652,7 @@ async fn retained_flag_on_dh_topics_stores_but_is_never_replayed() {
 
 #[tokio::test]
 async fn pushed_topics_are_valid_mqtt_topic_names_whatever_the_message_name() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let mut m = Mqtt::login(&hub, "names", ADMIN_LOGIN, ADMIN_PASSWORD).await;
     assert_eq!(m.subscribe("dh/notification/#").await, GRANTED);
@@ -1676,6 +1700,7 @@ async fn only_presence_arrives(s: &mut Mqtt) {
 
 #[tokio::test]
 async fn locking_or_deleting_a_user_closes_its_mqtt_sessions() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let net = hub.network("revoke").await;
     hub.device("rv-dev", net).await;
@@ -1717,6 +1742,7 @@ async fn locking_or_deleting_a_user_closes_its_mqtt_sessions() {
 
 #[tokio::test]
 async fn requests_after_a_role_change_use_the_new_role() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let id = hub
         .post(&hub.admin, "/user", json!({"login": "rv-admin", "password": CLIENT_PASSWORD, "role": 0}))
@@ -1734,6 +1760,7 @@ async fn requests_after_a_role_change_use_the_new_role() {
 
 #[tokio::test]
 async fn dollar_filters_are_refused_in_the_suback() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let mut raw = raw_session(&hub, "dollar", Some((ADMIN_LOGIN, ADMIN_PASSWORD))).await;
     let filters = vec![("$SYS/#".to_string(), 1), ("ok/#".to_string(), 1), ("$other".to_string(), 0)];
@@ -1745,6 +1772,7 @@ async fn dollar_filters_are_refused_in_the_suback() {
 
 #[tokio::test]
 async fn a_will_topic_with_wildcards_is_refused() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     for topic in ["status/+", "status/#", "#"] {
         let mut raw = Raw::open(&hub).await;
@@ -1764,6 +1792,7 @@ async fn a_will_topic_with_wildcards_is_refused() {
 
 #[tokio::test]
 async fn reserved_flags_of_subscribe_unsubscribe_and_pubrel_are_checked() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let subscribe = [0x80, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x00];
     let unsubscribe = [0xa0, 0x05, 0x00, 0x01, 0x00, 0x01, b'a'];
@@ -1777,6 +1806,7 @@ async fn reserved_flags_of_subscribe_unsubscribe_and_pubrel_are_checked() {
 
 #[tokio::test]
 async fn pubrel_for_an_unknown_packet_id_gets_pubcomp() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let mut raw = raw_session(&hub, "stray-pubrel", Some((ADMIN_LOGIN, ADMIN_PASSWORD))).await;
     raw.send_packet(&Wire::PubRel(77)).await;
@@ -1800,6 +1830,7 @@ async fn pubrel_for_an_unknown_packet_id_gets_pubcomp() {
 
 #[tokio::test]
 async fn anonymous_sessions_that_never_authenticate_are_closed() {
+    skip_unless_backend!();
     let hub = TestHub::start_with(|s| s.mqtt.anonymous_timeout_secs = 1).await;
     let mut idle = Raw::open(&hub).await;
     idle.send(&connect_packet("MQTT", 4, "anon-idle", None)).await;
@@ -1820,16 +1851,11 @@ async fn anonymous_sessions_that_never_authenticate_are_closed() {
 
 #[tokio::test]
 async fn a_persistent_subscription_that_cannot_be_stored_is_refused_in_the_suback() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     // Fault injection from outside: the database refuses every stored subscription.
-    let db = sqlx::SqlitePool::connect(&format!("sqlite://{}/hub.db", hub.dir.path().display())).await.unwrap();
-    sqlx::query(
-        "CREATE TRIGGER refuse_subscriptions BEFORE INSERT ON mqtt_subscription \
-         BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
-    )
-    .execute(&db)
-    .await
-    .unwrap();
+    let db = hub.db().await;
+    db.refuse_inserts("mqtt_subscription", "injected failure").await;
     let mut o = with_credentials(&hub, "unstorable", ADMIN_LOGIN, ADMIN_PASSWORD);
     o.set_clean_session(false);
     let mut s = Mqtt::connect(o).await;
@@ -1854,6 +1880,7 @@ async fn rest_server_url_over_mqtt(hub: &TestHub) -> String {
 
 #[tokio::test]
 async fn server_info_over_mqtt_reports_a_usable_rest_url() {
+    skip_unless_backend!();
     // The HTTP listener's own address when it listens on one.
     let hub = TestHub::start().await;
     let url = rest_server_url_over_mqtt(&hub).await;

@@ -7,7 +7,8 @@ use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::common::{TestHub, ADMIN_LOGIN, ADMIN_PASSWORD};
+use super::TestHub;
+use crate::common::{ADMIN_LOGIN, ADMIN_PASSWORD};
 
 struct Device {
     client: AsyncClient,
@@ -90,6 +91,7 @@ async fn command(hub: &TestHub, device: &str, name: &str, extra: Value) -> i64 {
 
 #[tokio::test]
 async fn persistent_session_gets_missed_commands_also_after_restart() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     hub.device("dev-p", 1).await;
     let (mut d, present) = connect(opts(&hub, "dev-p", false)).await;
@@ -149,6 +151,7 @@ async fn persistent_session_gets_missed_commands_also_after_restart() {
 
 #[tokio::test]
 async fn presence_notifications_and_last_will() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     hub.device("dev-w", 1).await;
     let (watcher, _) = connect(opts(&hub, "watcher", true)).await;
@@ -203,6 +206,7 @@ async fn presence_notifications_and_last_will() {
 
 #[tokio::test]
 async fn a_second_connect_with_the_same_client_id_takes_over() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let (mut first, _) = connect(opts(&hub, "twin", true)).await;
     first.subscribe("t/#").await;
@@ -217,6 +221,7 @@ async fn a_second_connect_with_the_same_client_id_takes_over() {
 
 #[tokio::test]
 async fn mqtt_over_websocket_speaks_the_same_protocol() {
+    skip_unless_backend!();
     use bytes::BytesMut;
     use futures_util::{SinkExt, StreamExt};
     use hivehub::mqtt::codec::{self, Connect, Packet, Publish};
@@ -289,6 +294,7 @@ async fn mqtt_over_websocket_speaks_the_same_protocol() {
 
 #[tokio::test]
 async fn mqtt_over_tls() {
+    skip_unless_backend!();
     use bytes::BytesMut;
     use hivehub::mqtt::codec::{self, Connect, Packet};
     use rustls_pki_types::ServerName;
@@ -334,6 +340,7 @@ async fn mqtt_over_tls() {
 
 #[tokio::test]
 async fn unassigning_a_network_stops_mqtt_deliveries_at_once() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let net = hub.network("mqtt-unassign").await;
     hub.device("mu-1", net).await;
@@ -353,6 +360,7 @@ async fn unassigning_a_network_stops_mqtt_deliveries_at_once() {
 
 #[tokio::test]
 async fn refused_publishes_are_dropped_and_counted() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let stats = |hub: &TestHub| {
         let hub = hub.base.clone();
@@ -446,6 +454,7 @@ async fn intruders_are_refused(hub: &TestHub, id: &str) {
 
 #[tokio::test]
 async fn another_user_or_anonymous_cannot_take_over_a_session() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let net = hub.network("owned").await;
     hub.device("dev-own", net).await;
@@ -506,6 +515,7 @@ async fn device_messages_in_commit_order(hub: &TestHub, device: &str) -> Vec<Str
 
 #[tokio::test]
 async fn presence_notifications_bracket_what_the_session_published() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let net = hub.network("presence-order").await;
     let ids: Vec<String> = (0..30).map(|i| format!("order-{i}")).collect();
@@ -546,6 +556,7 @@ async fn presence_notifications_bracket_what_the_session_published() {
 
 #[tokio::test]
 async fn a_persistent_subscription_made_right_after_connack_is_owed_its_commands() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let net = hub.network("owed").await;
     let ids: Vec<String> = (0..20).map(|i| format!("owed-{i}")).collect();
@@ -588,6 +599,7 @@ async fn a_persistent_subscription_made_right_after_connack_is_owed_its_commands
 
 #[tokio::test]
 async fn a_last_will_on_a_dh_topic_comes_before_device_disconnected() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let net = hub.network("will-order").await;
     let ids: Vec<String> = (0..10).map(|i| format!("will-{i}")).collect();

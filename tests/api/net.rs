@@ -11,9 +11,9 @@ use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::TestHub;
 use crate::common::mqtt::tls_connector;
 use crate::common::mqtt::{connack as rumqttc_connack, options};
-use crate::common::TestHub;
 
 /// Far longer than any timeout configured here: reaching it means the hub never closed the socket.
 const GENEROUS: Duration = Duration::from_secs(10);
@@ -71,6 +71,7 @@ async fn mqtt_connect(stream: &mut (impl AsyncRead + AsyncWrite + Unpin), client
 
 #[tokio::test]
 async fn a_half_sent_request_line_is_closed_after_the_header_timeout() {
+    skip_unless_backend!();
     let hub = TestHub::start_with(|s| s.http.header_read_timeout_secs = 1).await;
     let mut silent = TcpStream::connect(http_addr(&hub)).await.unwrap();
     let mut half = TcpStream::connect(http_addr(&hub)).await.unwrap();
@@ -85,6 +86,7 @@ async fn a_half_sent_request_line_is_closed_after_the_header_timeout() {
 
 #[tokio::test]
 async fn a_body_slower_than_the_body_timeout_is_ended() {
+    skip_unless_backend!();
     let hub = TestHub::start_with(|s| s.http.body_read_timeout_secs = 1).await;
     let mut slow = TcpStream::connect(http_addr(&hub)).await.unwrap();
     slow.write_all(
@@ -101,6 +103,7 @@ async fn a_body_slower_than_the_body_timeout_is_ended() {
 
 #[tokio::test]
 async fn the_http_cap_refuses_extra_connections_spares_mqtt_and_recovers() {
+    skip_unless_backend!();
     let hub = TestHub::start_with(|s| {
         s.http.max_connections = 20;
         s.http.header_read_timeout_secs = 3;
@@ -144,6 +147,7 @@ async fn mqtt_connections(hub: &TestHub) -> String {
 
 #[tokio::test]
 async fn the_mqtt_cap_is_answered_over_tcp_tls_and_websocket() {
+    skip_unless_backend!();
     use rustls_pki_types::ServerName;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -233,6 +237,7 @@ async fn raw_exchange(hub: &TestHub, request: &[u8]) -> (u16, String, String) {
 /// router sees the request.
 #[tokio::test]
 async fn http_layer_errors_have_the_json_error_body() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let json_error = |status: u16, head: &str, body: &str| {
         assert!(head.contains("content-type: application/json"), "{status}: {head}");

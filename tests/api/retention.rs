@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::common::TestHub;
+use super::TestHub;
 
 #[tokio::test]
 async fn old_messages_are_deleted_and_recent_ones_kept() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let a = hub.admin.clone();
     hub.device("keeper", 1).await;

@@ -8,8 +8,9 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 
+use super::TestHub;
 use crate::common::ws::{live_subscriptions, wait_new_subscriptions, Ws};
-use crate::common::{TestHub, ADMIN_LOGIN, ADMIN_PASSWORD};
+use crate::common::{ADMIN_LOGIN, ADMIN_PASSWORD};
 
 const PASSWORD: &str = "client-pass-1";
 const ADMIN_ONLY: &str = "Admin permissions required for this action";
@@ -35,6 +36,7 @@ async fn user_role_and_status(hub: &TestHub, id: i64) -> (i64, i64) {
 
 #[tokio::test]
 async fn a_client_with_manage_user_cannot_raise_lock_or_take_over_users() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let (me, _) = hub.client_user("mallory", &[]).await;
     let (victim, _) = hub.client_user("victim", &[]).await;
@@ -90,6 +92,7 @@ async fn a_client_with_manage_user_cannot_raise_lock_or_take_over_users() {
 
 #[tokio::test]
 async fn a_client_grants_only_networks_and_device_types_it_holds() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let mine = hub.network("mine").await;
     let theirs = hub.network("theirs").await;
@@ -134,6 +137,7 @@ async fn a_client_grants_only_networks_and_device_types_it_holds() {
 
 #[tokio::test]
 async fn configuration_is_for_administrators_and_never_shows_the_jwt_secret() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let (me, _) = hub.client_user("configurer", &[]).await;
     let token = token_with(&hub, me, &["ManageConfiguration"]).await;
@@ -153,6 +157,7 @@ async fn configuration_is_for_administrators_and_never_shows_the_jwt_secret() {
 
 #[tokio::test]
 async fn refresh_and_live_tokens_follow_the_users_current_role() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let net = hub.network("kept").await;
     let id = hub
@@ -190,6 +195,7 @@ async fn refresh_and_live_tokens_follow_the_users_current_role() {
 
 #[tokio::test]
 async fn failed_logins_are_throttled_and_a_lockout_lifts_by_itself() {
+    skip_unless_backend!();
     let hub = TestHub::start_with(|s| {
         s.auth.login_throttle_free_attempts = 3;
         s.auth.login_throttle_base_ms = 60_000;
@@ -243,6 +249,7 @@ async fn failed_logins_are_throttled_and_a_lockout_lifts_by_itself() {
 
 #[tokio::test]
 async fn concurrent_failures_lock_exactly_once_and_count_exactly() {
+    skip_unless_backend!();
     let hub = TestHub::start_with(|s| {
         s.auth.login_throttle_base_ms = 0;
         s.auth.lockout_secs = 0;
@@ -255,7 +262,7 @@ async fn concurrent_failures_lock_exactly_once_and_count_exactly() {
     }
     // Locked at the tenth failure; the fifteen after it counted nothing (a locked account has no
     // counter to raise), so the stored counter is back at zero.
-    let store = hivehub::store::Store::open(&crate::common::settings_for(&hub.dir).database).await.unwrap();
+    let store = hivehub::store::Store::open(hub.database_settings()).await.unwrap();
     let user = store.user_get(id).await.unwrap().unwrap();
     assert_eq!((user.status, user.login_attempts), (1, 0));
     store.close().await;
@@ -264,6 +271,7 @@ async fn concurrent_failures_lock_exactly_once_and_count_exactly() {
 
 #[tokio::test]
 async fn login_answers_do_not_tell_unknown_wrong_and_locked_apart() {
+    skip_unless_backend!();
     let hub = TestHub::start_with(|s| s.auth.login_throttle_base_ms = 0).await;
     let (id, _) = hub.client_user("locked-one", &[]).await;
     hub.put(&hub.admin, &format!("/user/{id}"), json!({"status": 1})).await.expect(204);
@@ -281,6 +289,7 @@ async fn login_answers_do_not_tell_unknown_wrong_and_locked_apart() {
 
 #[tokio::test]
 async fn non_string_passwords_count_towards_the_lockout() {
+    skip_unless_backend!();
     let hub = TestHub::start_with(|s| s.auth.login_throttle_base_ms = 0).await;
     let (id, _) = hub.client_user("numeric", &[]).await;
     hub.put(&hub.admin, "/configuration/user.login.maxAttempts", json!({"value": "2"})).await.expect(200);
@@ -292,6 +301,7 @@ async fn non_string_passwords_count_towards_the_lockout() {
 
 #[tokio::test]
 async fn password_changes_check_the_old_password() {
+    skip_unless_backend!();
     let hub = TestHub::start_with(|s| s.auth.require_old_password = true).await;
     let (id, token) = hub.client_user("changer", &[]).await;
     let new = "changed-pass-1";
@@ -314,6 +324,7 @@ async fn password_changes_check_the_old_password() {
 
 #[tokio::test]
 async fn revoked_users_lose_their_long_polls_and_websocket_sessions() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let net = hub.network("watched").await;
     hub.device("watched-dev", net).await;
@@ -363,6 +374,7 @@ async fn revoked_users_lose_their_long_polls_and_websocket_sessions() {
 
 #[tokio::test]
 async fn permission_comes_before_validation_on_every_action() {
+    skip_unless_backend!();
     let hub = TestHub::start().await;
     let (me, _) = hub.client_user("narrow", &[]).await;
     let token = token_with(&hub, me, &["GetNetwork"]).await;

@@ -11,8 +11,9 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
+use super::TestHub;
 use crate::common::ws::{live_subscriptions, wait_live_subscriptions, ws_url, Ws};
-use crate::common::{assert_keys, TestHub, ADMIN_LOGIN, ADMIN_PASSWORD};
+use crate::common::{assert_keys, ADMIN_LOGIN, ADMIN_PASSWORD};
 
 const SAMPLE_DEVICE: &str = "e50d6085-2aba-48e9-b1c3-73c673e414be";
 const CLIENT_PASSWORD: &str = "client-pass-1";
@@ -117,6 +118,7 @@ async fn expired_token(hub: &TestHub) -> String {
 
 #[tokio::test]
 async fn websocket_smoke() {
+    skip_unless_backend!();
     let hub = hub().await;
     let mut ws = Ws::connect(&hub).await;
     let r = ws.call("server/info", json!({})).await;
@@ -152,6 +154,7 @@ async fn websocket_smoke() {
 
 #[tokio::test]
 async fn anonymous_session_envelopes_and_parse_errors() {
+    skip_unless_backend!();
     let hub = hub().await;
     let mut ws = Ws::connect(&hub).await;
     let host = hub.root.trim_start_matches("http://").to_string();
@@ -306,6 +309,7 @@ async fn anonymous_session_envelopes_and_parse_errors() {
 
 #[tokio::test]
 async fn authenticate_errors_keep_the_previous_principal() {
+    skip_unless_backend!();
     let hub = hub().await;
     let net = hub.network("auth-net").await;
     let (_, client) = hub.client_user("ws-auth-client", &[net]).await;
@@ -349,6 +353,7 @@ async fn authenticate_errors_keep_the_previous_principal() {
 
 #[tokio::test]
 async fn configuration_and_token_create_actions() {
+    skip_unless_backend!();
     let hub = hub().await;
     let mut ws = Ws::authenticated(&hub, &hub.admin).await;
 
@@ -431,6 +436,7 @@ async fn configuration_and_token_create_actions() {
 
 #[tokio::test]
 async fn notification_actions() {
+    skip_unless_backend!();
     let hub = hub().await;
     hub.device("ws-n1", 1).await;
     let mut ws = Ws::authenticated(&hub, &hub.admin).await;
@@ -605,6 +611,7 @@ fn ids_of_list(list: &Value) -> Vec<i64> {
 
 #[tokio::test]
 async fn command_actions() {
+    skip_unless_backend!();
     let hub = hub().await;
     hub.device("ws-c1", 1).await;
     let mut ws = Ws::authenticated(&hub, &hub.admin).await;
@@ -738,6 +745,7 @@ async fn command_actions() {
 
 #[tokio::test]
 async fn device_actions() {
+    skip_unless_backend!();
     let hub = hub().await;
     let net = hub.network("ws-dev-net").await;
     let mut ws = Ws::authenticated(&hub, &hub.admin).await;
@@ -820,6 +828,7 @@ async fn device_actions() {
 
 #[tokio::test]
 async fn network_and_device_type_actions() {
+    skip_unless_backend!();
     let hub = hub().await;
     let mut ws = Ws::authenticated(&hub, &hub.admin).await;
 
@@ -933,6 +942,7 @@ async fn network_and_device_type_actions() {
 
 #[tokio::test]
 async fn user_actions() {
+    skip_unless_backend!();
     let hub = hub().await;
     let mut ws = Ws::authenticated(&hub, &hub.admin).await;
 
@@ -1111,6 +1121,7 @@ async fn user_actions() {
 
 #[tokio::test]
 async fn client_permissions_per_action() {
+    skip_unless_backend!();
     let hub = hub().await;
     let net_a = hub.network("perm-a").await;
     let net_b = hub.network("perm-b").await;
@@ -1320,6 +1331,7 @@ async fn expect_pushes(ws: &mut Ws, action: &str, sub: u64, expected: &[(&str, &
 
 #[tokio::test]
 async fn subscription_filters() {
+    skip_unless_backend!();
     let hub = hub().await;
     let net_a = hub.network("filter-a").await;
     let net_b = hub.network("filter-b").await;
@@ -1372,6 +1384,7 @@ async fn subscription_filters() {
 
 #[tokio::test]
 async fn return_updated_commands_and_multiple_subscriptions_per_session() {
+    skip_unless_backend!();
     let hub = hub().await;
     hub.device("ru-1", 1).await;
     hub.device("ru-2", 1).await;
@@ -1422,6 +1435,7 @@ async fn return_updated_commands_and_multiple_subscriptions_per_session() {
 
 #[tokio::test]
 async fn timestamp_replay() {
+    skip_unless_backend!();
     let hub = hub().await;
     hub.device("rp-1", 1).await;
     let mut ws = Ws::authenticated(&hub, &hub.admin).await;
@@ -1526,6 +1540,7 @@ async fn timestamp_replay() {
 
 #[tokio::test]
 async fn subscriptions_receive_devices_registered_later() {
+    skip_unless_backend!();
     let hub = hub().await;
     let net_a = hub.network("later-a").await;
     let net_b = hub.network("later-b").await;
@@ -1613,6 +1628,7 @@ async fn subscriptions_receive_devices_registered_later() {
 
 #[tokio::test]
 async fn unsubscribe_list_and_close() {
+    skip_unless_backend!();
     let hub = hub().await;
     hub.device("us-1", 1).await;
     let base = live_subscriptions(&hub).await;
@@ -1761,6 +1777,7 @@ async fn unsubscribe_list_and_close() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_then_live_with_concurrent_inserts_has_no_gap_and_no_duplicate() {
+    skip_unless_backend!();
     let hub = hub().await;
     for round in 0..3 {
         let device = format!("rl-{round}");
@@ -1841,6 +1858,7 @@ async fn replay_then_live_with_concurrent_inserts_has_no_gap_and_no_duplicate() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_transport_wake_ups() {
+    skip_unless_backend!();
     let hub = Arc::new(hub().await);
     hub.device("xt-1", 1).await;
     let mut ws = Ws::authenticated(&hub, &hub.admin).await;
@@ -1954,6 +1972,7 @@ async fn cross_transport_wake_ups() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_disconnected_while_others_keep_up() {
+    skip_unless_backend!();
     let hub = Arc::new(hub_with(|s| s.websocket.queue_capacity = 16).await);
     hub.device("bp-1", 1).await;
     let base = live_subscriptions(&hub).await;
@@ -2023,6 +2042,7 @@ async fn a_client_that_stops_reading_is_disconnected_while_others_keep_up() {
 
 #[tokio::test]
 async fn subscription_limit_per_session() {
+    skip_unless_backend!();
     let hub = hub_with(|s| s.websocket.max_subscriptions = 3).await;
     let mut ws = Ws::authenticated(&hub, &hub.admin).await;
     let first = ws.subscribe("notification/subscribe", json!({})).await;
@@ -2045,6 +2065,7 @@ async fn subscription_limit_per_session() {
 
 #[tokio::test]
 async fn oversized_messages_are_refused() {
+    skip_unless_backend!();
     let hub = hub_with(|s| s.websocket.max_message_bytes = 128 * 1024).await;
     hub.device("big-1", 1).await;
     let mut ws = Ws::authenticated(&hub, &hub.admin).await;
@@ -2083,6 +2104,7 @@ async fn oversized_messages_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_sessions_receive_one_broadcast() {
+    skip_unless_backend!();
     let hub = Arc::new(hub().await);
     hub.device("fan-1", 1).await;
     let url = ws_url(&hub);
@@ -2135,6 +2157,7 @@ async fn a_thousand_sessions_receive_one_broadcast() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_queue_does_not_disconnect_a_reading_client_on_bursts() {
+    skip_unless_backend!();
     let hub = Arc::new(hub_with(|s| s.websocket.queue_capacity = 16).await);
     hub.device("burst-1", 1).await;
     let mut inserted = Vec::new();
@@ -2196,6 +2219,7 @@ async fn a_small_queue_does_not_disconnect_a_reading_client_on_bursts() {
 
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {
+    skip_unless_backend!();
     let hub = hub().await;
     hub.device("pipe-1", 1).await;
     let mut ws = Ws::authenticated(&hub, &hub.admin).await;
@@ -2227,6 +2251,7 @@ async fn pipelined_requests_are_answered_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pings_keep_reading_clients_and_drop_silent_ones() {
+    skip_unless_backend!();
     let hub = hub_with(|s| s.websocket.ping_interval_secs = 1).await;
     let base = live_subscriptions(&hub).await;
     // A client that reads (and so answers pings) survives many intervals without sending anything.
@@ -2254,6 +2279,7 @@ async fn pings_keep_reading_clients_and_drop_silent_ones() {
 /// must call `Bus::end_device_subscriptions` — outside this suite's files.)
 #[tokio::test]
 async fn deleting_a_device_ends_its_device_subscriptions() {
+    skip_unless_backend!();
     let hub = hub().await;
     hub.device("del-1", 1).await;
     let mut ws = Ws::authenticated(&hub, &hub.admin).await;
@@ -2288,6 +2314,7 @@ async fn deleting_a_device_ends_its_device_subscriptions() {
 
 #[tokio::test]
 async fn unassigned_networks_stop_deliveries_to_clients() {
+    skip_unless_backend!();
     let hub = hub().await;
     let net = hub.network("unassign-net").await;
     hub.device("ua-1", net).await;
@@ -2307,6 +2334,7 @@ async fn unassigned_networks_stop_deliveries_to_clients() {
 
 #[tokio::test]
 async fn subscribe_to_several_devices_with_device_ids() {
+    skip_unless_backend!();
     let hub = hub().await;
     let net = hub.network("ids-net").await;
     for d in ["ids-1", "ids-2", "ids-3"] {
@@ -2337,6 +2365,7 @@ async fn subscribe_to_several_devices_with_device_ids() {
 
 #[tokio::test]
 async fn deleting_one_of_several_subscribed_devices_keeps_the_others() {
+    skip_unless_backend!();
     let hub = hub().await;
     let net = hub.network("multi-del").await;
     for d in ["md-1", "md-2"] {
@@ -2362,6 +2391,7 @@ async fn deleting_one_of_several_subscribed_devices_keeps_the_others() {
 /// shutdown).
 #[tokio::test]
 async fn closes_carry_codes_and_reasons() {
+    skip_unless_backend!();
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
     use tokio_tungstenite::tungstenite::protocol::CloseFrame;
     let hub = hub_with(|s| s.websocket.max_message_bytes = 4096).await;
@@ -2401,6 +2431,7 @@ async fn closes_carry_codes_and_reasons() {
 /// in bytes as well as messages) stays full; a reading client beside it is not disturbed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_is_closed_with_a_policy_code() {
+    skip_unless_backend!();
     let hub = hub_with(|s| {
         s.websocket.max_queue_bytes = 64 * 1024;
         s.websocket.send_timeout_secs = 1;

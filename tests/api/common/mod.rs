@@ -1,11 +1,18 @@
-//! Test harness: a real hub on port 0 with a temporary SQLite database, and a small HTTP client.
+//! Test harness: a real hub on port 0 with a fresh database (a temporary SQLite file, or a database of
+//! its own on a throwaway PostgreSQL server: see `Backend`), and a small HTTP client.
 
 #![allow(dead_code)]
 
 pub mod mqtt;
+pub mod pg;
+pub mod sql;
 pub mod ws;
 
-use hivehub::config::Settings;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::path::Path;
+
+use hivehub::config::{DatabaseSettings, Settings};
 use hivehub::App;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -14,13 +21,78 @@ use tempfile::TempDir;
 pub const ADMIN_LOGIN: &str = "dhadmin";
 pub const ADMIN_PASSWORD: &str = "admin-pass-1";
 
-pub struct TestHub {
+/// The database backend a `TestHubOn` runs on: it provides each hub with a fresh database.
+pub trait Backend: Send + Sync + 'static {
+    /// `"sqlite"` or `"postgres"`.
+    const NAME: &'static str;
+
+    /// A fresh database for a hub whose scratch directory is `dir`.
+    fn provision(dir: &Path) -> impl Future<Output = Database> + Send;
+
+    /// Environment for a `hivehub serve` process started in `dir` (binary tests): nothing on SQLite,
+    /// whose default `./data/hivehub.db` is in `dir`; `HIVEHUB__DATABASE__URL` of a database of that
+    /// directory on PostgreSQL.
+    fn serve_env(dir: &Path) -> Vec<(&'static str, String)>;
+}
+
+/// SQLite: `<hub dir>/hub.db`.
+pub struct Sqlite;
+
+/// PostgreSQL: a database of its own on the shared throwaway server (`pg::shared`), dropped with the
+/// hub.
+pub struct Postgres;
+
+impl Backend for Sqlite {
+    const NAME: &'static str = "sqlite";
+
+    async fn provision(dir: &Path) -> Database {
+        Database { url: format!("sqlite://{}/hub.db", dir.display()), lease: None }
+    }
+
+    fn serve_env(_dir: &Path) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+}
+
+impl Backend for Postgres {
+    const NAME: &'static str = "postgres";
+
+    async fn provision(_dir: &Path) -> Database {
+        let (url, lease) = pg::DbLease::create().await;
+        Database { url, lease: Some(lease) }
+    }
+
+    fn serve_env(dir: &Path) -> Vec<(&'static str, String)> {
+        vec![("HIVEHUB__DATABASE__URL", pg::database_for_dir(dir))]
+    }
+}
+
+/// A hub's database: its URL, and on PostgreSQL the lease that drops it once the hub is gone.
+pub struct Database {
+    pub url: String,
+    lease: Option<pg::DbLease>,
+}
+
+impl Database {
+    /// An existing database, left in place (e.g. one of a dedicated PostgreSQL server).
+    pub fn existing(url: impl Into<String>) -> Database {
+        Database { url: url.into(), lease: None }
+    }
+}
+
+/// A hub on `B`; the tests use it through the per-backend alias `TestHub` (`sqlite.rs`, `postgres.rs`).
+pub struct TestHubOn<B: Backend> {
     app: Option<App>,
     pub dir: TempDir,
     pub base: String,
     pub root: String,
     pub client: reqwest::Client,
     pub admin: String,
+    /// The settings the hub was started with.
+    settings: Settings,
+    /// Last: dropped after the hub.
+    database: Database,
+    backend: PhantomData<B>,
 }
 
 /// A response: status, headers and the body parsed as JSON (`Value::Null` when empty or not JSON).
@@ -92,31 +164,48 @@ pub fn assert_error(r: &Value, action: &str, id: u64, fields: &Value, code: u16,
     );
 }
 
-pub fn settings_for(dir: &TempDir) -> Settings {
+/// The test settings of a hub on the database at `database_url`.
+pub fn settings_for(database_url: &str) -> Settings {
     let mut s = Settings::defaults();
     s.http.listen = "127.0.0.1:0".into();
     s.mqtt.listen = "127.0.0.1:0".into();
-    s.database.url = format!("sqlite://{}/hub.db", dir.path().display());
+    s.database.url = database_url.to_string();
     s.auth.admin_login = ADMIN_LOGIN.into();
     s.auth.admin_password = ADMIN_PASSWORD.into();
     s.auth.jwt_secret = String::new();
     s
 }
 
-impl TestHub {
-    pub async fn start() -> TestHub {
+impl<B: Backend> TestHubOn<B> {
+    /// The backend's name: `"sqlite"` or `"postgres"`.
+    pub const BACKEND: &'static str = B::NAME;
+
+    pub async fn start() -> Self {
         Self::start_with(|_| {}).await
     }
 
-    pub async fn start_with(adjust: impl FnOnce(&mut Settings)) -> TestHub {
+    pub async fn start_with(adjust: impl FnOnce(&mut Settings)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         Self::start_in(dir, adjust).await
     }
 
-    pub async fn start_in(dir: TempDir, adjust: impl FnOnce(&mut Settings)) -> TestHub {
-        let mut settings = settings_for(&dir);
+    /// A hub with `dir` as its scratch directory, on a fresh database.
+    pub async fn start_in(dir: TempDir, adjust: impl FnOnce(&mut Settings)) -> Self {
+        let database = B::provision(dir.path()).await;
+        Self::launch(dir, database, adjust).await
+    }
+
+    /// A hub on an existing database, left in place when the hub is dropped (e.g. one of a dedicated
+    /// PostgreSQL server: `pg::PgServer::dedicated()`, `create_database`, `url`).
+    pub async fn start_on(database_url: impl Into<String>, adjust: impl FnOnce(&mut Settings)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::launch(dir, Database::existing(database_url), adjust).await
+    }
+
+    async fn launch(dir: TempDir, database: Database, adjust: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = settings_for(&database.url);
         adjust(&mut settings);
-        let app = App::start(settings).await.expect("hub starts");
+        let app = App::start(settings.clone()).await.expect("hub starts");
         let root = format!("http://{}", app.http_addr);
         let base = format!("{root}/api/rest");
         // Every request has a deadline (longer than the longest long poll): a hub that hangs fails the
@@ -130,27 +219,81 @@ impl TestHub {
             .timeout(std::time::Duration::from_secs(90))
             .build()
             .unwrap();
-        let mut hub = TestHub { app: Some(app), dir, base, root, client, admin: String::new() };
+        let mut hub = TestHubOn {
+            app: Some(app),
+            dir,
+            base,
+            root,
+            client,
+            admin: String::new(),
+            settings,
+            database,
+            backend: PhantomData,
+        };
         hub.admin = hub.login(ADMIN_LOGIN, ADMIN_PASSWORD).await;
         hub
     }
 
     /// Stops the hub gracefully and starts a new one on the same database.
-    pub async fn restart(self) -> TestHub {
+    pub async fn restart(self) -> Self {
         self.restart_with(|_| {}).await
     }
 
     /// Like `restart`, with adjusted settings.
-    pub async fn restart_with(mut self, adjust: impl FnOnce(&mut Settings)) -> TestHub {
+    pub async fn restart_with(mut self, adjust: impl FnOnce(&mut Settings)) -> Self {
         self.app.take().unwrap().shutdown().await;
-        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        Self::start_in(dir, adjust).await
+        Self::launch(self.dir, self.database, adjust).await
     }
 
     pub async fn stop(mut self) {
         if let Some(app) = self.app.take() {
             app.shutdown().await;
         }
+    }
+
+    /// The settings the hub was started with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The hub's database settings (`url` is its database, on either backend).
+    pub fn database_settings(&self) -> &DatabaseSettings {
+        &self.settings.database
+    }
+
+    /// A connection pool of its own to the hub's database, for raw SQL (see `sql::TestDb`).
+    pub async fn db(&self) -> sql::TestDb {
+        sql::TestDb::connect(&self.settings.database.url).await
+    }
+
+    /// Runs one statement on the hub's database (portable SQL, `$1` placeholders); returns the number
+    /// of rows it affected.
+    pub async fn sql_execute(&self, query: &str, args: &[sql::SqlArg]) -> u64 {
+        let db = self.db().await;
+        let affected = db.execute(query, args).await;
+        db.close().await;
+        affected
+    }
+
+    /// Every row of a query on the hub's database, as JSON values.
+    pub async fn sql_fetch_all(&self, query: &str, args: &[sql::SqlArg]) -> Vec<Vec<Value>> {
+        let db = self.db().await;
+        let rows = db.fetch_all(query, args).await;
+        db.close().await;
+        rows
+    }
+
+    /// The only row of a query on the hub's database, as JSON values.
+    pub async fn sql_fetch_one(&self, query: &str, args: &[sql::SqlArg]) -> Vec<Value> {
+        let db = self.db().await;
+        let row = db.fetch_one(query, args).await;
+        db.close().await;
+        row
+    }
+
+    /// Environment for a `hivehub serve` process started in `dir` (see `Backend::serve_env`).
+    pub fn serve_env(dir: &Path) -> Vec<(&'static str, String)> {
+        B::serve_env(dir)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -216,21 +359,21 @@ impl TestHub {
     }
 }
 
-impl TestHub {
+impl<B: Backend> TestHubOn<B> {
     /// The embedded MQTT broker's address.
     pub fn mqtt_addr(&self) -> std::net::SocketAddr {
         self.app.as_ref().unwrap().mqtt_addr.expect("MQTT enabled")
     }
 }
 
-impl TestHub {
+impl<B: Backend> TestHubOn<B> {
     /// The MQTT-over-WebSocket listener's address (start with `s.mqtt.ws_listen = "127.0.0.1:0"`).
     pub fn mqtt_ws_addr(&self) -> std::net::SocketAddr {
         self.app.as_ref().unwrap().mqtt_ws_addr.expect("MQTT over WebSocket enabled")
     }
 }
 
-impl TestHub {
+impl<B: Backend> TestHubOn<B> {
     /// The MQTT-over-TLS listener's address (start with `s.mqtt.tls_listen` and the fixture files).
     pub fn mqtt_tls_addr(&self) -> std::net::SocketAddr {
         self.app.as_ref().unwrap().mqtt_tls_addr.expect("MQTT over TLS enabled")

@@ -11,7 +11,7 @@ use rumqttc::{AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Pac
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{assert_error, assert_success, numbered_request, TestHub};
+use super::{assert_error, assert_success, numbered_request, Backend, TestHubOn};
 
 /// SUBACK codes of a granted (QoS 1) and a refused filter.
 pub const GRANTED: SubscribeReasonCode = SubscribeReasonCode::Success(QoS::AtLeastOnce);
@@ -66,7 +66,7 @@ pub struct Mqtt {
     next_id: u64,
 }
 
-pub fn options(hub: &TestHub, id: &str) -> MqttOptions {
+pub fn options<B: Backend>(hub: &TestHubOn<B>, id: &str) -> MqttOptions {
     let addr = hub.mqtt_addr();
     let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
     o.set_keep_alive(Duration::from_secs(30));
@@ -93,7 +93,7 @@ pub async fn connect_code(options: MqttOptions) -> Result<ConnectReturnCode, Str
     connack(&mut eventloop).await
 }
 
-pub fn with_credentials(hub: &TestHub, id: &str, user: &str, password: &str) -> MqttOptions {
+pub fn with_credentials<B: Backend>(hub: &TestHubOn<B>, id: &str, user: &str, password: &str) -> MqttOptions {
     let mut o = options(hub, id);
     o.set_credentials(user, password);
     o
@@ -148,16 +148,16 @@ impl Mqtt {
         }
     }
 
-    pub async fn login(hub: &TestHub, id: &str, login: &str, password: &str) -> Mqtt {
+    pub async fn login<B: Backend>(hub: &TestHubOn<B>, id: &str, login: &str, password: &str) -> Mqtt {
         Mqtt::connect(with_credentials(hub, id, login, password)).await
     }
 
     /// Connects with an access token as the password.
-    pub async fn token(hub: &TestHub, id: &str, token: &str) -> Mqtt {
+    pub async fn token<B: Backend>(hub: &TestHubOn<B>, id: &str, token: &str) -> Mqtt {
         Mqtt::connect(with_credentials(hub, id, "device", token)).await
     }
 
-    pub async fn anonymous(hub: &TestHub, id: &str) -> Mqtt {
+    pub async fn anonymous<B: Backend>(hub: &TestHubOn<B>, id: &str) -> Mqtt {
         Mqtt::connect(options(hub, id)).await
     }
 

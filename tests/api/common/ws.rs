@@ -12,11 +12,11 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::{assert_error, assert_success, numbered_request, TestHub};
+use super::{assert_error, assert_success, numbered_request, Backend, TestHubOn};
 
 pub type Stream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-pub fn ws_url(hub: &TestHub) -> String {
+pub fn ws_url<B: Backend>(hub: &TestHubOn<B>) -> String {
     format!("{}/api/websocket", hub.root.replace("http://", "ws://"))
 }
 
@@ -29,7 +29,7 @@ pub struct Ws {
 }
 
 impl Ws {
-    pub async fn connect(hub: &TestHub) -> Ws {
+    pub async fn connect<B: Backend>(hub: &TestHubOn<B>) -> Ws {
         Ws::connect_url(&ws_url(hub)).await
     }
 
@@ -39,7 +39,7 @@ impl Ws {
     }
 
     /// Connects and authenticates with `token`.
-    pub async fn authenticated(hub: &TestHub, token: &str) -> Ws {
+    pub async fn authenticated<B: Backend>(hub: &TestHubOn<B>, token: &str) -> Ws {
         let mut ws = Ws::connect(hub).await;
         ws.authenticate(token).await;
         ws
@@ -160,7 +160,7 @@ impl Ws {
 }
 
 /// Live subscriptions of the whole hub, as `GET /info/cache` reports them.
-pub async fn live_subscriptions(hub: &TestHub) -> usize {
+pub async fn live_subscriptions<B: Backend>(hub: &TestHubOn<B>) -> usize {
     let body = hub.request(Method::GET, None, "/info/cache", None).await.expect(200);
     let stats = body["cacheStats"].as_str().expect("cacheStats string");
     let digits: String = stats.chars().skip_while(|c| !c.is_ascii_digit()).take_while(char::is_ascii_digit).collect();
@@ -168,7 +168,7 @@ pub async fn live_subscriptions(hub: &TestHub) -> usize {
 }
 
 /// Waits (up to `secs`) until the live subscription count equals `n`.
-pub async fn wait_live_subscriptions(hub: &TestHub, n: usize, secs: u64) {
+pub async fn wait_live_subscriptions<B: Backend>(hub: &TestHubOn<B>, n: usize, secs: u64) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         let now = live_subscriptions(hub).await;
@@ -182,7 +182,7 @@ pub async fn wait_live_subscriptions(hub: &TestHub, n: usize, secs: u64) {
 
 /// Waits (up to 10 s) until `n` subscriptions beyond `base` are live: long polls or subscriptions made
 /// concurrently have been registered, so what is inserted next reaches them.
-pub async fn wait_new_subscriptions(hub: &TestHub, base: usize, n: usize) {
+pub async fn wait_new_subscriptions<B: Backend>(hub: &TestHubOn<B>, base: usize, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while live_subscriptions(hub).await < base + n {
         assert!(Instant::now() < deadline, "fewer than {n} new subscriptions within 10 s");

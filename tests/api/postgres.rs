@@ -1,0 +1,108 @@
+//! The integration tests on PostgreSQL: each hub on a database of its own on the throwaway server of
+//! the test process (`common::pg`). Without PostgreSQL binaries every test here is skipped (passes,
+//! printing why), unless `HIVEHUB_TEST_REQUIRE_POSTGRES=1`.
+
+pub type TestHub = crate::common::TestHubOn<crate::common::Postgres>;
+
+/// The backend guard every test starts with (see `main.rs`): returns, passed, without PostgreSQL.
+macro_rules! skip_unless_backend {
+    () => {
+        if crate::common::pg::skip() {
+            return;
+        }
+    };
+}
+
+// The same list as in `sqlite.rs` (and `TEST_FILES` in `main.rs`).
+#[path = "admin.rs"]
+mod admin;
+// Runs `hivehub serve` with `HIVEHUB__DATABASE__URL` of a database of the test's directory; its one
+// assertion about the default SQLite file is made on SQLite only.
+#[path = "binary.rs"]
+mod binary;
+#[path = "config.rs"]
+mod config;
+#[path = "firmware.rs"]
+mod firmware;
+#[path = "fuzz.rs"]
+mod fuzz;
+#[path = "messages.rs"]
+mod messages;
+#[path = "mqtt.rs"]
+mod mqtt;
+#[path = "mqtt_sessions.rs"]
+mod mqtt_sessions;
+#[path = "net.rs"]
+mod net;
+#[path = "retention.rs"]
+mod retention;
+#[path = "security.rs"]
+mod security;
+#[path = "ws.rs"]
+mod ws;
+
+/// The harness itself: a dedicated server keeps its data and port across `stop` / `start`, and the
+/// shared server gives every hub a database of its own.
+mod harness {
+    use crate::common::pg::{self, PgServer};
+    use crate::common::sql::TestDb;
+
+    #[tokio::test]
+    async fn a_dedicated_server_keeps_its_data_across_a_restart() {
+        skip_unless_backend!();
+        let server = PgServer::dedicated();
+        let name = server.create_database().await;
+        let url = server.url(&name);
+        let db = TestDb::connect(&url).await;
+        db.execute("CREATE TABLE kept (id BIGINT PRIMARY KEY, label TEXT NOT NULL)", &[]).await;
+        db.execute("INSERT INTO kept (id, label) VALUES ($1, $2)", &[7.into(), "seven".into()]).await;
+        db.close().await;
+        let port = server.port();
+
+        server.stop();
+        assert!(!server.is_running());
+        let refused = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await;
+        assert!(refused.is_err(), "still accepting connections after stop");
+
+        server.start();
+        assert!(server.is_running());
+        assert_eq!(server.port(), port, "the URL stays valid");
+        let db = TestDb::connect(&url).await;
+        let rows = db.fetch_all("SELECT id, label FROM kept", &[]).await;
+        assert_eq!(rows, vec![vec![serde_json::json!(7), serde_json::json!("seven")]]);
+        db.close().await;
+
+        // Dropping it stops it and removes its directory.
+        let dir = server.data_dir();
+        drop(server);
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+
+    #[tokio::test]
+    async fn every_hub_gets_a_database_of_its_own_on_the_shared_server() {
+        skip_unless_backend!();
+        let (a, lease_a) = pg::DbLease::create().await;
+        let (b, lease_b) = pg::DbLease::create().await;
+        assert_ne!(a, b);
+        let server = pg::shared().unwrap();
+        assert!(a.starts_with(&format!("postgres://postgres@127.0.0.1:{}/hub_", server.port())), "{a}");
+        for url in [&a, &b] {
+            let db = TestDb::connect(url).await;
+            assert_eq!(db.fetch_one("SELECT 1 + 1", &[]).await, vec![serde_json::json!(2)]);
+            db.close().await;
+        }
+        // Dropped in the background once the lease is gone.
+        drop((lease_a, lease_b));
+        let admin = TestDb::connect(&server.url("postgres")).await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        for url in [&a, &b] {
+            let name = url.rsplit('/').next().unwrap();
+            let count = "SELECT COUNT(*) FROM pg_database WHERE datname = $1";
+            while admin.fetch_one(count, &[name.into()]).await != vec![serde_json::json!(0)] {
+                assert!(std::time::Instant::now() < deadline, "{name} was not dropped");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        admin.close().await;
+    }
+}
