@@ -1,7 +1,8 @@
 //! Device commands: queries, history for polls, and the insert/update used by the group-commit writer.
 
-use super::notification::{expire, trim_to_whole_millis, MessageQuery};
+use super::notification::{expire, params_need_escape, trim_to_whole_millis, MessageQuery};
 use super::scope::MessageFilter;
+use super::sql::needs_escape;
 use super::{json_column, json_text, Backend, Row, Sql, Store, Tx};
 use crate::error::Result;
 use crate::model::Command;
@@ -156,6 +157,17 @@ pub(crate) async fn insert_many(tx: &mut Tx, rows: &[&NewCommand], server_ts: i6
 
 async fn insert_unnest(tx: &mut Tx, rows: &[&NewCommand], server_ts: i64) -> Option<Vec<Result<Command>>> {
     let Tx::Postgres(t) = tx else { return None };
+    // Rare text that PostgreSQL needs escaped goes the row-by-row way, which escapes it.
+    let escape = |c: &&NewCommand| {
+        needs_escape(&c.device_id)
+            || needs_escape(&c.command)
+            || c.status.as_deref().is_some_and(needs_escape)
+            || params_need_escape(&c.parameters)
+            || params_need_escape(&c.result)
+    };
+    if rows.iter().any(escape) {
+        return None;
+    }
     let stamp = |c: &NewCommand| c.timestamp.unwrap_or(server_ts);
     let device_ids: Vec<&str> = rows.iter().map(|c| c.device_id.as_str()).collect();
     let networks: Vec<Option<i64>> = rows.iter().map(|c| c.network_id).collect();

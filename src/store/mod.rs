@@ -45,8 +45,10 @@ pub struct Store {
 /// The accepted database URL forms, for error messages.
 pub const URL_FORMS: &str = "sqlite://PATH, postgres://USER:PASSWORD@HOST:PORT/DATABASE or postgresql://...";
 
-/// How long a request waits for a database connection before answering 503.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a request waits for a database connection before answering 503: long enough that a burst
+/// queueing for the pool is served, short enough that an unreachable database fails requests in
+/// seconds rather than minutes.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Store {
     /// Opens (creating when missing) the database named by the URL and runs the embedded migrations.

@@ -1,6 +1,7 @@
 //! Device notifications: queries, history for polls, and the insert used by the group-commit writer.
 
 use super::scope::MessageFilter;
+use super::sql::needs_escape;
 use super::{json_column, json_text, Backend, Db, Row, Sql, Store, Tx};
 use crate::error::Result;
 use crate::model::Notification;
@@ -201,6 +202,13 @@ pub(crate) async fn insert_many(tx: &mut Tx, rows: &[&NewNotification], server_t
 /// before it).
 async fn insert_unnest(tx: &mut Tx, rows: &[&NewNotification], server_ts: i64) -> Option<Vec<Result<Notification>>> {
     let Tx::Postgres(t) = tx else { return None };
+    // Rare text that PostgreSQL needs escaped goes the row-by-row way, which escapes it.
+    let escape = |n: &&NewNotification| {
+        needs_escape(&n.device_id) || needs_escape(&n.notification) || params_need_escape(&n.parameters)
+    };
+    if rows.iter().any(escape) {
+        return None;
+    }
     let stamp = |n: &NewNotification| n.timestamp.unwrap_or(server_ts);
     let device_ids: Vec<&str> = rows.iter().map(|n| n.device_id.as_str()).collect();
     let networks: Vec<Option<i64>> = rows.iter().map(|n| n.network_id).collect();
@@ -233,6 +241,20 @@ async fn insert_unnest(tx: &mut Tx, rows: &[&NewNotification], server_ts: i64) -
     };
     ids.sort_unstable();
     Some(rows.iter().zip(ids).map(|(n, id)| Ok(stored(n, id, stamp(n)))).collect())
+}
+
+/// Whether a JSON document's text would need PostgreSQL's escape (only a raw U+FFFF can: JSON text
+/// writes U+0000 as `\u0000`).
+pub(crate) fn params_need_escape(v: &Option<serde_json::Value>) -> bool {
+    fn walk(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::String(s) => needs_escape(s),
+            serde_json::Value::Array(a) => a.iter().any(walk),
+            serde_json::Value::Object(o) => o.iter().any(|(k, v)| needs_escape(k) || walk(v)),
+            _ => false,
+        }
+    }
+    v.as_ref().is_some_and(walk)
 }
 
 fn stored(n: &NewNotification, id: i64, timestamp: i64) -> Notification {

@@ -16,6 +16,50 @@ use sqlx::{PgPool, Postgres, Row as _, Sqlite, SqlitePool};
 
 use crate::error::Result;
 
+/// PostgreSQL `TEXT` cannot hold U+0000, which SQLite stores and clients may send (a notification
+/// named `"a\u0000b"`). So on PostgreSQL every text parameter goes in with U+0000 written as U+FFFF
+/// `0` and U+FFFF as U+FFFF `F`, and every text read undoes it: both backends store and return the
+/// same strings, and equality, `IN` and `LIKE` on escaped values still match. U+FFFF is a
+/// noncharacter, so real text practically never pays for more than the scan.
+const ESCAPE: char = '\u{FFFF}';
+
+pub(crate) fn needs_escape(s: &str) -> bool {
+    s.contains(['\0', ESCAPE])
+}
+
+fn pg_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\0' => out.extend([ESCAPE, '0']),
+            ESCAPE => out.extend([ESCAPE, 'F']),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn pg_unescape(s: String) -> String {
+    if !s.contains(ESCAPE) {
+        return s;
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != ESCAPE {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('0') => out.push('\0'),
+            Some('F') | None => out.push(ESCAPE),
+            // Not written by the hub (e.g. imported data): kept as it is.
+            Some(other) => out.extend([ESCAPE, other]),
+        }
+    }
+    out
+}
+
 /// Which database a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -131,6 +175,17 @@ impl Sql {
     pub fn text(&self) -> &str {
         &self.text
     }
+    /// The statement as PostgreSQL must get it (see [`ESCAPE`]).
+    fn for_postgres(mut self) -> Sql {
+        for p in &mut self.params {
+            if let Param::Text(Some(t)) = p {
+                if needs_escape(t) {
+                    *t = pg_escape(t);
+                }
+            }
+        }
+        self
+    }
 }
 
 /// Binds `sql`'s parameters to a query of either backend (the same code, monomorphised twice).
@@ -176,10 +231,16 @@ impl Row<'_> {
         get!(self, col, Option<i64>)
     }
     pub fn text(&self, col: impl Col) -> String {
-        get!(self, col, String)
+        match self {
+            Row::Sqlite(r) => r.get(col),
+            Row::Postgres(r) => pg_unescape(r.get(col)),
+        }
     }
     pub fn opt_text(&self, col: impl Col) -> Option<String> {
-        get!(self, col, Option<String>)
+        match self {
+            Row::Sqlite(r) => r.get(col),
+            Row::Postgres(r) => r.get::<Option<String>, _>(col).map(pg_unescape),
+        }
     }
     pub fn bool(&self, col: impl Col) -> bool {
         get!(self, col, bool)
@@ -241,27 +302,42 @@ impl Db {
 
     /// Runs a statement; returns the number of rows it changed.
     pub async fn execute(&self, sql: Sql) -> Result<u64> {
-        Ok(on_db!(self, p => bound!(sql).execute(p).await?.rows_affected()))
+        Ok(match self {
+            Db::Sqlite(p) => bound!(sql).execute(p).await?.rows_affected(),
+            Db::Postgres(p) => {
+                let sql = sql.for_postgres();
+                bound!(sql).execute(p).await?.rows_affected()
+            }
+        })
     }
 
     pub async fn fetch_all<T>(&self, sql: Sql, map: impl Fn(&Row) -> T) -> Result<Vec<T>> {
         Ok(match self {
             Db::Sqlite(p) => rows!(Sqlite, bound!(sql).fetch_all(p).await?, map),
-            Db::Postgres(p) => rows!(Postgres, bound!(sql).fetch_all(p).await?, map),
+            Db::Postgres(p) => {
+                let sql = sql.for_postgres();
+                rows!(Postgres, bound!(sql).fetch_all(p).await?, map)
+            }
         })
     }
 
     pub async fn fetch_optional<T>(&self, sql: Sql, map: impl Fn(&Row) -> T) -> Result<Option<T>> {
         Ok(match self {
             Db::Sqlite(p) => bound!(sql).fetch_optional(p).await?.map(|r| map(&Row::Sqlite(&r))),
-            Db::Postgres(p) => bound!(sql).fetch_optional(p).await?.map(|r| map(&Row::Postgres(&r))),
+            Db::Postgres(p) => {
+                let sql = sql.for_postgres();
+                bound!(sql).fetch_optional(p).await?.map(|r| map(&Row::Postgres(&r)))
+            }
         })
     }
 
     pub async fn fetch_one<T>(&self, sql: Sql, map: impl Fn(&Row) -> T) -> Result<T> {
         Ok(match self {
             Db::Sqlite(p) => map(&Row::Sqlite(&bound!(sql).fetch_one(p).await?)),
-            Db::Postgres(p) => map(&Row::Postgres(&bound!(sql).fetch_one(p).await?)),
+            Db::Postgres(p) => {
+                let sql = sql.for_postgres();
+                map(&Row::Postgres(&bound!(sql).fetch_one(p).await?))
+            }
         })
     }
 
@@ -279,27 +355,42 @@ impl Tx {
     }
 
     pub async fn execute(&mut self, sql: Sql) -> Result<u64> {
-        Ok(on_tx!(self, t => bound!(sql).execute(&mut **t).await?.rows_affected()))
+        Ok(match self {
+            Tx::Sqlite(t) => bound!(sql).execute(&mut **t).await?.rows_affected(),
+            Tx::Postgres(t) => {
+                let sql = sql.for_postgres();
+                bound!(sql).execute(&mut **t).await?.rows_affected()
+            }
+        })
     }
 
     pub async fn fetch_all<T>(&mut self, sql: Sql, map: impl Fn(&Row) -> T) -> Result<Vec<T>> {
         Ok(match self {
             Tx::Sqlite(t) => rows!(Sqlite, bound!(sql).fetch_all(&mut **t).await?, map),
-            Tx::Postgres(t) => rows!(Postgres, bound!(sql).fetch_all(&mut **t).await?, map),
+            Tx::Postgres(t) => {
+                let sql = sql.for_postgres();
+                rows!(Postgres, bound!(sql).fetch_all(&mut **t).await?, map)
+            }
         })
     }
 
     pub async fn fetch_optional<T>(&mut self, sql: Sql, map: impl Fn(&Row) -> T) -> Result<Option<T>> {
         Ok(match self {
             Tx::Sqlite(t) => bound!(sql).fetch_optional(&mut **t).await?.map(|r| map(&Row::Sqlite(&r))),
-            Tx::Postgres(t) => bound!(sql).fetch_optional(&mut **t).await?.map(|r| map(&Row::Postgres(&r))),
+            Tx::Postgres(t) => {
+                let sql = sql.for_postgres();
+                bound!(sql).fetch_optional(&mut **t).await?.map(|r| map(&Row::Postgres(&r)))
+            }
         })
     }
 
     pub async fn fetch_one<T>(&mut self, sql: Sql, map: impl Fn(&Row) -> T) -> Result<T> {
         Ok(match self {
             Tx::Sqlite(t) => map(&Row::Sqlite(&bound!(sql).fetch_one(&mut **t).await?)),
-            Tx::Postgres(t) => map(&Row::Postgres(&bound!(sql).fetch_one(&mut **t).await?)),
+            Tx::Postgres(t) => {
+                let sql = sql.for_postgres();
+                map(&Row::Postgres(&bound!(sql).fetch_one(&mut **t).await?))
+            }
         })
     }
 
@@ -338,5 +429,16 @@ mod tests {
         q.push(" AND b IN ").push_list(["x", "y"]).push(" AND c = ").push_bind(true);
         assert_eq!(q.text(), "SELECT 1 FROM t WHERE a = $1 AND b IN ($2, $3) AND c = $4");
         assert_eq!(q.params.len(), 4);
+    }
+
+    #[test]
+    fn postgres_text_escape_round_trips() {
+        for s in ["", "plain", "nul\0byte", "\0", "\u{FFFF}", "a\u{FFFF}0b\0\u{FFFF}F", "ünï\0cödé"] {
+            let stored = pg_escape(s);
+            assert!(!stored.contains('\0'), "{s:?}");
+            assert_eq!(pg_unescape(stored), s);
+            assert_eq!(needs_escape(s), s.contains(['\0', '\u{FFFF}']));
+        }
+        assert_eq!(pg_unescape("no escape".to_string()), "no escape");
     }
 }
