@@ -306,3 +306,166 @@ fn a_bad_configuration_exits_with_code_2_and_names_every_problem() {
     }
     assert!(!dir.path().join("data").exists(), "no database was created");
 }
+
+/// kill -9 while REST clients and an MQTT device insert as fast as they can: after a restart on the
+/// same database every acknowledged notification (201, or PUBACK for QoS 1) is stored, and none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_ingest_loses_no_acknowledged_message_and_stores_none_twice() {
+    skip_unless_backend!();
+    use hivehub::mqtt::codec::{self, Connect, Packet, Publish};
+    use std::collections::{BTreeSet, HashMap};
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const PASSWORD: &str = "kill-test-pass-1";
+    const DEVICE: &str = "e50d6085-2aba-48e9-b1c3-73c673e414be";
+    let dir = tempfile::tempdir().unwrap();
+    let mqtt_port = free_port();
+    let mqtt_listen = format!("127.0.0.1:{mqtt_port}");
+    let env = [("HIVEHUB__AUTH__ADMIN_PASSWORD", PASSWORD), ("HIVEHUB__MQTT__LISTEN", mqtt_listen.as_str())];
+    let (mut child, port) = serve(dir.path(), &env);
+    let mut out = Output::of(&mut child);
+    out.wait_for(|l| l.contains("MQTT broker listening"));
+    let base = format!("http://127.0.0.1:{port}/api/rest");
+    let client = reqwest::Client::new();
+    let login: serde_json::Value = client
+        .post(format!("{base}/token"))
+        .json(&json!({"login": "dhadmin", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["accessToken"].as_str().unwrap().to_string();
+    let acked = Arc::new(Mutex::new(Vec::<i64>::new()));
+
+    // REST writers: each records the seqs answered 201, until the hub is gone.
+    let mut writers = Vec::new();
+    for w in 0..6i64 {
+        let (base, token, acked) = (base.clone(), token.clone(), acked.clone());
+        writers.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            for i in 0.. {
+                let seq = w * 1_000_000 + i;
+                let sent = client
+                    .post(format!("{base}/device/{DEVICE}/notification"))
+                    .bearer_auth(&token)
+                    .json(&json!({"notification": "kill", "parameters": {"seq": seq}}))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status().as_u16() == 201 => acked.lock().unwrap().push(seq),
+                    Ok(r) => assert!(r.status().is_server_error(), "unexpected answer {}", r.status()),
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    // An MQTT device: QoS 1 publishes with a window of 32 in flight; a PUBACK marks its seq acked.
+    let mqtt = {
+        let (token, acked) = (token.clone(), acked.clone());
+        tokio::spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", mqtt_port)).await.unwrap();
+            let mut buf = bytes::BytesMut::new();
+            codec::encode(
+                &Packet::Connect(Box::new(Connect {
+                    protocol_level: 4,
+                    client_id: "kill-9-device".into(),
+                    clean_session: true,
+                    keep_alive: 60,
+                    username: None,
+                    password: Some(bytes::Bytes::from(token)),
+                    will: None,
+                })),
+                &mut buf,
+            );
+            let topic = format!("dh/notification/1/1/{DEVICE}/kill");
+            let mut in_flight: HashMap<u16, i64> = HashMap::new();
+            let mut inbox = bytes::BytesMut::new();
+            let mut next = 0i64;
+            let mut connected = false;
+            loop {
+                while connected && in_flight.len() < 32 {
+                    let pkid = (next % 60_000) as u16 + 1;
+                    let seq = 9_000_000 + next;
+                    next += 1;
+                    in_flight.insert(pkid, seq);
+                    let payload = json!({"parameters": {"seq": seq}}).to_string();
+                    let publish = Publish {
+                        dup: false,
+                        qos: 1,
+                        retain: false,
+                        topic: topic.clone(),
+                        pkid,
+                        payload: payload.into(),
+                    };
+                    codec::encode(&Packet::Publish(publish), &mut buf);
+                }
+                if !buf.is_empty() {
+                    if stream.write_all(&buf).await.is_err() {
+                        return;
+                    }
+                    buf.clear();
+                }
+                match stream.read_buf(&mut inbox).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                while let Ok(Some(p)) = codec::decode(&mut inbox, 1 << 20) {
+                    match p {
+                        Packet::ConnAck { code: 0, .. } => connected = true,
+                        Packet::PubAck(pkid) => {
+                            if let Some(seq) = in_flight.remove(&pkid) {
+                                acked.lock().unwrap().push(seq);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        })
+    };
+
+    // Let ingest run, then kill -9 mid-stream.
+    let started = Instant::now();
+    while acked.lock().unwrap().len() < 300 && started.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let killed = Command::new("kill").arg("-KILL").arg(child.id().to_string()).status().unwrap();
+    assert!(killed.success());
+    let _ = child.wait();
+    for w in writers {
+        w.await.unwrap();
+    }
+    mqtt.await.unwrap();
+    let acked: BTreeSet<i64> = acked.lock().unwrap().iter().copied().collect();
+    assert!(acked.len() >= 300, "too little was acknowledged before the kill: {}", acked.len());
+    assert!(acked.iter().any(|s| *s >= 9_000_000), "no MQTT publish was acknowledged");
+
+    // Restart on the same database and read everything back.
+    let (mut child, port) = serve(dir.path(), &env);
+    let mut out = Output::of(&mut child);
+    out.wait_for(|l| l.contains("MQTT broker listening"));
+    let base = format!("http://127.0.0.1:{port}/api/rest");
+    let stored: Vec<serde_json::Value> = client
+        .get(format!("{base}/device/{DEVICE}/notification?take=1000000&sortOrder=ASC"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut seen = BTreeSet::new();
+    for n in &stored {
+        if n["notification"] != "kill" {
+            continue;
+        }
+        let seq = n["parameters"]["seq"].as_i64().expect("seq");
+        assert!(seen.insert(seq), "seq {seq} stored twice");
+    }
+    let lost: Vec<_> = acked.difference(&seen).collect();
+    assert!(lost.is_empty(), "{} acknowledged notifications lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
+    assert!(terminate(&mut child).success());
+}
