@@ -196,9 +196,10 @@ async fn resolve_jwt_secret(store: &Store, configured: &str) -> Result<String, S
             return Ok(c.value);
         }
     }
-    let secret = generate_secret();
-    store.config_put("jwt.secret", &secret).await.map_err(to_startup)?;
-    Ok(secret)
+    // Another instance starting on the same database may generate one at the same moment: whichever
+    // is stored first is the secret of both.
+    let stored = store.config_put_if_absent("jwt.secret", &generate_secret()).await.map_err(to_startup)?;
+    Ok(stored.value)
 }
 
 /// Deletes notifications and commands older than the retention period, hourly.

@@ -22,6 +22,21 @@ impl Store {
         self.db.fetch_one(sql, configuration_from_row).await
     }
 
+    /// Stores `value` unless the entry already holds a non-empty value, and returns what the entry
+    /// holds afterwards: of hubs racing to generate a value (the JWT secret, several instances
+    /// starting on one empty database) the first one wins and every one gets the winner.
+    pub async fn config_put_if_absent(&self, name: &str, value: &str) -> Result<Configuration> {
+        let sql = Sql::new(
+            "INSERT INTO configuration (name, value) VALUES ($1, $2) ON CONFLICT(name) DO UPDATE SET \
+             value = excluded.value, entity_version = configuration.entity_version + 1 WHERE configuration.value = ''",
+        )
+        .bind(name)
+        .bind(value);
+        self.db.execute(sql).await?;
+        let read = Sql::new("SELECT name, value, entity_version FROM configuration WHERE name = $1").bind(name);
+        self.db.fetch_one(read, configuration_from_row).await
+    }
+
     pub async fn config_delete(&self, name: &str) -> Result<bool> {
         Ok(self.db.execute(Sql::new("DELETE FROM configuration WHERE name = $1").bind(name)).await? > 0)
     }

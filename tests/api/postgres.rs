@@ -106,3 +106,57 @@ mod harness {
         admin.close().await;
     }
 }
+
+/// Startup on PostgreSQL, where several instances may share one database.
+mod startup {
+    use hivehub::App;
+    use serde_json::json;
+
+    use crate::common::{settings_for, ADMIN_LOGIN, ADMIN_PASSWORD};
+
+    /// Hubs starting at the same moment on one empty database set it up once: neither fails, there is
+    /// one administrator, and one JWT secret (each hub accepts the other's tokens).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hubs_starting_together_on_an_empty_database_set_it_up_once() {
+        skip_unless_backend!();
+        let dir = tempfile::tempdir().unwrap();
+        let database = super::TestHub::provision(dir.path()).await;
+        let settings = settings_for(&database.url);
+        let starts = (0..3).map(|_| App::start(settings.clone()));
+        let hubs: Vec<App> =
+            futures_util::future::join_all(starts).await.into_iter().map(|r| r.expect("every hub starts")).collect();
+        let client = reqwest::Client::new();
+        let mut tokens = Vec::new();
+        for hub in &hubs {
+            let login: serde_json::Value = client
+                .post(format!("http://{}/api/rest/token", hub.http_addr))
+                .json(&json!({"login": ADMIN_LOGIN, "password": ADMIN_PASSWORD}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            tokens.push(login["accessToken"].as_str().expect("the administrator logs in").to_string());
+        }
+        for hub in &hubs {
+            for token in &tokens {
+                let users: serde_json::Value = client
+                    .get(format!("http://{}/api/rest/user", hub.http_addr))
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let logins: Vec<&str> =
+                    users.as_array().unwrap().iter().map(|u| u["login"].as_str().unwrap()).collect();
+                assert_eq!(logins, [ADMIN_LOGIN], "one administrator, and every hub accepts every token");
+            }
+        }
+        for hub in hubs {
+            hub.shutdown().await;
+        }
+    }
+}

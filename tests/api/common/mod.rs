@@ -197,6 +197,12 @@ impl<B: Backend> TestHubOn<B> {
 
     /// A hub on an existing database, left in place when the hub is dropped (e.g. one of a dedicated
     /// PostgreSQL server: `pg::PgServer::dedicated()`, `create_database`, `url`).
+    /// A fresh database of this backend (dropped with the returned value on PostgreSQL), for tests that
+    /// start hubs themselves.
+    pub async fn provision(dir: &Path) -> Database {
+        B::provision(dir).await
+    }
+
     pub async fn start_on(database_url: impl Into<String>, adjust: impl FnOnce(&mut Settings)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         Self::launch(dir, Database::existing(database_url), adjust).await
