@@ -41,6 +41,11 @@ mod security;
 #[path = "ws.rs"]
 mod ws;
 
+// PostgreSQL only: these tests need PostgreSQL itself (a dedicated server stopped and restarted under a
+// running hub; `migrate-db` from SQLite into a database on the server), not only a hub database on it.
+#[path = "pg_only.rs"]
+mod pg_only;
+
 /// The harness itself: a dedicated server keeps its data and port across `stop` / `start`, and the
 /// shared server gives every hub a database of its own.
 mod harness {

@@ -1,0 +1,506 @@
+//! Tests that need PostgreSQL itself, not only a database on it: a server restarted under a running
+//! hub (README "Databases: SQLite or PostgreSQL": 503 while it is away, nothing acknowledged lost), and
+//! `hivehub migrate-db` from SQLite to PostgreSQL and back into service (ids, passwords, tokens).
+//! Declared in `postgres.rs` only.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, Packet, QoS};
+use serde_json::{json, Value};
+
+use super::TestHub;
+use crate::common::mqtt::{with_credentials, Mqtt};
+use crate::common::pg::{DbLease, PgServer};
+use crate::common::{Backend, Sqlite, TestHubOn, ADMIN_LOGIN, ADMIN_PASSWORD};
+
+const BIN: &str = env!("CARGO_BIN_EXE_hivehub");
+/// The seeded sample device: network 1, device type 1.
+const SAMPLE_DEVICE: &str = "e50d6085-2aba-48e9-b1c3-73c673e414be";
+const UNAVAILABLE: &str = "The database is unavailable; try again later";
+/// The longest a request may take while the database is away (the pool waits 10 s for a connection).
+const ANSWER_WITHIN: Duration = Duration::from_secs(15);
+
+// ---------------------------------------------------------------------------------------------------
+// The hub rides out a database restart.
+
+/// One REST insert of the outage test.
+#[derive(Debug, Clone)]
+struct RestTry {
+    seq: u64,
+    /// Since the test's start.
+    started: Duration,
+    took: Duration,
+    /// The status and body, or what went wrong (transport error, no answer within `ANSWER_WITHIN`).
+    outcome: Result<(u16, String), String>,
+}
+
+impl RestTry {
+    fn status(&self) -> Option<u16> {
+        self.outcome.as_ref().ok().map(|(s, _)| *s)
+    }
+    fn ended(&self) -> Duration {
+        self.started + self.took
+    }
+}
+
+/// `POST /device/{SAMPLE_DEVICE}/notification` with `{"seq": seq}`, bounded by `ANSWER_WITHIN`.
+async fn rest_insert(client: &reqwest::Client, base: &str, token: &str, seq: u64, t0: Instant) -> RestTry {
+    let started = t0.elapsed();
+    let at = Instant::now();
+    let request = client
+        .post(format!("{base}/device/{SAMPLE_DEVICE}/notification"))
+        .bearer_auth(token)
+        .json(&json!({"notification": "rest", "parameters": {"seq": seq}}))
+        .send();
+    let outcome = match tokio::time::timeout(ANSWER_WITHIN, async {
+        let resp = request.await.map_err(|e| format!("request failed: {e}"))?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.map_err(|e| format!("body failed: {e}"))?;
+        Ok::<_, String>((status, text))
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {ANSWER_WITHIN:?}")),
+    };
+    RestTry { seq, started, took: at.elapsed(), outcome }
+}
+
+/// What the MQTT device saw: the seqs PUBACKed (with when) and the errors of its event loop.
+#[derive(Debug, Default)]
+struct MqttLog {
+    /// (seq, since the test's start).
+    acked: Vec<(u64, Duration)>,
+    /// (since the test's start, error).
+    errors: Vec<(Duration, String)>,
+    /// A seq that was never acknowledged although the client kept reconnecting.
+    stuck: Option<u64>,
+}
+
+/// A device publishing QoS 1 notifications one at a time (the next once the last is PUBACKed), seqs
+/// from `first`, until `stop`. Its event loop is polled again after an error, so rumqttc reconnects
+/// and sends the unacknowledged publish again.
+async fn mqtt_device(options: rumqttc::MqttOptions, first: u64, stop: Arc<AtomicBool>, t0: Instant) -> MqttLog {
+    let topic = format!("dh/notification/1/1/{SAMPLE_DEVICE}/mqtt");
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    let mut log = MqttLog::default();
+    let mut seq = first;
+    'publishing: while !stop.load(Ordering::Relaxed) {
+        let payload = json!({"parameters": {"seq": seq}}).to_string();
+        client.publish(&topic, QoS::AtLeastOnce, false, payload).await.expect("request channel open");
+        let sent = Instant::now();
+        loop {
+            if sent.elapsed() > Duration::from_secs(60) {
+                log.stuck = Some(seq);
+                break 'publishing;
+            }
+            match tokio::time::timeout(Duration::from_secs(20), eventloop.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => {
+                    log.acked.push((seq, t0.elapsed()));
+                    break;
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    log.errors.push((t0.elapsed(), e.to_string()));
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(_) => log.errors.push((t0.elapsed(), "event loop silent for 20 s".into())),
+            }
+        }
+        seq += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), eventloop.poll()).await;
+    log
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_hub_rides_out_a_database_restart() {
+    skip_unless_backend!();
+    let server = Arc::new(PgServer::dedicated());
+    let name = server.create_database().await;
+    let hub = TestHub::start_on(server.url(&name), |_| {}).await;
+    let t0 = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // Four REST writers, seqs 1_000_000 * (w + 1) + i.
+    let mut writers = Vec::new();
+    for w in 0..4u64 {
+        let (client, base, token, stop) = (hub.client.clone(), hub.base.clone(), hub.admin.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut tries = Vec::new();
+            let mut seq = 1_000_000 * (w + 1);
+            while !stop.load(Ordering::Relaxed) {
+                tries.push(rest_insert(&client, &base, &token, seq, t0).await);
+                seq += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            tries
+        }));
+    }
+    // One MQTT device, seqs from 10_000_000.
+    let device = tokio::spawn(mqtt_device(
+        with_credentials(&hub, "outage-publisher", ADMIN_LOGIN, ADMIN_PASSWORD),
+        10_000_000,
+        stop.clone(),
+        t0,
+    ));
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stop_began = t0.elapsed();
+    let s = server.clone();
+    tokio::task::spawn_blocking(move || s.stop()).await.unwrap();
+    let stopped = t0.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let start_began = t0.elapsed();
+    let s = server.clone();
+    tokio::task::spawn_blocking(move || s.start()).await.unwrap();
+    let restarted = t0.elapsed();
+
+    // Inserts succeed again within a few seconds, without restarting the hub (seqs from 20_000_000).
+    let mut probes = Vec::new();
+    let mut seq = 20_000_000;
+    let recovered = loop {
+        let r = rest_insert(&hub.client, &hub.base, &hub.admin, seq, t0).await;
+        seq += 1;
+        let ok = r.status() == Some(201);
+        probes.push(r);
+        if ok {
+            break t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < restarted + Duration::from_secs(20),
+            "no 201 within 20 s of the restart: {probes:#?}\n--- server log ---\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // A new MQTT connection publishes QoS 1 and gets its PUBACK (`publish` asserts it within 10 s).
+    let mut fresh = Mqtt::login(&hub, "after-restart", ADMIN_LOGIN, ADMIN_PASSWORD).await;
+    let fresh_seq = 30_000_000;
+    fresh
+        .publish(
+            &format!("dh/notification/1/1/{SAMPLE_DEVICE}/mqtt"),
+            json!({"parameters": {"seq": fresh_seq}}).to_string(),
+            QoS::AtLeastOnce,
+        )
+        .await;
+    fresh.disconnect().await;
+
+    // The writers keep going for a while on the recovered database.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut tries: Vec<RestTry> = probes;
+    for w in writers {
+        tries.extend(w.await.unwrap());
+    }
+    let mqtt = tokio::time::timeout(Duration::from_secs(90), device).await.expect("MQTT device finished").unwrap();
+    let finished = t0.elapsed();
+
+    let count = |status: u16| tries.iter().filter(|t| t.status() == Some(status)).count();
+    let slowest = tries.iter().map(|t| t.took).max().unwrap_or_default();
+    println!(
+        "outage: stop {stop_began:?}..{stopped:?}, start {start_began:?}..{restarted:?}, first 201 after it at \
+         {recovered:?} ({:?} after the start returned), end {finished:?}; REST: {} tries, {} x 201, {} x 503, \
+         slowest {slowest:?}; MQTT: {} acked, {} errors: {:#?}",
+        recovered - restarted,
+        tries.len(),
+        count(201),
+        count(503),
+        mqtt.acked.len(),
+        mqtt.errors.len(),
+        mqtt.errors
+    );
+
+    // Every answer was a 201 or the documented 503, within ANSWER_WITHIN (never a 500, never a hang).
+    let unexpected: Vec<&RestTry> = tries
+        .iter()
+        .filter(|t| match &t.outcome {
+            Ok((201, _)) => false,
+            Ok((503, body)) => {
+                serde_json::from_str::<Value>(body).ok() != Some(json!({"error": 503, "message": UNAVAILABLE}))
+            }
+            _ => true,
+        })
+        .collect();
+    assert!(unexpected.is_empty(), "answers other than 201 or the documented 503: {unexpected:#?}");
+    assert!(count(503) >= 1, "no 503 seen while the database was away: {} tries", tries.len());
+    // 503s only around the outage: not before the stop, and not once the database was back.
+    let early: Vec<&RestTry> = tries.iter().filter(|t| t.ended() < stop_began && t.status() != Some(201)).collect();
+    assert!(early.is_empty(), "failures before the database stopped: {early:#?}");
+    let late: Vec<&RestTry> =
+        tries.iter().filter(|t| t.started > recovered + Duration::from_secs(1) && t.status() != Some(201)).collect();
+    assert!(late.is_empty(), "failures after the database was back: {late:#?}");
+    assert!(
+        recovered < restarted + Duration::from_secs(10),
+        "inserts succeeded again only {:?} after the restart",
+        recovered - restarted
+    );
+    assert!(tries.iter().any(|t| t.status() == Some(201) && t.ended() < stop_began), "no 201 before the stop");
+    assert!(
+        tries.iter().filter(|t| t.status() == Some(201) && t.started > recovered).count() >= 4,
+        "the writers did not carry on after the restart"
+    );
+
+    // The MQTT device got through the outage: acknowledged before and after it, never stuck.
+    assert_eq!(mqtt.stuck, None, "a publish was never acknowledged: {mqtt:#?}");
+    assert!(mqtt.acked.iter().any(|(_, at)| *at < stop_began), "no PUBACK before the stop: {mqtt:#?}");
+    assert!(mqtt.acked.iter().any(|(_, at)| *at > restarted), "no PUBACK after the restart: {mqtt:#?}");
+
+    // Everything acknowledged is stored exactly once, and nothing is stored twice.
+    let mut acknowledged: Vec<u64> = tries.iter().filter(|t| t.status() == Some(201)).map(|t| t.seq).collect();
+    acknowledged.extend(mqtt.acked.iter().map(|(seq, _)| *seq));
+    acknowledged.push(fresh_seq);
+    let rows = hub
+        .sql_fetch_all(
+            "SELECT id, notification, parameters, timestamp FROM device_notification \
+             WHERE device_id = $1 AND notification IN ('rest', 'mqtt') ORDER BY id",
+            &[SAMPLE_DEVICE.into()],
+        )
+        .await;
+    let mut stored: BTreeMap<u64, Vec<Vec<Value>>> = BTreeMap::new();
+    for row in rows {
+        let parameters: Value = serde_json::from_str(row[2].as_str().expect("parameters text")).unwrap();
+        let seq = parameters["seq"].as_u64().unwrap_or_else(|| panic!("no seq in {row:?}"));
+        stored.entry(seq).or_default().push(row);
+    }
+    let twice: Vec<(&u64, &Vec<Vec<Value>>)> = stored.iter().filter(|(_, rows)| rows.len() > 1).collect();
+    assert!(twice.is_empty(), "stored more than once: {twice:#?}\nMQTT: {mqtt:#?}");
+    let lost: Vec<u64> = acknowledged.iter().copied().filter(|seq| !stored.contains_key(seq)).collect();
+    assert!(lost.is_empty(), "acknowledged but not stored: {lost:?}\nMQTT: {mqtt:#?}");
+    let unacknowledged_stored: Vec<&u64> = stored.keys().filter(|seq| !acknowledged.contains(seq)).collect();
+    println!("stored: {} seqs; stored though answered 503: {unacknowledged_stored:?}", stored.len());
+
+    hub.stop().await;
+    drop(server);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// migrate-db: SQLite to PostgreSQL, and the hub carries on there.
+
+type SqliteHub = TestHubOn<Sqlite>;
+
+const CLIENT_LOGIN: &str = "migrant";
+const CLIENT_PASSWORD: &str = "client-pass-1";
+const CONFIG_NAME: &str = "migrated.entry";
+
+/// Runs `hivehub <args>` to its end (at most 120 s); returns (exit code, stdout, stderr).
+async fn hivehub(args: &[&str]) -> (Option<i32>, String, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("hivehub runs");
+        let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let read = |mut r: Box<dyn std::io::Read + Send>| {
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                let _ = r.read_to_string(&mut s);
+                s
+            })
+        };
+        let (out, err) = (read(Box::new(out)), read(Box::new(err)));
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("hivehub {args:?} did not finish within 120 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        (status.code(), out.join().unwrap(), err.join().unwrap())
+    })
+    .await
+    .unwrap()
+}
+
+/// Every read the migration must keep: (path, JSON), as admin.
+async fn snapshot<B: Backend>(hub: &TestHubOn<B>, user_id: i64, network_id: i64, type_id: i64) -> Vec<(String, Value)> {
+    let mut paths = vec![
+        "/network".to_string(),
+        format!("/network/{network_id}"),
+        "/devicetype".to_string(),
+        format!("/devicetype/{type_id}"),
+        "/user".to_string(),
+        format!("/user/{user_id}"),
+        format!("/user/{user_id}/devicetype"),
+        "/device".to_string(),
+        format!("/configuration/{CONFIG_NAME}"),
+    ];
+    for device in ["mig-dev-1", "mig-dev-2"] {
+        paths.push(format!("/device/{device}"));
+        paths.push(format!("/device/{device}/notification?take=1000"));
+        paths.push(format!("/device/{device}/command?take=1000"));
+    }
+    let mut out = Vec::new();
+    for path in paths {
+        let body = hub.get(&hub.admin, &path).await.expect(200);
+        out.push((path, body));
+    }
+    out
+}
+
+/// The admin's `lastLogin` in `/user` changes with every start of a test hub (it logs in): compared
+/// apart, the rest of the list must be identical.
+fn without_admin_last_login(snapshot: &mut [(String, Value)]) -> Option<Value> {
+    let users = snapshot.iter_mut().find(|(p, _)| p == "/user").unwrap().1.as_array_mut().unwrap();
+    let admin = users.iter_mut().find(|u| u["login"] == ADMIN_LOGIN).unwrap();
+    admin.as_object_mut().unwrap().remove("lastLogin")
+}
+
+fn max_id(list: &Value) -> i64 {
+    list.as_array().unwrap().iter().map(|v| v["id"].as_i64().unwrap()).max().unwrap()
+}
+
+#[tokio::test]
+async fn migrate_db_round_trip_keeps_data_passwords_and_tokens() {
+    skip_unless_backend!();
+    let mut source = SqliteHub::start().await;
+    let admin = source.admin.clone();
+
+    let network_id = source
+        .post(&admin, "/network", json!({"name": "migrated network", "description": "Ünïcode ✓"}))
+        .await
+        .expect(201)["id"]
+        .as_i64()
+        .unwrap();
+    let type_id = source
+        .post(&admin, "/devicetype", json!({"name": "migrated type", "description": "thermometers"}))
+        .await
+        .expect(201)["id"]
+        .as_i64()
+        .unwrap();
+    let (user_id, _) = source.client_user(CLIENT_LOGIN, &[network_id]).await;
+    // Device types by assignment rather than "all", so the assignment has to survive too.
+    source.delete(&admin, &format!("/user/{user_id}/devicetype/all")).await.expect(204);
+    source.put(&admin, &format!("/user/{user_id}/devicetype/{type_id}"), json!({})).await.expect(204);
+    for (i, device) in ["mig-dev-1", "mig-dev-2"].iter().enumerate() {
+        let body = json!({
+            "name": format!("device {i}"),
+            "networkId": network_id,
+            "deviceTypeId": type_id,
+            "data": {"serial": i, "label": "naïve"},
+            "isBlocked": i == 1,
+        });
+        source.put(&admin, &format!("/device/{device}"), body).await.expect(204);
+    }
+    for n in 0..50 {
+        let device = if n % 2 == 0 { "mig-dev-1" } else { "mig-dev-2" };
+        let body = json!({"notification": format!("temp-{}", n % 5), "parameters": {"n": n, "t": 20.5 + n as f64, "s": "x\u{e9}"}});
+        source.post(&admin, &format!("/device/{device}/notification"), body).await.expect(201);
+    }
+    for n in 0..20 {
+        let device = if n % 2 == 0 { "mig-dev-1" } else { "mig-dev-2" };
+        let body = json!({"command": format!("cmd-{}", n % 3), "parameters": {"n": n}, "lifetime": 3600});
+        let id =
+            source.post(&admin, &format!("/device/{device}/command"), body).await.expect(201)["id"].as_i64().unwrap();
+        if n % 3 != 0 {
+            let update = json!({"status": format!("done-{n}"), "result": {"ok": n % 2 == 0, "n": n}});
+            source.put(&admin, &format!("/device/{device}/command/{id}"), update).await.expect(204);
+        }
+    }
+    source
+        .put(&admin, &format!("/configuration/{CONFIG_NAME}"), json!({"value": "kept across the move"}))
+        .await
+        .expect(200);
+    let pair = source
+        .request(
+            reqwest::Method::POST,
+            None,
+            "/token",
+            Some(json!({"login": CLIENT_LOGIN, "password": CLIENT_PASSWORD})),
+        )
+        .await
+        .expect(201);
+    let (access, refresh) =
+        (pair["accessToken"].as_str().unwrap().to_string(), pair["refreshToken"].as_str().unwrap().to_string());
+    let before = source.get(&access, "/device").await.expect(200);
+    assert_eq!(before.as_array().unwrap().len(), 2, "{before}");
+
+    let mut expected = snapshot(&source, user_id, network_id, type_id).await;
+    let notifications = expected.iter().find(|(p, _)| p == "/device/mig-dev-1/notification?take=1000").unwrap();
+    // 25 inserted and the server's `$device-add`.
+    assert_eq!(notifications.1.as_array().unwrap().len(), 26, "{}", notifications.1);
+
+    // Stop the SQLite hub, keeping its directory (and so its database file).
+    let from = source.database_settings().url.clone();
+    let sqlite_dir = std::mem::replace(&mut source.dir, tempfile::tempdir().unwrap());
+    assert_eq!(from, format!("sqlite://{}/hub.db", sqlite_dir.path().display()));
+    source.stop().await;
+
+    let (to, _lease) = DbLease::create().await;
+    let (code, out, err) = hivehub(&["migrate-db", "--from", &from, "--to", &to]).await;
+    assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("counts verified"), "stdout: {out}\nstderr: {err}");
+    println!("migrate-db: {out}{err}");
+
+    // The target is not empty any more: refused, unless --replace.
+    let (code, out, err) = hivehub(&["migrate-db", "--from", &from, "--to", &to]).await;
+    assert_eq!(code, Some(1), "stdout: {out}\nstderr: {err}");
+    assert!(err.contains("not empty") && err.contains("--replace"), "stderr: {err}");
+    let (code, out, err) = hivehub(&["migrate-db", "--from", &from, "--to", &to, "--replace"]).await;
+    assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("counts verified"), "stdout: {out}\nstderr: {err}");
+
+    // A hub on the PostgreSQL database (it logs in as admin with the same password).
+    let target = TestHub::start_on(to.clone(), |_| {}).await;
+    let mut got = snapshot(&target, user_id, network_id, type_id).await;
+    let admin_before = without_admin_last_login(&mut expected);
+    let admin_after = without_admin_last_login(&mut got);
+    for ((path, want), (_, have)) in expected.iter().zip(&got) {
+        assert_eq!(have, want, "GET {path} differs after the migration");
+    }
+    assert!(admin_before.is_some() && admin_after.is_some(), "{admin_before:?} {admin_after:?}");
+    assert!(admin_after.unwrap().as_str() >= admin_before.unwrap().as_str(), "the admin's lastLogin went back");
+
+    // The client user: old password, old access token, old refresh token.
+    let fresh = target.login(CLIENT_LOGIN, CLIENT_PASSWORD).await;
+    assert_eq!(target.get(&fresh, "/device").await.expect(200), before);
+    assert_eq!(target.get(&access, "/device").await.expect(200), before);
+    let refreshed = target
+        .request(reqwest::Method::POST, None, "/token/refresh", Some(json!({"refreshToken": refresh})))
+        .await
+        .expect(201);
+    let refreshed = refreshed["accessToken"].as_str().expect("accessToken");
+    assert_eq!(target.get(refreshed, "/device").await.expect(200), before);
+
+    // New rows get fresh ids: the sequences were advanced past the copied ids.
+    let old = |path: &str| expected.iter().find(|(p, _)| p == path).unwrap().1.clone();
+    let network = target.post(&target.admin, "/network", json!({"name": "after the move"})).await.expect(201);
+    assert!(network["id"].as_i64().unwrap() > max_id(&old("/network")), "{network}");
+    let device_type = target.post(&target.admin, "/devicetype", json!({"name": "after the move"})).await.expect(201);
+    assert!(device_type["id"].as_i64().unwrap() > max_id(&old("/devicetype")), "{device_type}");
+    let user = target
+        .post(&target.admin, "/user", json!({"login": "newcomer", "password": "newcomer-pass", "role": 1}))
+        .await
+        .expect(201);
+    assert!(user["id"].as_i64().unwrap() > max_id(&old("/user")), "{user}");
+    for device in ["mig-dev-1", "mig-dev-2"] {
+        let notification = target
+            .post(&target.admin, &format!("/device/{device}/notification"), json!({"notification": "after"}))
+            .await
+            .expect(201);
+        let last = max_id(&old(&format!("/device/{device}/notification?take=1000")));
+        assert!(notification["id"].as_i64().unwrap() > last, "{notification}");
+        let command = target
+            .post(&target.admin, &format!("/device/{device}/command"), json!({"command": "after"}))
+            .await
+            .expect(201);
+        let last = max_id(&old(&format!("/device/{device}/command?take=1000")));
+        assert!(command["id"].as_i64().unwrap() > last, "{command}");
+    }
+    target.stop().await;
+    drop(sqlite_dir);
+}
