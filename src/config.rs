@@ -78,6 +78,7 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     pub message_retention_secs: u64,
     pub batch_max_rows: usize,
+    pub acquire_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -45,10 +45,12 @@ pub struct Store {
 /// The accepted database URL forms, for error messages.
 pub const URL_FORMS: &str = "sqlite://PATH, postgres://USER:PASSWORD@HOST:PORT/DATABASE or postgresql://...";
 
-/// How long a request waits for a database connection before answering 503: long enough that a burst
-/// queueing for the pool is served, short enough that an unreachable database fails requests in
-/// seconds rather than minutes.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request waits for a database connection before answering 503 (`acquire_timeout_secs`,
+/// default 10): long enough that a burst queueing for the pool is served, short enough that an
+/// unreachable database fails requests in seconds rather than minutes.
+fn acquire_timeout(settings: &DatabaseSettings) -> Duration {
+    Duration::from_secs(settings.acquire_timeout_secs.max(1))
+}
 
 impl Store {
     /// Opens (creating when missing) the database named by the URL and runs the embedded migrations.
@@ -91,7 +93,7 @@ impl Store {
         let pool = SqlitePoolOptions::new()
             .max_connections(settings.max_connections.max(2))
             .min_connections(1)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .acquire_timeout(acquire_timeout(settings))
             .connect_with(options)
             .await
             .map_err(|e| StartupError(format!("cannot open {path}: {e}")))?;
@@ -115,7 +117,7 @@ impl Store {
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections.max(2))
             .min_connections(1)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .acquire_timeout(acquire_timeout(settings))
             .connect_with(options)
             .await
             .map_err(|e| StartupError(format!("cannot connect to PostgreSQL at `{shown}`: {e}")))?;

@@ -124,7 +124,8 @@ async fn the_hub_rides_out_a_database_restart() {
     skip_unless_backend!();
     let server = Arc::new(PgServer::dedicated());
     let name = server.create_database().await;
-    let hub = TestHub::start_on(server.url(&name), |_| {}).await;
+    // Requests waiting for a connection during the outage give up after 1 s: they must be answered 503.
+    let hub = TestHub::start_on(server.url(&name), |s| s.database.acquire_timeout_secs = 1).await;
     let t0 = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
 
