@@ -23,6 +23,10 @@
 //!   time until a WebSocket subscriber (and an MQTT subscriber) has the push, and until the PUBACK.
 //! - `mqtt-ingest`: several device connections publish notifications as fast as they can, QoS0 then
 //!   QoS1; stored notifications per second, checked through the REST query API.
+//! - `commands`: command round trip as a DeviceHive application sees it: REST `POST /device/{id}/command`,
+//!   then `GET .../command/{commandId}/poll` (wait) until an MQTT device, subscribed to its
+//!   `dh/command/...` topic, has published the update to `dh/command_update/...`; a one-at-a-time
+//!   baseline, then one command in flight per device; latency percentiles and round trips per second.
 //! - `mqtt-connect`: a hub in a child process; authenticated CONNECT -> CONNACK per second (JWT as the
 //!   password, and login/password, which hashes Argon2 per connect) and RSS per idle connection.
 //! - `mosquitto`: plain-topic MQTT (fan-in throughput QoS0/QoS1, publish -> subscriber latency, connects
@@ -65,6 +69,7 @@ const SCENARIOS: &[(&str, &str)] = &[
     ("ws", "REST insert -> WebSocket push: latency with 100 / 1,000 sessions, deliveries/s, none lost"),
     ("mqtt-latency", "MQTT device QoS1 publish -> stored -> WebSocket (and MQTT) push latency"),
     ("mqtt-ingest", "MQTT notification ingest/s over several device connections, QoS0 and QoS1, verified"),
+    ("commands", "REST command -> MQTT device -> command_update -> REST wait: round-trip latency and rate"),
     ("mqtt-connect", "hub child process: authenticated MQTT connects/s (JWT, login), RSS per idle connection"),
     ("mosquitto", "plain-topic MQTT: Mosquitto vs hub (child processes), side-by-side table"),
     ("ws-slow", "hub child process: WebSocket sessions that never read; RSS, their closing, a reader's latency"),
@@ -81,8 +86,8 @@ fn describe(name: &str) -> &'static str {
 #[derive(Parser, Debug, Clone)]
 #[command(about = "hivehub benchmarks (in-process hub, temporary SQLite or PostgreSQL database)")]
 struct Opts {
-    /// Scenarios to run: `inserts`, `longpoll`, `ws`, `mqtt-latency`, `mqtt-ingest`, `mqtt-connect`,
-    /// `mosquitto`, or `all` (default).
+    /// Scenarios to run: `inserts`, `longpoll`, `ws`, `mqtt-latency`, `mqtt-ingest`, `commands`,
+    /// `mqtt-connect`, `mosquitto`, `ws-slow`, or `all` (default).
     scenarios: Vec<String>,
     /// Duration of the insert scenario in seconds [env BENCH_SECONDS, default 10].
     #[arg(long)]
@@ -133,6 +138,13 @@ struct Opts {
     /// Unacknowledged QoS1 publishes per publisher connection [env BENCH_MQTT_WINDOW, default 64].
     #[arg(long)]
     mqtt_window: Option<usize>,
+    /// MQTT devices of the commands scenario, one connection each, one command in flight each
+    /// [env BENCH_COMMAND_DEVICES, default 100].
+    #[arg(long)]
+    command_devices: Option<usize>,
+    /// Command round trips of the commands scenario, spread over the devices [env BENCH_COMMAND_ROUNDS, default 2000].
+    #[arg(long)]
+    command_rounds: Option<usize>,
     /// Concurrent connectors of the connect-rate measurements (JWT / anonymous) [env BENCH_CONNECTORS, default 200].
     #[arg(long)]
     connectors: Option<usize>,
@@ -183,6 +195,8 @@ struct Config {
     mqtt_seconds: u64,
     mqtt_publishers: usize,
     mqtt_window: usize,
+    command_devices: usize,
+    command_rounds: usize,
     connectors: usize,
     login_connectors: usize,
     connect_seconds: u64,
@@ -225,6 +239,8 @@ impl Config {
             mqtt_seconds: pick(opts.mqtt_seconds, "BENCH_MQTT_SECONDS", 5)?,
             mqtt_publishers: pick(opts.mqtt_publishers, "BENCH_MQTT_PUBLISHERS", 8)?,
             mqtt_window: pick(opts.mqtt_window, "BENCH_MQTT_WINDOW", 64)?,
+            command_devices: pick(opts.command_devices, "BENCH_COMMAND_DEVICES", 100)?,
+            command_rounds: pick(opts.command_rounds, "BENCH_COMMAND_ROUNDS", 2000)?,
             connectors: pick(opts.connectors, "BENCH_CONNECTORS", 200)?,
             login_connectors: pick(opts.login_connectors, "BENCH_LOGIN_CONNECTORS", 32)?,
             connect_seconds: pick(opts.connect_seconds, "BENCH_CONNECT_SECONDS", 5)?,
@@ -250,13 +266,15 @@ impl Config {
             c.mqtt_seconds as usize,
             c.mqtt_publishers,
             c.mqtt_window,
+            c.command_devices,
+            c.command_rounds,
             c.connectors,
             c.login_connectors,
             c.connect_seconds as usize,
             c.idle_connections,
         ];
         if sizes.contains(&0) || c.ws_sessions.is_empty() || c.ws_sessions.contains(&0) {
-            return Err("every ws-*, mqtt-*, connect and connection count must be at least 1".into());
+            return Err("every ws-*, mqtt-*, command-*, connect and connection count must be at least 1".into());
         }
         if c.mqtt_window > 65_000 {
             return Err("mqtt-window must be at most 65000 (MQTT packet ids)".into());
@@ -357,6 +375,7 @@ async fn run_scenario(name: &str, hub: &BenchHub, config: &Config) -> BenchResul
         "ws" => scenario_ws(hub, config).await,
         "mqtt-latency" => scenario_mqtt_latency(hub, config).await,
         "mqtt-ingest" => scenario_mqtt_ingest(hub, config).await,
+        "commands" => scenario_commands(hub, config).await,
         "mqtt-connect" => scenario_mqtt_connect(config).await,
         "mosquitto" => scenario_mosquitto(config).await,
         "ws-slow" => scenario_ws_slow().await,
@@ -934,9 +953,15 @@ impl BenchHub {
 
     /// `dh/notification/<networkId>/<deviceTypeId>/<deviceId>/<name>` of a registered device.
     async fn notification_topic(&self, device: &str, name: &str) -> BenchResult<String> {
+        Ok(format!("{}/{name}", self.event_topic("notification", device).await?))
+    }
+
+    /// `dh/<kind>/<networkId>/<deviceTypeId>/<deviceId>` of a registered device (`kind` = `notification`,
+    /// `command` or `command_update`), without the name level.
+    async fn event_topic(&self, kind: &str, device: &str) -> BenchResult<String> {
         let d = self.call(reqwest::Method::GET, Some(&self.admin), &format!("/device/{device}"), None).await?;
         let level = |v: &Value| v.as_i64().map(|i| i.to_string()).unwrap_or_default();
-        Ok(format!("dh/notification/{}/{}/{device}/{name}", level(&d["networkId"]), level(&d["deviceTypeId"])))
+        Ok(format!("dh/{kind}/{}/{}/{device}", level(&d["networkId"]), level(&d["deviceTypeId"])))
     }
 }
 
@@ -2162,6 +2187,311 @@ async fn scenario_mqtt_ingest(hub: &BenchHub, config: &Config) -> BenchResult<()
         Err("MQTT ingest lost, duplicated or failed to acknowledge notifications (see above)".into())
     } else {
         Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Scenario: command round trip (REST application -> MQTT device -> REST wait).
+
+/// The MQTT device side of the commands scenario, shared by the device connections.
+#[derive(Default)]
+struct CommandDevices {
+    /// Command id -> when its `command/insert` push reached the device.
+    pushes: std::sync::Mutex<BTreeMap<i64, Instant>>,
+    /// Update publish written -> its PUBACK read (sent by the hub after the commit), in microseconds.
+    update_acks_us: std::sync::Mutex<Vec<i64>>,
+    updates_sent: AtomicU64,
+    failures: std::sync::Mutex<Failures>,
+}
+
+impl CommandDevices {
+    fn fail(&self, kind: &str, example: String) {
+        self.failures.lock().unwrap_or_else(|e| e.into_inner()).add(kind, example);
+    }
+}
+
+/// One MQTT device of the commands scenario: answers every `command/insert` push (QoS1, PUBACKed) with a
+/// QoS1 publish of `{"id":..,"status":"done","result":{"seq":..,"device":..}}` to `update_topic`.
+async fn command_device(
+    (mut r, mut w): (mq::Reader, mq::Writer),
+    device: String,
+    update_topic: String,
+    side: Arc<CommandDevices>,
+) {
+    let mut pkid: u16 = 0;
+    let mut unacked: BTreeMap<u16, Instant> = BTreeMap::new();
+    loop {
+        let packet = match r.next().await {
+            Ok(p) => p,
+            Err(e) => {
+                side.fail("device connection ended", format!("{device}: {e}"));
+                return;
+            }
+        };
+        match packet {
+            mq::Packet::Publish(p) => {
+                let at = Instant::now();
+                if p.qos > 0 {
+                    mq::puback(&mut w.buf, p.pkid);
+                }
+                let push: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                let command = &push["command"];
+                match command["id"].as_i64() {
+                    Some(id) if push["action"] == "command/insert" => {
+                        let seen = side.pushes.lock().unwrap_or_else(|e| e.into_inner()).insert(id, at);
+                        if seen.is_some() {
+                            side.fail("command pushed twice to its device", format!("{device}: command {id}"));
+                        }
+                        pkid = pkid % 65_535 + 1;
+                        let seq = command["parameters"]["seq"].clone();
+                        let update = json!({"id": id, "status": "done", "result": {"seq": seq, "device": device}});
+                        mq::publish(&mut w.buf, &update_topic, update.to_string().as_bytes(), 1, pkid);
+                        unacked.insert(pkid, Instant::now());
+                        side.updates_sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => side.fail(
+                        "device received a publish that is not a command/insert push with an id",
+                        format!("{device} on {}: {}", p.topic, String::from_utf8_lossy(&p.payload)),
+                    ),
+                }
+                if !r.has_packet() {
+                    if let Err(e) = w.flush().await {
+                        side.fail("device write failed", format!("{device}: {e}"));
+                        return;
+                    }
+                }
+            }
+            mq::Packet::PubAck(id) => match unacked.remove(&id) {
+                Some(sent) => {
+                    side.update_acks_us.lock().unwrap_or_else(|e| e.into_inner()).push(micros(sent.elapsed()))
+                }
+                None => side.fail("PUBACK for an unknown packet id", format!("{device}: {id}")),
+            },
+            _ => {}
+        }
+    }
+}
+
+/// What one REST client of the commands scenario measured.
+#[derive(Default)]
+struct CommandWorker {
+    done: usize,
+    /// POST about to be sent -> wait's 200 answer read.
+    round_trip_us: Vec<i64>,
+    /// POST about to be sent -> its 201 answer read.
+    post_us: Vec<i64>,
+    /// POST about to be sent -> the command's push read by the MQTT device.
+    to_device_us: Vec<i64>,
+    /// Push read by the device -> wait's 200 answer read.
+    device_to_answer_us: Vec<i64>,
+    failures: Failures,
+}
+
+/// `rounds` sequential round trips over one keep-alive connection, cycling over `devices`: POST the
+/// command, then wait for its update. Stops at the first failure (a 204 means 30 s without an update).
+async fn command_worker(
+    client: reqwest::Client,
+    base: String,
+    token: String,
+    devices: Vec<String>,
+    rounds: usize,
+    seq: Arc<AtomicU64>,
+    side: Arc<CommandDevices>,
+) -> CommandWorker {
+    let mut w = CommandWorker::default();
+    for round in 0..rounds {
+        let device = &devices[round % devices.len()];
+        let seq = seq.fetch_add(1, Ordering::Relaxed);
+        let body = json!({"command": "ping", "parameters": {"seq": seq}});
+        let sent = Instant::now();
+        let resp = client.post(format!("{base}/device/{device}/command")).bearer_auth(&token).json(&body).send().await;
+        let id = match resp {
+            Ok(resp) => {
+                let status = resp.status();
+                let text = resp.text().await.unwrap_or_default();
+                match serde_json::from_str::<Value>(&text).ok().and_then(|v| v["id"].as_i64()) {
+                    Some(id) if status == StatusCode::CREATED => id,
+                    _ => {
+                        w.failures.add(format!("POST command answered {status}"), text);
+                        break;
+                    }
+                }
+            }
+            Err(e) => {
+                w.failures.add("POST command: transport error", e.to_string());
+                break;
+            }
+        };
+        let created = Instant::now();
+        let resp = client
+            .get(format!("{base}/device/{device}/command/{id}/poll"))
+            .bearer_auth(&token)
+            .query(&[("waitTimeout", "30")])
+            .send()
+            .await;
+        let (status, text) = match resp {
+            Ok(r) => (r.status(), r.text().await.unwrap_or_default()),
+            Err(e) => {
+                w.failures.add("wait: transport error", e.to_string());
+                break;
+            }
+        };
+        let answered = Instant::now();
+        if status == StatusCode::NO_CONTENT {
+            w.failures.add("wait answered 204 (no update within waitTimeout=30)", format!("{device} command {id}"));
+            break;
+        }
+        if status != StatusCode::OK {
+            w.failures.add(format!("wait answered {status}"), text);
+            break;
+        }
+        let command: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if command["id"].as_i64() != Some(id)
+            || command["status"] != "done"
+            || command["result"]["seq"].as_u64() != Some(seq)
+            || command["result"]["device"] != device.as_str()
+        {
+            w.failures.add(
+                "wait answer is not the command updated to status done with its seq",
+                format!("{device} command {id} seq {seq}: {text}"),
+            );
+            break;
+        }
+        let pushed = side.pushes.lock().unwrap_or_else(|e| e.into_inner()).get(&id).copied();
+        let Some(pushed) = pushed else {
+            w.failures.add("wait answered 200 but the device has no push of the command", format!("{id}"));
+            break;
+        };
+        w.done += 1;
+        w.round_trip_us.push(micros(answered - sent));
+        w.post_us.push(micros(created - sent));
+        w.to_device_us.push(signed_micros(pushed, sent));
+        w.device_to_answer_us.push(signed_micros(answered, pushed));
+    }
+    w
+}
+
+/// Runs one phase of the commands scenario (`workers` = devices and rounds of each REST client) and
+/// prints its figures; returns whether it completed every round without a failure.
+async fn command_phase(
+    hub: &BenchHub,
+    side: &Arc<CommandDevices>,
+    seq: &Arc<AtomicU64>,
+    label: &str,
+    workers: Vec<(Vec<String>, usize)>,
+) -> BenchResult<bool> {
+    let expected: usize = workers.iter().map(|(_, r)| r).sum();
+    let acks_before = side.updates_sent.load(Ordering::Relaxed);
+    side.update_acks_us.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(workers.len());
+    for (devices, rounds) in workers {
+        let client = dedicated_client()?;
+        let (base, token, seq, side) = (hub.base.clone(), hub.admin.clone(), seq.clone(), side.clone());
+        tasks.push(tokio::spawn(command_worker(client, base, token, devices, rounds, seq, side)));
+    }
+    let mut all = CommandWorker::default();
+    for t in tasks {
+        let w = t.await?;
+        all.done += w.done;
+        all.round_trip_us.extend(w.round_trip_us);
+        all.post_us.extend(w.post_us);
+        all.to_device_us.extend(w.to_device_us);
+        all.device_to_answer_us.extend(w.device_to_answer_us);
+        all.failures.merge(w.failures);
+    }
+    let elapsed = start.elapsed();
+    // The update's PUBACK follows the commit that also answers the wait: give stragglers a moment.
+    let updates = side.updates_sent.load(Ordering::Relaxed) - acks_before;
+    let until = Instant::now() + Duration::from_secs(5);
+    let acks = loop {
+        let n = side.update_acks_us.lock().unwrap_or_else(|e| e.into_inner()).len() as u64;
+        if n >= updates || Instant::now() >= until {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let mut update_acks = std::mem::take(&mut *side.update_acks_us.lock().unwrap_or_else(|e| e.into_inner()));
+    let device_failures = std::mem::take(&mut *side.failures.lock().unwrap_or_else(|e| e.into_inner()));
+    all.failures.merge(device_failures);
+    if acks < updates {
+        all.failures.add("update publishes never acknowledged", format!("{} of {updates}", updates - acks));
+    }
+    println!(
+        "  {label}: {} of {expected} round trips in {:.2} s = {:.0} round trips/s; failures: {}",
+        all.done,
+        elapsed.as_secs_f64(),
+        per_sec(all.done as u64, elapsed),
+        all.failures.total()
+    );
+    all.failures.print("    ");
+    println!("    round trip (POST sent -> wait 200 read):  {}", summary_us(&mut all.round_trip_us));
+    println!("    POST sent -> 201 read:                    {}", summary_us(&mut all.post_us));
+    println!("    POST sent -> push read by the device:     {}", summary_us(&mut all.to_device_us));
+    println!("    push read by the device -> wait 200 read: {}", summary_us(&mut all.device_to_answer_us));
+    println!("    device: update publish -> PUBACK read:    {}", summary_us(&mut update_acks));
+    Ok(all.done == expected && all.failures.total() == 0)
+}
+
+async fn scenario_commands(hub: &BenchHub, config: &Config) -> BenchResult<()> {
+    println!("== commands: {}", describe("commands"));
+    let mqtt = hub.mqtt_addr()?;
+    let (n, rounds) = (config.command_devices, config.command_rounds);
+    let baseline = (rounds / 10).clamp(1, 200);
+    println!(
+        "  {n} devices bench-cmd-NNN, each an MQTT connection (client id = device id, admin JWT as password) \
+         subscribed (QoS1) to dh/command/<net>/<type>/<device>/+ and answering each command/insert push with a \
+         QoS1 publish of {{\"id\":..,\"status\":\"done\",\"result\":{{..}}}} to dh/command_update/<net>/<type>/\
+         <device>/ping. A REST client (one keep-alive connection each) does POST /device/{{id}}/command \
+         {{\"command\":\"ping\",\"parameters\":{{\"seq\":N}}}}, then GET /device/{{id}}/command/{{commandId}}/poll?\
+         waitTimeout=30, which must answer 200 with status done and the seq; round trip = POST about to be sent \
+         -> that 200 read. Baseline: {baseline} round trips by one client, one at a time, over the devices; \
+         then {rounds} round trips by {} clients, one per device, one command in flight each.",
+        n.min(rounds)
+    );
+    let devices: Vec<String> = (0..n).map(|i| format!("bench-cmd-{i:03}")).collect();
+    for d in &devices {
+        hub.device(d).await?;
+    }
+    let creds = Creds::Jwt(hub.admin.clone());
+    let side = Arc::new(CommandDevices::default());
+    let mut device_tasks = Vec::with_capacity(n);
+    let setup = async {
+        for d in &devices {
+            let (mut r, mut w) = mqtt_client(mqtt, d, &creds).await?;
+            let filter = format!("{}/+", hub.event_topic("command", d).await?);
+            let code = mq::subscribe_one(&mut r, &mut w, &filter, 1).await?;
+            if code > 1 {
+                return Err(format!("the hub refused the subscription to {filter} (SUBACK code {code:#x})").into());
+            }
+            let update_topic = format!("{}/ping", hub.event_topic("command_update", d).await?);
+            device_tasks.push(tokio::spawn(command_device((r, w), d.clone(), update_topic, side.clone())));
+        }
+        BenchResult::Ok(())
+    };
+    let result = async {
+        setup.await?;
+        let seq = Arc::new(AtomicU64::new(0));
+        let one = vec![(devices.clone(), baseline)];
+        let mut ok = command_phase(hub, &side, &seq, "one at a time", one).await?;
+        let spread: Vec<(Vec<String>, usize)> = devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (vec![d.clone()], rounds / n + usize::from(i < rounds % n)))
+            .filter(|(_, r)| *r > 0)
+            .collect();
+        let label = format!("{} in flight", spread.len());
+        ok &= command_phase(hub, &side, &seq, &label, spread).await?;
+        BenchResult::Ok(ok)
+    }
+    .await;
+    for t in &device_tasks {
+        t.abort();
+    }
+    if result? {
+        Ok(())
+    } else {
+        Err("command round trips failed (see above)".into())
     }
 }
 
