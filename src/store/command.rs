@@ -138,24 +138,34 @@ impl Store {
 
 /// Inserts a batch of commands inside the writer's transaction, in order; a row that fails fails
 /// alone (see `notification::insert_many`).
-pub(crate) async fn insert_many(tx: &mut Tx, rows: &[&NewCommand], server_ts: i64) -> Vec<Result<Command>> {
+pub(crate) async fn insert_many(
+    tx: &mut Tx,
+    rows: &[&NewCommand],
+    server_ts: i64,
+    guarded: bool,
+) -> Vec<Result<Command>> {
     if tx.backend() == Backend::Postgres && rows.len() > 1 {
-        if let Some(done) = insert_unnest(tx, rows, server_ts).await {
+        if let Some(done) = insert_unnest(tx, rows, server_ts, guarded).await {
             return done;
         }
     }
     let mut out = Vec::with_capacity(rows.len());
     for c in rows {
-        let r = match tx.savepoint().await {
+        let r = match tx.savepoint(guarded).await {
             Ok(()) => insert(tx, c, server_ts).await,
             Err(e) => Err(e),
         };
-        out.push(tx.end_savepoint(r).await);
+        out.push(tx.end_savepoint(guarded, r).await);
     }
     out
 }
 
-async fn insert_unnest(tx: &mut Tx, rows: &[&NewCommand], server_ts: i64) -> Option<Vec<Result<Command>>> {
+async fn insert_unnest(
+    tx: &mut Tx,
+    rows: &[&NewCommand],
+    server_ts: i64,
+    guarded: bool,
+) -> Option<Vec<Result<Command>>> {
     let Tx::Postgres(t) = tx else { return None };
     // Rare text that PostgreSQL needs escaped goes the row-by-row way, which escapes it.
     let escape = |c: &&NewCommand| {
@@ -179,7 +189,9 @@ async fn insert_unnest(tx: &mut Tx, rows: &[&NewCommand], server_ts: i64) -> Opt
     let lifetimes: Vec<Option<i64>> = rows.iter().map(|c| c.lifetime).collect();
     let statuses: Vec<Option<&str>> = rows.iter().map(|c| c.status.as_deref()).collect();
     let results: Vec<Option<String>> = rows.iter().map(|c| json_text(&c.result)).collect();
-    sqlx::query("SAVEPOINT bulk").execute(&mut **t).await.ok()?;
+    if guarded {
+        sqlx::query("SAVEPOINT bulk").execute(&mut **t).await.ok()?;
+    }
     // Ids drawn in UNNEST order: sorted, they belong to the rows in input order.
     let inserted = sqlx::query_scalar::<_, i64>(
         "INSERT INTO device_command (device_id, network_id, device_type_id, command, timestamp, last_updated, \
@@ -202,7 +214,16 @@ async fn insert_unnest(tx: &mut Tx, rows: &[&NewCommand], server_ts: i64) -> Opt
     .await;
     let mut ids = match inserted {
         Ok(ids) if ids.len() == rows.len() => ids,
+        // Unguarded, the transaction is aborted: every row fails, and the writer runs the batch again
+        // guarded.
+        Err(e) if !guarded => {
+            let e = crate::error::ApiError::from(e);
+            return Some(rows.iter().map(|_| Err(e.clone())).collect());
+        }
         _ => {
+            if !guarded {
+                return Some(rows.iter().map(|_| Err(crate::error::ApiError::internal())).collect());
+            }
             sqlx::query("ROLLBACK TO SAVEPOINT bulk").execute(&mut **t).await.ok()?;
             return None;
         }
@@ -251,10 +272,10 @@ async fn insert(tx: &mut Tx, c: &NewCommand, server_ts: i64) -> Result<Command> 
     Ok(stored(c, id, timestamp))
 }
 
-/// Applies a device's update inside the writer's transaction, in a savepoint of its own; `None` when
-/// no such command.
-pub(crate) async fn update(tx: &mut Tx, u: &CommandUpdate, server_ts: i64) -> Result<Option<Command>> {
-    tx.savepoint().await?;
+/// Applies a device's update inside the writer's transaction (in a savepoint of its own when
+/// `guarded`); `None` when no such command.
+pub(crate) async fn update(tx: &mut Tx, u: &CommandUpdate, server_ts: i64, guarded: bool) -> Result<Option<Command>> {
+    tx.savepoint(guarded).await?;
     let sql = Sql::new(format!(
         "UPDATE device_command SET is_updated = TRUE, last_updated = $1, \
          status = CASE WHEN $2 THEN $3 ELSE status END, result = CASE WHEN $4 THEN $5 ELSE result END \
@@ -268,5 +289,5 @@ pub(crate) async fn update(tx: &mut Tx, u: &CommandUpdate, server_ts: i64) -> Re
     .bind(u.command_id)
     .bind(&u.device_id);
     let r = tx.fetch_optional(sql, command_from_row).await;
-    tx.end_savepoint(r).await
+    tx.end_savepoint(guarded, r).await
 }

@@ -181,26 +181,36 @@ pub(crate) async fn expire(db: &Db, table: &str, col: &str, before: i64) -> Resu
 /// a row that fails fails alone. On PostgreSQL the batch is one `INSERT ... SELECT FROM UNNEST` (one
 /// round trip for the lot); should it fail, a savepoint per row finds the failing rows and keeps the
 /// rest. On SQLite, in process, a prepared statement per row is as fast.
-pub(crate) async fn insert_many(tx: &mut Tx, rows: &[&NewNotification], server_ts: i64) -> Vec<Result<Notification>> {
+pub(crate) async fn insert_many(
+    tx: &mut Tx,
+    rows: &[&NewNotification],
+    server_ts: i64,
+    guarded: bool,
+) -> Vec<Result<Notification>> {
     if tx.backend() == Backend::Postgres && rows.len() > 1 {
-        if let Some(done) = insert_unnest(tx, rows, server_ts).await {
+        if let Some(done) = insert_unnest(tx, rows, server_ts, guarded).await {
             return done;
         }
     }
     let mut out = Vec::with_capacity(rows.len());
     for n in rows {
-        let r = match tx.savepoint().await {
+        let r = match tx.savepoint(guarded).await {
             Ok(()) => insert(tx, n, server_ts).await,
             Err(e) => Err(e),
         };
-        out.push(tx.end_savepoint(r).await);
+        out.push(tx.end_savepoint(guarded, r).await);
     }
     out
 }
 
 /// The PostgreSQL bulk insert; `None` when the statement failed (the transaction is rolled back to
 /// before it).
-async fn insert_unnest(tx: &mut Tx, rows: &[&NewNotification], server_ts: i64) -> Option<Vec<Result<Notification>>> {
+async fn insert_unnest(
+    tx: &mut Tx,
+    rows: &[&NewNotification],
+    server_ts: i64,
+    guarded: bool,
+) -> Option<Vec<Result<Notification>>> {
     let Tx::Postgres(t) = tx else { return None };
     // Rare text that PostgreSQL needs escaped goes the row-by-row way, which escapes it.
     let escape = |n: &&NewNotification| {
@@ -216,7 +226,9 @@ async fn insert_unnest(tx: &mut Tx, rows: &[&NewNotification], server_ts: i64) -
     let names: Vec<&str> = rows.iter().map(|n| n.notification.as_str()).collect();
     let stamps: Vec<i64> = rows.iter().map(|n| stamp(n)).collect();
     let params: Vec<Option<String>> = rows.iter().map(|n| json_text(&n.parameters)).collect();
-    sqlx::query("SAVEPOINT bulk").execute(&mut **t).await.ok()?;
+    if guarded {
+        sqlx::query("SAVEPOINT bulk").execute(&mut **t).await.ok()?;
+    }
     // UNNEST yields the arrays in order and the identity default is drawn row by row in that order, so
     // the ids, sorted, belong to the rows in input order.
     let inserted = sqlx::query_scalar::<_, i64>(
@@ -234,7 +246,16 @@ async fn insert_unnest(tx: &mut Tx, rows: &[&NewNotification], server_ts: i64) -
     .await;
     let mut ids = match inserted {
         Ok(ids) if ids.len() == rows.len() => ids,
+        // Unguarded, the transaction is aborted: every row fails, and the writer runs the batch again
+        // guarded.
+        Err(e) if !guarded => {
+            let e = crate::error::ApiError::from(e);
+            return Some(rows.iter().map(|_| Err(e.clone())).collect());
+        }
         _ => {
+            if !guarded {
+                return Some(rows.iter().map(|_| Err(crate::error::ApiError::internal())).collect());
+            }
             sqlx::query("ROLLBACK TO SAVEPOINT bulk").execute(&mut **t).await.ok()?;
             return None;
         }

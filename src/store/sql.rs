@@ -394,10 +394,10 @@ impl Tx {
         })
     }
 
-    /// Starts a savepoint on PostgreSQL, which aborts the whole transaction on the first failed
-    /// statement; SQLite undoes only the failed statement, so it needs none.
-    pub async fn savepoint(&mut self) -> Result<()> {
-        if let Tx::Postgres(t) = self {
+    /// Starts a savepoint on PostgreSQL when `guarded`: PostgreSQL aborts the whole transaction on the
+    /// first failed statement; SQLite undoes only the failed statement, so it needs none.
+    pub async fn savepoint(&mut self, guarded: bool) -> Result<()> {
+        if let (Tx::Postgres(t), true) = (&mut *self, guarded) {
             sqlx::query("SAVEPOINT one_row").execute(&mut **t).await?;
         }
         Ok(())
@@ -405,8 +405,8 @@ impl Tx {
 
     /// Ends the savepoint of [`Tx::savepoint`]: kept when `result` is a success, undone otherwise,
     /// so the transaction goes on either way. Returns `result`.
-    pub async fn end_savepoint<T>(&mut self, result: Result<T>) -> Result<T> {
-        if let Tx::Postgres(t) = self {
+    pub async fn end_savepoint<T>(&mut self, guarded: bool, result: Result<T>) -> Result<T> {
+        if let (Tx::Postgres(t), true) = (&mut *self, guarded) {
             let end = if result.is_ok() { "RELEASE SAVEPOINT one_row" } else { "ROLLBACK TO SAVEPOINT one_row" };
             sqlx::query(end).execute(&mut **t).await?;
         }

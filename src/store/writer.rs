@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use super::command::{self, CommandUpdate, NewCommand};
 use super::notification::{self, NewNotification};
-use super::Store;
+use super::{Backend, Store};
 use crate::error::{ApiError, Result};
 use crate::model::{Command, Notification};
 use crate::time::now_ms;
@@ -153,15 +153,37 @@ async fn next_stamp(last_ts: i64, rx: &mut mpsc::Receiver<Job>, jobs: &mut Vec<J
     }
 }
 
-/// Runs one transaction; a row that fails fails alone, and on a failed commit every row of the batch
+/// Commits one batch; a row that fails fails alone, and on a failed commit every row of the batch
 /// fails. Notifications and commands go in as one bulk insert each (in job order, so ids follow the
 /// order requests arrived in); command updates one by one.
+///
+/// On PostgreSQL a failed statement aborts the whole transaction, so a failing row needs a savepoint
+/// to fail alone — but savepoints cost round trips on every row, and rows practically never fail (the
+/// service layer validated them). So the batch runs first without savepoints; only if a statement
+/// failed is it rolled back and run again with a savepoint around each row.
 async fn commit_batch(store: &Store, jobs: &[Job], ts: i64) -> Vec<Result<Written>> {
-    let fail_all = |e: ApiError| jobs.iter().map(|_| Err(e.clone())).collect();
+    if store.backend() == Backend::Postgres {
+        if let Some(results) = run_batch(store, jobs, ts, false).await {
+            return results;
+        }
+    }
+    run_batch(store, jobs, ts, true).await.unwrap_or_else(|| jobs.iter().map(|_| Err(ApiError::internal())).collect())
+}
+
+/// Whether a row failed in a way a guarded retry can isolate: an unreachable database fails the
+/// retry as well, so it is answered at once.
+fn statement_failed<T>(r: &Result<T>) -> bool {
+    matches!(r, Err(e) if e.status != axum::http::StatusCode::SERVICE_UNAVAILABLE)
+}
+
+/// One attempt at a batch; `None` when unguarded and a statement failed (rolled back, nothing stored).
+async fn run_batch(store: &Store, jobs: &[Job], ts: i64, guarded: bool) -> Option<Vec<Result<Written>>> {
+    let fail_all = |e: ApiError| Some(jobs.iter().map(|_| Err(e.clone())).collect());
     let mut tx = match store.db.begin().await {
         Ok(tx) => tx,
         Err(e) => return fail_all(e),
     };
+    let mut failed = false;
     let mut results: Vec<Option<Result<Written>>> = jobs.iter().map(|_| None).collect();
     let (note_at, notes): (Vec<usize>, Vec<&NewNotification>) = jobs
         .iter()
@@ -169,7 +191,8 @@ async fn commit_batch(store: &Store, jobs: &[Job], ts: i64) -> Vec<Result<Writte
         .filter_map(|(i, j)| if let WriteOp::Notification(n) = &j.op { Some((i, n)) } else { None })
         .unzip();
     if !notes.is_empty() {
-        let done = notification::insert_many(&mut tx, &notes, ts).await;
+        let done = notification::insert_many(&mut tx, &notes, ts, guarded).await;
+        failed |= done.iter().any(statement_failed);
         for (i, r) in note_at.into_iter().zip(done) {
             results[i] = Some(r.map(|n| Written::Notification(Arc::new(n))));
         }
@@ -180,24 +203,32 @@ async fn commit_batch(store: &Store, jobs: &[Job], ts: i64) -> Vec<Result<Writte
         .filter_map(|(i, j)| if let WriteOp::Command(c) = &j.op { Some((i, c)) } else { None })
         .unzip();
     if !commands.is_empty() {
-        let done = command::insert_many(&mut tx, &commands, ts).await;
+        let done = command::insert_many(&mut tx, &commands, ts, guarded).await;
+        failed |= done.iter().any(statement_failed);
         for (i, r) in command_at.into_iter().zip(done) {
             results[i] = Some(r.map(|c| Written::Command(Arc::new(c))));
         }
     }
     for (i, job) in jobs.iter().enumerate() {
         if let WriteOp::CommandUpdate(u) = &job.op {
-            results[i] = Some(match command::update(&mut tx, u, ts).await {
+            results[i] = Some(match command::update(&mut tx, u, ts, guarded).await {
                 Ok(Some(c)) => Ok(Written::CommandUpdated(Arc::new(c))),
                 Ok(None) => Err(ApiError::command_not_found(u.command_id)),
-                Err(e) => Err(e),
+                Err(e) => {
+                    failed |= e.status != axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                    Err(e)
+                }
             });
         }
+    }
+    if failed && !guarded && tx.backend() == Backend::Postgres {
+        // Dropping the transaction rolls it back.
+        return None;
     }
     if let Err(e) = tx.commit().await {
         return fail_all(e);
     }
-    results.into_iter().map(|r| r.unwrap_or_else(|| Err(ApiError::internal()))).collect()
+    Some(results.into_iter().map(|r| r.unwrap_or_else(|| Err(ApiError::internal()))).collect())
 }
 
 #[cfg(test)]

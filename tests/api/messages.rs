@@ -699,3 +699,65 @@ async fn server_timestamps_never_run_ahead_of_the_clock() {
     );
     hub.stop().await;
 }
+
+/// A row the database refuses fails alone: the other rows of its group-commit batch are stored and
+/// answered 201 — on PostgreSQL too, where a failed statement aborts the whole transaction (the
+/// writer then runs the batch again with a savepoint per row).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_the_database_refuses_fails_alone_in_its_batch() {
+    skip_unless_backend!();
+    const DEVICE: &str = "e50d6085-2aba-48e9-b1c3-73c673e414be";
+    let hub = TestHub::start().await;
+    let db = hub.db().await;
+    if db.is_postgres() {
+        db.execute(
+            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN IF NEW.notification = 'poison' THEN RAISE EXCEPTION 'poison'; END IF; RETURN NEW; END $$",
+            &[],
+        )
+        .await;
+        db.execute(
+            "CREATE TRIGGER refuse_poison BEFORE INSERT ON device_notification \
+             FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
+            &[],
+        )
+        .await;
+    } else {
+        db.execute(
+            "CREATE TRIGGER refuse_poison BEFORE INSERT ON device_notification \
+             WHEN NEW.notification = 'poison' BEGIN SELECT RAISE(ABORT, 'poison'); END",
+            &[],
+        )
+        .await;
+    }
+    db.close().await;
+    // Concurrent inserts, every tenth poisoned, so the writer's batches mix both.
+    let path = format!("/device/{DEVICE}/notification");
+    let answers = futures_util::future::join_all((0..300).map(|i| {
+        let name = if i % 10 == 0 { "poison" } else { "fine" };
+        hub.post(&hub.admin, &path, json!({"notification": name, "parameters": {"i": i}}))
+    }))
+    .await;
+    let mut expected = HashSet::new();
+    for (i, r) in answers.into_iter().enumerate() {
+        if i % 10 == 0 {
+            r.expect_error(500, "Internal server error");
+        } else {
+            r.expect(201);
+            expected.insert(i as i64);
+        }
+    }
+    let stored = hub.get(&hub.admin, &format!("/device/{DEVICE}/notification?take=1000")).await.expect(200);
+    let stored: HashSet<i64> = stored
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["notification"] != "$device-add")
+        .map(|n| {
+            assert_eq!(n["notification"], "fine");
+            n["parameters"]["i"].as_i64().unwrap()
+        })
+        .collect();
+    assert_eq!(stored, expected);
+    hub.stop().await;
+}
