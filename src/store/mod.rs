@@ -160,3 +160,32 @@ pub(crate) fn json_column(text: Option<String>) -> Option<serde_json::Value> {
 pub(crate) fn json_text(value: &Option<serde_json::Value>) -> Option<String> {
     value.as_ref().filter(|v| !v.is_null()).map(|v| v.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unsupported_url_names_the_accepted_forms() {
+        let mut settings = crate::config::Settings::defaults().database;
+        for url in ["mysql://root:secret@localhost/hub", "data/hivehub.db", "postgre://x@y/z"] {
+            settings.url = url.into();
+            let Err(e) = Store::open(&settings).await else { panic!("{url} accepted") };
+            assert!(
+                e.0.contains("sqlite://PATH") && e.0.contains("postgres://") && e.0.contains("postgresql://"),
+                "{e}"
+            );
+            assert!(!e.0.contains("secret"), "the password is not shown: {e}");
+        }
+    }
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(
+            redact("postgres://hub:s3cret@db:5432/hub?sslmode=require"),
+            "postgres://hub:***@db:5432/hub?sslmode=require"
+        );
+        assert_eq!(redact("postgres://hub@db/hub"), "postgres://hub@db/hub");
+        assert_eq!(redact("sqlite://data/hivehub.db"), "sqlite://data/hivehub.db");
+    }
+}
