@@ -278,6 +278,15 @@ impl Store {
         let mut tx = target.db.begin().await?;
         let id_tables: Vec<&str> = TABLES.iter().filter(|t| t.has_id).map(|t| t.name).collect();
         advance_sequences(&mut tx, &id_tables).await?;
+        if tx.backend() == Backend::Postgres {
+            // The cluster's message clock (writer.rs) starts after every copied stamp.
+            tx.execute(Sql::new(
+                "UPDATE message_clock SET last_ts = GREATEST(last_ts, \
+                 (SELECT COALESCE(MAX(timestamp), 0) FROM device_notification), \
+                 (SELECT COALESCE(MAX(last_updated), 0) FROM device_command))",
+            ))
+            .await?;
+        }
         let mut report = CopyReport { tables: Vec::with_capacity(TABLES.len()) };
         let mut mismatches = Vec::new();
         for (t, &total) in TABLES.iter().zip(&totals) {

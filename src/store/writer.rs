@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use super::command::{self, CommandUpdate, NewCommand};
 use super::notification::{self, NewNotification};
-use super::{Backend, Store};
+use super::{Backend, Sql, Store, Tx};
 use crate::error::{ApiError, Result};
 use crate::model::{Command, Notification};
 use crate::time::now_ms;
@@ -101,9 +101,9 @@ async fn run(
                 _ = stop.wait_for(|s| *s) => { stopping = true; continue; }
             }
         }
-        let ts = next_stamp(last_ts, &mut rx, &mut jobs, max_batch).await;
-        last_ts = ts;
-        let results = commit_batch(&store, &jobs, ts).await;
+        let proposed = next_stamp(last_ts, &mut rx, &mut jobs, max_batch).await;
+        let (results, ts) = commit_batch(&store, &jobs, proposed).await;
+        last_ts = last_ts.max(ts);
         let committed: Vec<Written> = results.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
         if !committed.is_empty() {
             // The rows are committed whatever happens next: a bug in fan-out must not take the writer
@@ -161,13 +161,43 @@ async fn next_stamp(last_ts: i64, rx: &mut mpsc::Receiver<Job>, jobs: &mut Vec<J
 /// to fail alone — but savepoints cost round trips on every row, and rows practically never fail (the
 /// service layer validated them). So the batch runs first without savepoints; only if a statement
 /// failed is it rolled back and run again with a savepoint around each row.
-async fn commit_batch(store: &Store, jobs: &[Job], ts: i64) -> Vec<Result<Written>> {
+///
+/// Returns the results and the stamp the batch got: `ts`, or on PostgreSQL a later one when another
+/// instance sharing the database committed at `ts` or after (see [`claim_stamp`]).
+async fn commit_batch(store: &Store, jobs: &[Job], ts: i64) -> (Vec<Result<Written>>, i64) {
     if store.backend() == Backend::Postgres {
-        if let Some(results) = run_batch(store, jobs, ts, false).await {
-            return results;
+        if let Some(done) = run_batch(store, jobs, ts, false).await {
+            return done;
         }
     }
-    run_batch(store, jobs, ts, true).await.unwrap_or_else(|| jobs.iter().map(|_| Err(ApiError::internal())).collect())
+    run_batch(store, jobs, ts, true)
+        .await
+        .unwrap_or_else(|| (jobs.iter().map(|_| Err(ApiError::internal())).collect(), ts))
+}
+
+/// The advisory lock key of the message clock (any constant both code and operators can recognise).
+const MESSAGE_CLOCK_LOCK: i64 = 0x6869_7665_6875_62; // "hivehub"
+
+/// Cluster-wide ordering on PostgreSQL, where several hub instances may share the database: under a
+/// transaction-scoped advisory lock, held until the batch commits, the batch takes a stamp strictly
+/// later than the last committed batch of any instance (`message_clock`). Commits are therefore one
+/// at a time and in stamp order across the cluster — the cursor promise of one writer, for many.
+/// When another instance already used this millisecond, the stamp is the next one, and the writer
+/// waits (holding the lock, a millisecond or so) until the clock reaches it, so no stamp is answered
+/// ahead of the clock.
+async fn claim_stamp(tx: &mut Tx, proposed: i64) -> Result<i64> {
+    tx.execute(Sql::new("SELECT pg_advisory_xact_lock($1)").bind(MESSAGE_CLOCK_LOCK)).await?;
+    let stamp = tx
+        .fetch_one(
+            Sql::new("UPDATE message_clock SET last_ts = GREATEST(last_ts + 1, $1) RETURNING last_ts").bind(proposed),
+            |r| r.i64(0),
+        )
+        .await?;
+    let started = tokio::time::Instant::now();
+    while now_ms() < stamp && started.elapsed() < MAX_CLOCK_WAIT {
+        tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+    }
+    Ok(stamp)
 }
 
 /// Whether a row failed in a way a guarded retry can isolate: an unreachable database fails the
@@ -177,11 +207,19 @@ fn statement_failed<T>(r: &Result<T>) -> bool {
 }
 
 /// One attempt at a batch; `None` when unguarded and a statement failed (rolled back, nothing stored).
-async fn run_batch(store: &Store, jobs: &[Job], ts: i64, guarded: bool) -> Option<Vec<Result<Written>>> {
-    let fail_all = |e: ApiError| Some(jobs.iter().map(|_| Err(e.clone())).collect());
+async fn run_batch(store: &Store, jobs: &[Job], ts: i64, guarded: bool) -> Option<(Vec<Result<Written>>, i64)> {
+    let fail_all = |e: ApiError| Some((jobs.iter().map(|_| Err(e.clone())).collect(), ts));
     let mut tx = match store.db.begin().await {
         Ok(tx) => tx,
         Err(e) => return fail_all(e),
+    };
+    let ts = if tx.backend() == Backend::Postgres {
+        match claim_stamp(&mut tx, ts).await {
+            Ok(stamp) => stamp,
+            Err(e) => return fail_all(e),
+        }
+    } else {
+        ts
     };
     let mut failed = false;
     let mut results: Vec<Option<Result<Written>>> = jobs.iter().map(|_| None).collect();
@@ -228,7 +266,7 @@ async fn run_batch(store: &Store, jobs: &[Job], ts: i64, guarded: bool) -> Optio
     if let Err(e) = tx.commit().await {
         return fail_all(e);
     }
-    Some(results.into_iter().map(|r| r.unwrap_or_else(|| Err(ApiError::internal()))).collect())
+    Some((results.into_iter().map(|r| r.unwrap_or_else(|| Err(ApiError::internal()))).collect(), ts))
 }
 
 #[cfg(test)]

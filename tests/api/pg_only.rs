@@ -505,3 +505,98 @@ async fn migrate_db_round_trip_keeps_data_passwords_and_tokens() {
     target.stop().await;
     drop(sqlite_dir);
 }
+
+/// Two hubs on one database (cluster mode's ordering): writers on both insert concurrently for the
+/// same device, so both commit in the same milliseconds; pollers on both chain history polls from the
+/// timestamp of the last notification they received, and each sees every notification exactly once.
+/// Without the cluster-wide message clock a poller would skip rows another instance committed later
+/// with an equal or earlier stamp.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pollers_on_both_instances_see_every_message_exactly_once() {
+    skip_unless_backend!();
+    const WRITERS_PER_HUB: usize = 4;
+    const PER_WRITER: usize = 150;
+    let dir = tempfile::tempdir().unwrap();
+    let database = TestHub::provision(dir.path()).await;
+    let a = TestHub::start_on(database.url.clone(), |_| {}).await;
+    let b = TestHub::start_on(database.url.clone(), |_| {}).await;
+    let path = format!("/device/{SAMPLE_DEVICE}/notification");
+    // The cursor every poller starts from.
+    a.post(&a.admin, &path, json!({"notification": "start"})).await.expect(201);
+    let start = a.get(&a.admin, &format!("{path}?take=1&sortOrder=DESC")).await.expect(200)[0]["timestamp"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let mut pollers = Vec::new();
+    for hub in [&a, &b, &a, &b] {
+        let (client, url, token, start) =
+            (hub.client.clone(), format!("{}{path}/poll", hub.base), hub.admin.clone(), start.clone());
+        pollers.push(tokio::spawn(async move {
+            let mut cursor = start;
+            let mut seen: Vec<(u64, u64)> = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while seen.len() < 2 * WRITERS_PER_HUB * PER_WRITER && Instant::now() < deadline {
+                let page: Vec<Value> = client
+                    .get(&url)
+                    .bearer_auth(&token)
+                    .query(&[("timestamp", cursor.as_str()), ("waitTimeout", "0"), ("limit", "50")])
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                for n in &page {
+                    if n["notification"] == "load" {
+                        seen.push((n["parameters"]["w"].as_u64().unwrap(), n["parameters"]["i"].as_u64().unwrap()));
+                    }
+                }
+                match page.last() {
+                    Some(n) => cursor = n["timestamp"].as_str().unwrap().to_string(),
+                    None => tokio::time::sleep(Duration::from_millis(2)).await,
+                }
+            }
+            seen
+        }));
+    }
+    let mut writers = Vec::new();
+    for (h, hub) in [&a, &b].into_iter().enumerate() {
+        for w in 0..WRITERS_PER_HUB {
+            let (client, url, token) = (hub.client.clone(), format!("{}{path}", hub.base), hub.admin.clone());
+            let w = (h * WRITERS_PER_HUB + w) as u64;
+            writers.push(tokio::spawn(async move {
+                for i in 0..PER_WRITER as u64 {
+                    let r = client
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .json(&json!({"notification": "load", "parameters": {"w": w, "i": i}}))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status().as_u16(), 201);
+                }
+            }));
+        }
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    for (p, poller) in pollers.into_iter().enumerate() {
+        let seen = poller.await.unwrap();
+        let mut counts: BTreeMap<(u64, u64), usize> = BTreeMap::new();
+        for key in &seen {
+            *counts.entry(*key).or_default() += 1;
+        }
+        let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).map(|(k, _)| *k).collect();
+        assert!(twice.is_empty(), "poller {p} got {} notifications twice, e.g. {:?}", twice.len(), twice.first());
+        assert_eq!(
+            counts.len(),
+            2 * WRITERS_PER_HUB * PER_WRITER,
+            "poller {p} (on hub {}) skipped notifications",
+            if p % 2 == 0 { "A" } else { "B" }
+        );
+    }
+    a.stop().await;
+    b.stop().await;
+}
