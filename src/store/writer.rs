@@ -176,7 +176,7 @@ async fn commit_batch(store: &Store, jobs: &[Job], ts: i64) -> (Vec<Result<Writt
 }
 
 /// The advisory lock key of the message clock (any constant both code and operators can recognise).
-const MESSAGE_CLOCK_LOCK: i64 = 0x6869_7665_6875_62; // "hivehub"
+const MESSAGE_CLOCK_LOCK: i64 = 0x0068_6976_6568_7562; // "hivehub" in ASCII
 
 /// Cluster-wide ordering on PostgreSQL, where several hub instances may share the database: under a
 /// transaction-scoped advisory lock, held until the batch commits, the batch takes a stamp strictly
