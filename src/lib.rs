@@ -66,12 +66,22 @@ impl App {
         let (writer_stop, writer_stop_rx) = watch::channel(false);
         let bus = Arc::new(Bus::new());
         let publish_bus = bus.clone();
-        let (writer, writer_task) = Writer::spawn(
-            store.clone(),
-            settings.database.batch_max_rows,
-            Box::new(move |rows| publish_bus.publish(rows)),
-            writer_stop_rx,
-        );
+        let deliver: crate::store::writer::OnCommit = Box::new(move |rows| publish_bus.publish(rows));
+        // On PostgreSQL commits reach the bus through the commit tail, which also brings those of other
+        // instances sharing the database, in one order; on SQLite the writer hands them over itself.
+        let (on_commit, delivered) = match store.backend() {
+            crate::store::Backend::Postgres => {
+                let tail = crate::store::tail::spawn(store.clone(), deliver, shutdown_rx.clone())
+                    .await
+                    .map_err(|e| StartupError(format!("cannot listen for commits: {}", e.message)))?
+                    .ok_or_else(|| StartupError("no commit tail on PostgreSQL".into()))?;
+                let nothing: crate::store::writer::OnCommit = Box::new(|_| {});
+                (nothing, Some(tail.delivered))
+            }
+            crate::store::Backend::Sqlite => (deliver, None),
+        };
+        let (writer, writer_task) =
+            Writer::spawn(store.clone(), settings.database.batch_max_rows, on_commit, delivered, writer_stop_rx);
         let trimmer = memory::spawn_trimmer(shutdown_rx.clone());
         let retention = spawn_retention(store.clone(), settings.database.message_retention_secs, shutdown_rx.clone());
         let keys = JwtKeys::from_secret(&secret);

@@ -130,6 +130,27 @@ impl Store {
         self.db.fetch_all(qb, command_from_row).await
     }
 
+    /// Commands with an id above `after`, by id (the commit tail, `tail.rs`).
+    pub(crate) async fn commands_after_id(&self, after: i64, limit: i64) -> Result<Vec<Command>> {
+        let sql = Sql::new(format!("SELECT {COLUMNS} FROM device_command WHERE id > $1 ORDER BY id LIMIT $2"))
+            .bind(after)
+            .bind(limit);
+        self.db.fetch_all(sql, command_from_row).await
+    }
+
+    /// Commands updated after the cursor `(last_updated, id)`, in that order (the commit tail,
+    /// `tail.rs`; PostgreSQL row comparison).
+    pub(crate) async fn commands_updated_after(&self, after: (i64, i64), limit: i64) -> Result<Vec<Command>> {
+        let sql = Sql::new(format!(
+            "SELECT {COLUMNS} FROM device_command WHERE is_updated = TRUE AND (last_updated, id) > ($1, $2) \
+             ORDER BY last_updated, id LIMIT $3"
+        ))
+        .bind(after.0)
+        .bind(after.1)
+        .bind(limit);
+        self.db.fetch_all(sql, command_from_row).await
+    }
+
     /// Deletes commands created before `before` (retention), in bounded batches.
     pub async fn commands_expire(&self, before: i64) -> Result<u64> {
         expire(&self.db, "device_command", "timestamp", before).await

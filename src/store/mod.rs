@@ -13,6 +13,7 @@ mod notification;
 mod scope;
 mod seed;
 mod sql;
+pub mod tail;
 mod user;
 pub mod writer;
 

@@ -153,6 +153,14 @@ impl Store {
         self.db.fetch_all(qb, notification_from_row).await
     }
 
+    /// Notifications with an id above `after`, by id (the commit tail, `tail.rs`).
+    pub(crate) async fn notifications_after_id(&self, after: i64, limit: i64) -> Result<Vec<Notification>> {
+        let sql = Sql::new(format!("SELECT {COLUMNS} FROM device_notification WHERE id > $1 ORDER BY id LIMIT $2"))
+            .bind(after)
+            .bind(limit);
+        self.db.fetch_all(sql, notification_from_row).await
+    }
+
     /// Deletes notifications stamped before `before` (retention), in bounded batches.
     pub async fn notifications_expire(&self, before: i64) -> Result<u64> {
         expire(&self.db, "device_notification", "timestamp", before).await

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 
 use super::command::{self, CommandUpdate, NewCommand};
 use super::notification::{self, NewNotification};
+use super::tail::Cursor;
 use super::{Backend, Sql, Store, Tx};
 use crate::error::{ApiError, Result};
 use crate::model::{Command, Notification};
@@ -51,14 +52,18 @@ pub type OnCommit = Box<dyn Fn(&[Written]) + Send + Sync>;
 impl Writer {
     /// Starts the writer. It stops when `stop` turns true, after committing every request already
     /// queued — the caller signals it once no request handler can submit more.
+    ///
+    /// With a commit tail (`delivered`, PostgreSQL), `on_commit` is not called: the tail delivers, and
+    /// the writer answers a batch's callers once the tail has delivered it.
     pub fn spawn(
         store: Store,
         max_batch: usize,
         on_commit: OnCommit,
+        delivered: Option<watch::Receiver<Cursor>>,
         stop: watch::Receiver<bool>,
     ) -> (Writer, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(max_batch.max(1) * 8);
-        let task = tokio::spawn(run(store, rx, max_batch.max(1), on_commit, stop));
+        let task = tokio::spawn(run(store, rx, max_batch.max(1), on_commit, delivered, stop));
         (Writer { tx }, task)
     }
 
@@ -78,6 +83,7 @@ async fn run(
     mut rx: mpsc::Receiver<Job>,
     max_batch: usize,
     on_commit: OnCommit,
+    mut delivered: Option<watch::Receiver<Cursor>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut last_ts = 0i64;
@@ -105,7 +111,17 @@ async fn run(
         let (results, ts) = commit_batch(&store, &jobs, proposed).await;
         last_ts = last_ts.max(ts);
         let committed: Vec<Written> = results.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
-        if !committed.is_empty() {
+        if let (Some(delivered), false) = (delivered.as_mut(), committed.is_empty()) {
+            let needed = cursor_of(&committed);
+            let waited = tokio::time::timeout(DELIVERY_WAIT, delivered.wait_for(|d| d.covers(&needed))).await;
+            // A closed channel means the tail has stopped (shutdown): nothing to wait for.
+            if waited.is_err() {
+                tracing::warn!(
+                    rows = committed.len(),
+                    "the commit tail has not delivered a commit yet; answering anyway"
+                );
+            }
+        } else if !committed.is_empty() {
             // The rows are committed whatever happens next: a bug in fan-out must not take the writer
             // (and with it every later insert) down.
             let fan_out = std::panic::AssertUnwindSafe(|| on_commit(&committed));
@@ -117,6 +133,23 @@ async fn run(
             let _ = job.reply.send(result);
         }
     }
+}
+
+/// The longest the writer waits for the commit tail to deliver a batch before answering (the rows
+/// are committed; only a tail that cannot read the database makes it wait that long).
+const DELIVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The tail cursor that covers these committed rows.
+fn cursor_of(rows: &[Written]) -> Cursor {
+    let mut c = Cursor::default();
+    for w in rows {
+        match w {
+            Written::Notification(n) => c.notification_id = c.notification_id.max(n.id),
+            Written::Command(x) => c.command_id = c.command_id.max(x.id),
+            Written::CommandUpdated(x) => c.update = c.update.max((x.last_updated, x.id)),
+        }
+    }
+    c
 }
 
 /// The longest the writer waits for the clock to pass the previous stamp. Only a clock stepped back
@@ -263,6 +296,14 @@ async fn run_batch(store: &Store, jobs: &[Job], ts: i64, guarded: bool) -> Optio
         // Dropping the transaction rolls it back.
         return None;
     }
+    if tx.backend() == Backend::Postgres && results.iter().any(|r| matches!(r, Some(Ok(_)))) {
+        // Delivered with the commit, in commit order, to every instance's commit tail (tail.rs).
+        if let Err(e) =
+            tx.execute(Sql::new("SELECT pg_notify($1, $2)").bind(super::tail::CHANNEL).bind(ts.to_string())).await
+        {
+            return fail_all(e);
+        }
+    }
     if let Err(e) = tx.commit().await {
         return fail_all(e);
     }
@@ -292,7 +333,7 @@ mod tests {
                 seen.lock().unwrap().push(n.timestamp);
             }
         });
-        let (writer, _task) = Writer::spawn(store, 1, on_commit, stop);
+        let (writer, _task) = Writer::spawn(store, 1, on_commit, None, stop);
         let tasks: Vec<_> = (0..16)
             .map(|_| {
                 let writer = writer.clone();

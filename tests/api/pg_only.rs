@@ -600,3 +600,55 @@ async fn pollers_on_both_instances_see_every_message_exactly_once() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Two hubs on one database: WebSocket subscribers on both receive every notification inserted on
+/// either hub, each exactly once and in commit (timestamp) order — delivered through each hub's commit
+/// tail, not only its own writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn websocket_subscribers_on_each_instance_get_every_instances_messages_once_in_order() {
+    skip_unless_backend!();
+    use crate::common::ws::Ws;
+    const PER_WRITER: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let database = TestHub::provision(dir.path()).await;
+    let a = TestHub::start_on(database.url.clone(), |_| {}).await;
+    let b = TestHub::start_on(database.url.clone(), |_| {}).await;
+    let mut sessions = Vec::new();
+    for hub in [&a, &b] {
+        let mut ws = Ws::authenticated(hub, &hub.admin).await;
+        let sub = ws.subscribe("notification/subscribe", json!({"deviceId": SAMPLE_DEVICE, "names": ["x"]})).await;
+        sessions.push((ws, sub));
+    }
+    let path = format!("/device/{SAMPLE_DEVICE}/notification");
+    let mut writers = Vec::new();
+    for (h, hub) in [&a, &b, &a, &b].into_iter().enumerate() {
+        let (client, url, token) = (hub.client.clone(), format!("{}{path}", hub.base), hub.admin.clone());
+        writers.push(tokio::spawn(async move {
+            for i in 0..PER_WRITER {
+                let body = json!({"notification": "x", "parameters": {"w": h, "i": i}});
+                let r = client.post(&url).bearer_auth(&token).json(&body).send().await.unwrap();
+                assert_eq!(r.status().as_u16(), 201);
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    for (s, (mut ws, sub)) in sessions.into_iter().enumerate() {
+        let pushes = ws.pushes(4 * PER_WRITER).await;
+        let mut seen = std::collections::BTreeSet::new();
+        let mut last = String::new();
+        for p in &pushes {
+            assert_eq!(p["subscriptionId"].as_u64(), Some(sub));
+            let n = &p["notification"];
+            assert!(seen.insert((n["parameters"]["w"].as_u64().unwrap(), n["parameters"]["i"].as_u64().unwrap())));
+            let ts = n["timestamp"].as_str().unwrap().to_string();
+            assert!(ts >= last, "session {s}: pushed out of order: {ts} after {last}");
+            last = ts;
+        }
+        assert_eq!(seen.len(), 4 * PER_WRITER, "session {s}");
+        ws.quiet(Duration::from_millis(300)).await;
+    }
+    a.stop().await;
+    b.stop().await;
+}
