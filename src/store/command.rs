@@ -1,6 +1,6 @@
 //! Device commands: queries, history for polls, and the insert/update used by the group-commit writer.
 
-use super::notification::{expire, params_need_escape, trim_to_whole_millis, MessageQuery};
+use super::notification::{bulk_failed, expire, params_need_escape, trim_to_whole_millis, MessageQuery};
 use super::scope::MessageFilter;
 use super::sql::needs_escape;
 use super::{json_column, json_text, Backend, Row, Sql, Store, Tx};
@@ -235,19 +235,7 @@ async fn insert_unnest(
     .await;
     let mut ids = match inserted {
         Ok(ids) if ids.len() == rows.len() => ids,
-        // Unguarded, the transaction is aborted: every row fails, and the writer runs the batch again
-        // guarded.
-        Err(e) if !guarded => {
-            let e = crate::error::ApiError::from(e);
-            return Some(rows.iter().map(|_| Err(e.clone())).collect());
-        }
-        _ => {
-            if !guarded {
-                return Some(rows.iter().map(|_| Err(crate::error::ApiError::internal())).collect());
-            }
-            sqlx::query("ROLLBACK TO SAVEPOINT bulk").execute(&mut **t).await.ok()?;
-            return None;
-        }
+        other => return bulk_failed(t, rows.len(), other.err(), guarded).await,
     };
     ids.sort_unstable();
     Some(rows.iter().zip(ids).map(|(c, id)| Ok(stored(c, id, stamp(c)))).collect())

@@ -254,22 +254,27 @@ async fn insert_unnest(
     .await;
     let mut ids = match inserted {
         Ok(ids) if ids.len() == rows.len() => ids,
-        // Unguarded, the transaction is aborted: every row fails, and the writer runs the batch again
-        // guarded.
-        Err(e) if !guarded => {
-            let e = crate::error::ApiError::from(e);
-            return Some(rows.iter().map(|_| Err(e.clone())).collect());
-        }
-        _ => {
-            if !guarded {
-                return Some(rows.iter().map(|_| Err(crate::error::ApiError::internal())).collect());
-            }
-            sqlx::query("ROLLBACK TO SAVEPOINT bulk").execute(&mut **t).await.ok()?;
-            return None;
-        }
+        other => return bulk_failed(t, rows.len(), other.err(), guarded).await,
     };
     ids.sort_unstable();
     Some(rows.iter().zip(ids).map(|(n, id)| Ok(stored(n, id, stamp(n)))).collect())
+}
+
+/// A failed bulk insert of `rows` rows. Unguarded, the transaction is aborted: every row fails, and
+/// the writer runs the batch again guarded. Guarded: `None` after rolling back to the savepoint, so
+/// the rows go in one by one and only the failing ones fail.
+pub(crate) async fn bulk_failed<T>(
+    t: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    rows: usize,
+    error: Option<sqlx::Error>,
+    guarded: bool,
+) -> Option<Vec<Result<T>>> {
+    if !guarded {
+        let e = error.map_or_else(crate::error::ApiError::internal, crate::error::ApiError::from);
+        return Some((0..rows).map(|_| Err(e.clone())).collect());
+    }
+    sqlx::query("ROLLBACK TO SAVEPOINT bulk").execute(&mut **t).await.ok()?;
+    None
 }
 
 /// Whether a JSON document's text would need PostgreSQL's escape (only a raw U+FFFF can: JSON text
