@@ -14,6 +14,15 @@ pub struct Settings {
     pub limits: LimitSettings,
     pub websocket: WebSocketSettings,
     pub mqtt: MqttSettings,
+    pub cluster: ClusterSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClusterSettings {
+    /// Empty: generated at start.
+    pub node_id: String,
+    pub heartbeat_secs: u64,
+    pub node_timeout_secs: u64,
 }
 
 /// Who may use plain (non-`dh/`) MQTT topics.
@@ -46,6 +55,8 @@ pub struct MqttSettings {
     pub queue_capacity: usize,
     pub router_segment_bytes: usize,
     pub router_segment_count: usize,
+    /// Seconds a QoS 1 `dh/` publish the database cannot take is retried before the connection closes.
+    pub database_grace_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod hub;
@@ -55,6 +56,8 @@ impl App {
     /// use) leaves it empty and a generated administrator password is never lost.
     pub async fn start(mut settings: Settings) -> Result<App, StartupError> {
         net::budget::fit_to_open_file_limit(&mut settings);
+        settings.cluster.node_id = cluster::node_id(&settings.cluster.node_id);
+        tracing::info!(node_id = %settings.cluster.node_id, "hivehub starting");
         let store = Store::open(&settings.database).await?;
         let secret = resolve_jwt_secret(&store, &settings.auth.jwt_secret).await?;
         let listener = TcpListener::bind(&settings.http.listen)

@@ -141,6 +141,7 @@ const TABLES: &[Table] = &[
             ("disconnected_at", OptInt),
             ("disconnect_reason", OptText),
             ("owner", OptText),
+            ("node_id", OptText),
         ],
         order: "client_id",
         has_id: false,
@@ -149,6 +150,12 @@ const TABLES: &[Table] = &[
         name: "mqtt_subscription",
         columns: &[("client_id", Text), ("filter", Text), ("qos", Int), ("since", Int)],
         order: "client_id, filter",
+        has_id: false,
+    },
+    Table {
+        name: "mqtt_retained",
+        columns: &[("topic", Text), ("payload", Text), ("qos", Int), ("updated_at", Int)],
+        order: "topic",
         has_id: false,
     },
 ];
