@@ -96,6 +96,11 @@ impl App {
             let _ = writer_stop.send(true);
             e
         };
+        // The node is alive in the database before any MQTT session it holds is recorded.
+        let cluster_tasks =
+            cluster::start(hub.clone(), store.clone(), shutdown_rx.clone()).await.map_err(|e| {
+                abandon(StartupError(format!("cannot join the cluster: {}", e.message)))
+            })?;
         let mqtt = match hub.settings.mqtt.enabled {
             true => Some(mqtt::start(hub.clone(), http_addr).await.map_err(abandon)?),
             false => None,
@@ -114,6 +119,7 @@ impl App {
         let mqtt_ws_addr = mqtt.as_ref().and_then(|b| b.ws_addr);
         let mqtt_tls_addr = mqtt.as_ref().and_then(|b| b.tls_addr);
 
+        let node_id = hub.cluster.node_id.clone();
         let mut stop = shutdown_rx;
         let task = tokio::spawn(async move {
             run(listener, hub, async move {
@@ -130,6 +136,13 @@ impl App {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 shared.flush_presence().await;
+            }
+            for task in cluster_tasks {
+                task.abort();
+            }
+            // Every session of this instance is recorded disconnected: it leaves the cluster.
+            if let Err(e) = store.node_forget(&node_id).await {
+                tracing::warn!(error = %e, "cannot remove this node from the cluster's records");
             }
             // Every request has been answered, so nothing can queue more writes: flush and close.
             let _ = writer_stop.send(true);

@@ -191,4 +191,6 @@ pub struct StoredSession {
     pub clean: bool,
     /// `Some(None)`: owned by anonymous; `None`: no owner recorded.
     pub owner: Option<Option<i64>>,
+    /// When connected: the user it is connected as (`None`: anonymous) and the instance holding it.
+    pub live: Option<(Option<i64>, Option<String>)>,
 }

@@ -70,7 +70,7 @@ impl Hub {
         self.authorize_device(principal, Action::RegisterDevice, id).await?;
         self.store.device_delete(id).await?;
         // §9.3: subscriptions pinned to the deleted device must not match a new device of that id.
-        self.bus.end_device_subscriptions(id);
+        self.device_gone(id);
         Ok(())
     }
 

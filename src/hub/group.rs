@@ -202,7 +202,7 @@ impl Hub {
         self.store.group_delete(kind, id).await?;
         self.assignments_changed();
         for d in &devices {
-            self.bus.end_device_subscriptions(&d.id);
+            self.device_gone(&d.id);
         }
         Ok(())
     }

@@ -30,6 +30,9 @@ pub use bus::Bus;
 pub use poll::PollRequest;
 pub use user::UserAccess;
 
+/// Announced on the revocation channel: every user's rights may have changed.
+pub const EVERY_USER: i64 = i64::MIN;
+
 /// Counters reported by `GET /info/cache` (`cacheStats`).
 #[derive(Default)]
 pub struct HubStats {
@@ -59,6 +62,8 @@ pub struct Hub {
     /// or narrow themselves at once.
     pub revocations: tokio::sync::broadcast::Sender<i64>,
     pub stats: HubStats,
+    /// This instance's node id and its control events to the other instances.
+    pub cluster: crate::cluster::Cluster,
     /// When this process last wrote each user's `lastLogin` (throttles concurrent logins).
     pub recent_last_login: std::sync::Mutex<std::collections::HashMap<i64, i64>>,
 }
@@ -82,7 +87,9 @@ impl Hub {
             auth.login_throttle_free_attempts,
             std::time::Duration::from_millis(auth.login_throttle_base_ms),
         );
+        let cluster = crate::cluster::Cluster::new(&store, &settings.cluster.node_id);
         Hub {
+            cluster,
             store,
             writer,
             bus,
@@ -184,7 +191,15 @@ impl Hub {
         let _ = rx.wait_for(|s| *s).await;
     }
 
+    /// Network or device-type assignments may have changed: sessions here and on every other
+    /// instance re-read them.
     pub fn assignments_changed(&self) {
+        self.apply_assignments_changed();
+        self.cluster.announce(crate::cluster::Control::Assignments);
+    }
+
+    /// `assignments_changed` on this instance only (what another instance announced).
+    pub fn apply_assignments_changed(&self) {
         self.assignment_epoch.fetch_add(1, std::sync::atomic::Ordering::Release);
     }
 
@@ -194,11 +209,31 @@ impl Hub {
         self.revocations.subscribe()
     }
 
-    /// Tells every live session that `user_id`'s rights may have shrunk; also drops its remembered
-    /// credentials and makes sessions re-read network assignments.
+    /// Tells every live session, on every instance, that `user_id`'s rights may have shrunk, and
+    /// makes sessions re-read network assignments. (Remembered credentials need no telling: a hit is
+    /// checked against the user's stored password hash, read fresh.)
     pub fn user_rights_changed(&self, user_id: i64) {
-        self.assignments_changed();
+        self.apply_user_rights_changed(user_id);
+        self.cluster.announce(crate::cluster::Control::UserRights { user: user_id });
+    }
+
+    /// `user_rights_changed` on this instance only (what another instance announced).
+    pub fn apply_user_rights_changed(&self, user_id: i64) {
+        self.apply_assignments_changed();
         let _ = self.revocations.send(user_id);
+    }
+
+    /// Control events from other instances may have been missed (the listener lost its connection):
+    /// every live session re-checks its user and assignments.
+    pub fn apply_everything_may_have_changed(&self) {
+        self.apply_assignments_changed();
+        let _ = self.revocations.send(EVERY_USER);
+    }
+
+    /// A device was deleted: subscriptions pinned to it end here and on every other instance (§9.3).
+    pub fn device_gone(&self, device_id: &str) {
+        self.bus.end_device_subscriptions(device_id);
+        self.cluster.announce(crate::cluster::Control::DeviceGone { device: device_id.to_string() });
     }
 
     /// Re-reads the user a live session acts as. `None`: the user is gone or no longer active, so the

@@ -29,9 +29,10 @@ impl Hub {
         self.store.mqtt_session_set_owner(client_id, owner).await
     }
 
-    /// Writes presence changes of many sessions in one transaction, in order.
-    pub async fn mqtt_session_records(&self, records: &[SessionRecord]) -> Result<()> {
-        self.store.mqtt_session_records(records).await
+    /// Writes presence changes of many sessions of this instance in one transaction, in order; per
+    /// record, whether it applied (see `Store::mqtt_session_records`).
+    pub async fn mqtt_session_records(&self, records: &[SessionRecord]) -> Result<Vec<bool>> {
+        self.store.mqtt_session_records(&self.settings.cluster.node_id, records).await
     }
 
     /// Emits `$device-connected` / `$device-disconnected` for a client id that is a device the
@@ -92,5 +93,20 @@ impl Hub {
         Ok(self.store.device_get(device_id).await?.is_some_and(|d| {
             network.is_none_or(|n| d.network_id == Some(n)) && device_type.is_none_or(|t| d.device_type_id == Some(t))
         }))
+    }
+
+    /// Announces `$device-disconnected` (reason `node-lost`) for a session an instance that died left
+    /// connected, when its client id is a device its user may see — as the dead instance would have.
+    pub async fn mqtt_session_lost(&self, orphan: &crate::store::OrphanSession) -> Result<()> {
+        let Some(user_id) = orphan.user_id else { return Ok(()) };
+        let Some(user) = self.store.user_get(user_id).await? else { return Ok(()) };
+        let principal = Principal {
+            user: Some(std::sync::Arc::new(user)),
+            actions: crate::auth::ActionSet::client(),
+            networks: crate::auth::IdSet::All,
+            device_types: crate::auth::IdSet::All,
+        };
+        let parameters = serde_json::json!({"clientId": orphan.client_id, "reason": "node-lost", "will": false});
+        self.mqtt_presence_notification(&orphan.client_id, &principal, false, parameters).await
     }
 }

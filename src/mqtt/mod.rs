@@ -9,6 +9,7 @@
 pub mod codec;
 mod connection;
 mod presence;
+mod takeover;
 mod tls;
 pub mod topics;
 mod websocket;
@@ -40,6 +41,9 @@ struct LiveSession {
     kill: Arc<Notify>,
     /// The user it acts as (`None`: anonymous); only that user may take it over.
     owner: Option<i64>,
+    /// When it claimed the client id (epoch ms): of two connections on different instances, the
+    /// later claim wins.
+    since: i64,
 }
 
 /// State shared by every MQTT connection.
@@ -164,6 +168,7 @@ pub async fn start(hub: Arc<Hub>, http_addr: SocketAddr) -> Result<Broker, Start
         cap: Cap::new(settings.max_connections),
         http_addr,
     });
+    takeover::spawn(shared.clone());
     tracing::info!(%addr, "MQTT broker listening");
     let ws_addr = match settings.ws_listen.is_empty() {
         true => None,

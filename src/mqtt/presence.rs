@@ -67,16 +67,22 @@ async fn run(hub: Arc<Hub>, mut rx: mpsc::UnboundedReceiver<Job>) {
     let mut batch = Vec::with_capacity(512);
     while rx.recv_many(&mut batch, 512).await > 0 {
         let records: Vec<SessionRecord> = batch.iter().map(|(e, _)| e.record.clone()).collect();
-        if let Err(e) = hub.mqtt_session_records(&records).await {
-            tracing::warn!(error = %e, sessions = records.len(), "cannot record MQTT presence");
-        }
+        // A disconnect that did not apply — the client id connected on another instance since, or the
+        // session was marked lost — is not announced: the device is not disconnected.
+        let applied = match hub.mqtt_session_records(&records).await {
+            Ok(applied) => applied,
+            Err(e) => {
+                tracing::warn!(error = %e, sessions = records.len(), "cannot record MQTT presence");
+                vec![true; records.len()]
+            }
+        };
         // Per client in order (connected before disconnected); different clients side by side, so the
         // message writer commits their notifications together.
         let mut per_client: HashMap<String, Vec<(bool, Value, Principal)>> = HashMap::new();
         let mut waiting = Vec::with_capacity(batch.len());
-        for (event, done) in batch.drain(..) {
+        for ((event, done), applied) in batch.drain(..).zip(applied) {
             waiting.push(done);
-            let Some(parameters) = event.notification else { continue };
+            let Some(parameters) = event.notification.filter(|_| applied) else { continue };
             let (client_id, connected) = match &event.record {
                 SessionRecord::Connected { client_id, .. } => (client_id.clone(), true),
                 SessionRecord::Disconnected { client_id, .. } => (client_id.clone(), false),

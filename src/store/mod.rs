@@ -3,6 +3,7 @@
 //! (`postgres://` / `postgresql://`). Entity files hold SQL both accept; `sql.rs` is the seam, and
 //! the migrations live side by side in `migrations/sqlite/` and `migrations/postgres/`.
 
+mod cluster_node;
 mod command;
 mod configuration;
 pub mod copy;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
+pub use cluster_node::OrphanSession;
 pub use command::{CommandUpdate, NewCommand};
 pub use device::{DeviceListQuery, DeviceUpdate};
 pub use network::GroupListQuery;

@@ -21,8 +21,16 @@ fn owner_of(text: Option<String>) -> Option<Option<i64>> {
 impl Store {
     /// The stored session of `client_id`, if any.
     pub async fn mqtt_session_get(&self, client_id: &str) -> Result<Option<StoredSession>> {
-        let sql = Sql::new("SELECT clean, owner FROM mqtt_session WHERE client_id = $1").bind(client_id);
-        self.db.fetch_optional(sql, |r| StoredSession { clean: r.bool(0), owner: owner_of(r.opt_text(1)) }).await
+        let sql =
+            Sql::new("SELECT clean, owner, connected, user_id, node_id FROM mqtt_session WHERE client_id = $1")
+                .bind(client_id);
+        self.db
+            .fetch_optional(sql, |r| StoredSession {
+                clean: r.bool(0),
+                owner: owner_of(r.opt_text(1)),
+                live: r.bool(2).then(|| (r.opt_i64(3), r.opt_text(4))),
+            })
+            .await
     }
 
     /// Makes `owner` the owner of `client_id`'s session, unless another owner holds it persistent.
@@ -54,39 +62,44 @@ impl Store {
         Ok(())
     }
 
-    /// Writes a batch of presence changes in one transaction, in order. The transaction starts with a
-    /// write, so it takes the write lock up front instead of failing to upgrade a read.
-    pub async fn mqtt_session_records(&self, records: &[SessionRecord]) -> Result<()> {
+    /// Writes a batch of presence changes of sessions on node `node_id` in one transaction, in order.
+    /// The transaction starts with a write, so it takes the write lock up front instead of failing to
+    /// upgrade a read. Returns, per record, whether it changed the record: a disconnect does not when
+    /// the session has meanwhile connected on another instance (or was marked lost).
+    pub async fn mqtt_session_records(&self, node_id: &str, records: &[SessionRecord]) -> Result<Vec<bool>> {
         let mut tx = self.db.begin().await?;
+        let mut applied = Vec::with_capacity(records.len());
         for r in records {
             match r {
                 SessionRecord::Connected { client_id, user_id, clean, at } => {
                     let sql = Sql::new(
-                        "INSERT INTO mqtt_session (client_id, user_id, clean, connected, connected_at) \
-                         VALUES ($1, $2, $3, TRUE, $4) ON CONFLICT(client_id) DO UPDATE SET \
+                        "INSERT INTO mqtt_session (client_id, user_id, clean, connected, connected_at, node_id) \
+                         VALUES ($1, $2, $3, TRUE, $4, $5) ON CONFLICT(client_id) DO UPDATE SET \
                          user_id = excluded.user_id, clean = excluded.clean, connected = TRUE, \
-                         connected_at = excluded.connected_at",
+                         connected_at = excluded.connected_at, node_id = excluded.node_id",
                     )
                     .bind(client_id.as_str())
                     .bind(*user_id)
                     .bind(*clean)
-                    .bind(*at);
-                    tx.execute(sql).await?;
+                    .bind(*at)
+                    .bind(node_id);
+                    applied.push(tx.execute(sql).await? > 0);
                 }
                 SessionRecord::Disconnected { client_id, at, reason } => {
                     let sql = Sql::new(
                         "UPDATE mqtt_session SET connected = FALSE, disconnected_at = $1, disconnect_reason = $2 \
-                         WHERE client_id = $3",
+                         WHERE client_id = $3 AND connected = TRUE AND node_id = $4",
                     )
                     .bind(*at)
                     .bind(*reason)
-                    .bind(client_id.as_str());
-                    tx.execute(sql).await?;
+                    .bind(client_id.as_str())
+                    .bind(node_id);
+                    applied.push(tx.execute(sql).await? > 0);
                 }
             }
         }
         tx.commit().await?;
-        Ok(())
+        Ok(applied)
     }
 
     pub async fn mqtt_subscriptions(&self, client_id: &str) -> Result<Vec<StoredSubscription>> {

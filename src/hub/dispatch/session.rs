@@ -354,7 +354,7 @@ pub async fn revocation_of(rx: &mut tokio::sync::broadcast::Receiver<i64>, me: O
     use tokio::sync::broadcast::error::RecvError;
     loop {
         match rx.recv().await {
-            Ok(id) if Some(id) == me => return,
+            Ok(id) if Some(id) == me || id == crate::hub::EVERY_USER => return,
             Ok(_) => {}
             Err(RecvError::Lagged(_)) => return,
             // The hub is gone: nothing will be revoked any more.
@@ -370,7 +370,7 @@ pub fn revocation_pending(rx: &mut tokio::sync::broadcast::Receiver<i64>, me: Op
     let mut concerned = false;
     loop {
         match rx.try_recv() {
-            Ok(id) => concerned |= me == Some(id),
+            Ok(id) => concerned |= me == Some(id) || id == crate::hub::EVERY_USER,
             Err(TryRecvError::Lagged(_)) => concerned = true,
             Err(TryRecvError::Empty | TryRecvError::Closed) => return concerned,
         }

@@ -160,12 +160,20 @@ async fn claim_session(
     if stored.as_ref().is_some_and(|s| !s.clean && !may_use(s.owner, owner)) {
         return Err(connack::NOT_AUTHORIZED);
     }
+    // Live on another instance as another user: refused as a live session here would be.
+    let me = &*hub.cluster.node_id;
+    if let Some((user, Some(node))) = stored.as_ref().and_then(|s| s.live.as_ref()) {
+        if node != me && *user != owner {
+            return Err(connack::NOT_AUTHORIZED);
+        }
+    }
+    let since = crate::time::now_ms();
     let previous = {
         let mut sessions = shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
         if sessions.get(client_id).is_some_and(|live| live.owner != owner) {
             return Err(connack::NOT_AUTHORIZED);
         }
-        sessions.insert(client_id.to_string(), LiveSession { number, kill, owner })
+        sessions.insert(client_id.to_string(), LiveSession { number, kill, owner, since })
     };
     // The record changes hands where ownership matters: a persistent session is made, or a clean one
     // replaces a persistent one. The claim is one conditional statement, so a connection of another
@@ -187,6 +195,8 @@ async fn claim_session(
     if let Some(old) = previous {
         old.kill.notify_one();
     }
+    // A live connection with this client id on another instance is taken over too.
+    hub.cluster.announce(crate::cluster::Control::MqttClaim { client_id: client_id.to_string(), at: since });
     Ok(stored)
 }
 
