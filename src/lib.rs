@@ -97,10 +97,9 @@ impl App {
             e
         };
         // The node is alive in the database before any MQTT session it holds is recorded.
-        let cluster_tasks =
-            cluster::start(hub.clone(), store.clone(), shutdown_rx.clone()).await.map_err(|e| {
-                abandon(StartupError(format!("cannot join the cluster: {}", e.message)))
-            })?;
+        let cluster_tasks = cluster::start(hub.clone(), store.clone(), shutdown_rx.clone())
+            .await
+            .map_err(|e| abandon(StartupError(format!("cannot join the cluster: {}", e.message))))?;
         let mqtt = match hub.settings.mqtt.enabled {
             true => Some(mqtt::start(hub.clone(), http_addr).await.map_err(abandon)?),
             false => None,

@@ -252,11 +252,11 @@ impl Hub {
     pub fn cache_stats(&self) -> String {
         use std::sync::atomic::Ordering::Relaxed;
         format!(
-            "node {}; messages stored in SQL; {} live subscriptions; {} MQTT connections; {} MQTT publishes dropped",
-            self.settings.cluster.node_id,
+            "messages stored in SQL; {} live subscriptions; {} MQTT connections; {} MQTT publishes dropped; node {}",
             self.bus.subscription_count(),
             self.stats.mqtt_connections.load(Relaxed),
             self.stats.mqtt_dropped_publishes.load(Relaxed),
+            self.cluster.node_id,
         )
     }
 

@@ -21,9 +21,8 @@ fn owner_of(text: Option<String>) -> Option<Option<i64>> {
 impl Store {
     /// The stored session of `client_id`, if any.
     pub async fn mqtt_session_get(&self, client_id: &str) -> Result<Option<StoredSession>> {
-        let sql =
-            Sql::new("SELECT clean, owner, connected, user_id, node_id FROM mqtt_session WHERE client_id = $1")
-                .bind(client_id);
+        let sql = Sql::new("SELECT clean, owner, connected, user_id, node_id FROM mqtt_session WHERE client_id = $1")
+            .bind(client_id);
         self.db
             .fetch_optional(sql, |r| StoredSession {
                 clean: r.bool(0),

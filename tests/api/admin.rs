@@ -136,6 +136,9 @@ async fn info_endpoints_need_no_auth() {
     assert_eq!(keys(&cache), ["cacheStats", "serverTimestamp"]);
     assert_ts(&cache["serverTimestamp"]);
     assert!(cache["cacheStats"].is_string());
+    // Names this instance (cluster mode): a generated node id, as none is configured here.
+    let node = cache["cacheStats"].as_str().unwrap().rsplit_once("; node ").map(|(_, id)| id.to_string());
+    assert!(node.is_some_and(|id| id.len() > 9 && !id.contains(' ')), "{cache}");
 
     let cluster = anon(&hub, Method::GET, "/info/config/cluster", None).await.expect(200);
     assert_eq!(keys(&cluster), ["bootstrap.servers", "zookeeper.connect"]);

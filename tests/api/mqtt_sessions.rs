@@ -369,7 +369,7 @@ async fn refused_publishes_are_dropped_and_counted() {
             v["cacheStats"].as_str().unwrap().to_string()
         }
     };
-    assert!(stats(&hub).await.ends_with("; 0 MQTT publishes dropped"), "{}", stats(&hub).await);
+    assert!(stats(&hub).await.contains("; 0 MQTT publishes dropped"), "{}", stats(&hub).await);
     let (_uid, _) = hub.client_user("dropper", &[]).await;
     let addr = hub.mqtt_addr();
     let mut o = MqttOptions::new("dropper-1", addr.ip().to_string(), addr.port());
@@ -384,12 +384,12 @@ async fn refused_publishes_are_dropped_and_counted() {
     let mut text = String::new();
     for _ in 0..50 {
         text = stats(&hub).await;
-        if text.ends_with("; 2 MQTT publishes dropped") {
+        if text.contains("; 2 MQTT publishes dropped") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(text.contains("1 MQTT connections") && text.ends_with("; 2 MQTT publishes dropped"), "{text}");
+    assert!(text.contains("1 MQTT connections") && text.contains("; 2 MQTT publishes dropped"), "{text}");
     let list = hub.get(&hub.admin, "/device/e50d6085-2aba-48e9-b1c3-73c673e414be/notification?notification=x").await;
     assert_eq!(list.expect(200), json!([]));
 }

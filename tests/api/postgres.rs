@@ -45,6 +45,9 @@ mod ws;
 // running hub; `migrate-db` from SQLite into a database on the server), not only a hub database on it.
 #[path = "pg_only.rs"]
 mod pg_only;
+// Cluster mode: control across instances (takeover, revocations, deleted devices, node-lost).
+#[path = "cluster_control.rs"]
+mod cluster_control;
 
 /// The harness itself: a dedicated server keeps its data and port across `stop` / `start`, and the
 /// shared server gives every hub a database of its own.

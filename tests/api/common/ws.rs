@@ -163,8 +163,8 @@ impl Ws {
 pub async fn live_subscriptions<B: Backend>(hub: &TestHubOn<B>) -> usize {
     let body = hub.request(Method::GET, None, "/info/cache", None).await.expect(200);
     let stats = body["cacheStats"].as_str().expect("cacheStats string");
-    let digits: String = stats.chars().skip_while(|c| !c.is_ascii_digit()).take_while(char::is_ascii_digit).collect();
-    digits.parse().unwrap_or_else(|_| panic!("no count in {stats}"))
+    let count = stats.split("; ").find_map(|part| part.strip_suffix(" live subscriptions"));
+    count.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no count in {stats}"))
 }
 
 /// Waits (up to `secs`) until the live subscription count equals `n`.
