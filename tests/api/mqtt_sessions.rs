@@ -640,3 +640,51 @@ async fn a_last_will_on_a_dh_topic_comes_before_device_disconnected() {
         assert_eq!(names, expected, "messages of {id} in commit order");
     }
 }
+
+/// A session a crashed run (or a dead cluster instance) left recorded as connected is marked
+/// disconnected with reason `node-lost`, with `$device-disconnected`, once its node's heartbeat is
+/// older than `[cluster] node_timeout_secs` — on SQLite at the next start, as only one instance
+/// can use the file.
+#[tokio::test]
+async fn sessions_left_connected_by_a_crashed_run_are_marked_node_lost() {
+    skip_unless_backend!();
+    let hub = TestHub::start().await;
+    hub.device("crash-dev", 1).await;
+    let recent = hivehub::time::now_ms();
+    hub.sql_execute(
+        "INSERT INTO cluster_node (node_id, started_at, last_seen) VALUES ('crashed-run', $1, $1)",
+        &[recent.into()],
+    )
+    .await;
+    hub.sql_execute(
+        "INSERT INTO mqtt_session (client_id, user_id, clean, connected, connected_at, owner, node_id) \
+         VALUES ('crash-dev', 1, TRUE, TRUE, $1, '1', 'crashed-run')",
+        &[recent.into()],
+    )
+    .await;
+    let hub = hub
+        .restart_with(|s| {
+            s.cluster.heartbeat_secs = 1;
+            s.cluster.node_timeout_secs = 2;
+        })
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let row = hub
+            .sql_fetch_one("SELECT connected, disconnect_reason FROM mqtt_session WHERE client_id = 'crash-dev'", &[])
+            .await;
+        let list = hub.get(&hub.admin, "/device/crash-dev/notification?notification=$device-disconnected").await;
+        let announced = list.expect(200).as_array().and_then(|l| l.first().cloned());
+        if let Some(n) = announced {
+            // SQLite has no boolean type: FALSE reads back as 0.
+            assert!(row[0] == json!(false) || row[0] == json!(0), "{row:?}");
+            assert_eq!(row[1], "node-lost");
+            assert_eq!(n["parameters"], json!({"clientId": "crash-dev", "reason": "node-lost", "will": false}));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the crashed run's session is still connected: {row:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let nodes = hub.sql_fetch_all("SELECT node_id FROM cluster_node WHERE node_id = 'crashed-run'", &[]).await;
+    assert!(nodes.is_empty(), "the crashed run's node is forgotten");
+}
