@@ -2,6 +2,7 @@
 //! `/auth/rest`), CORS, method override, and the JSON error format for everything axum itself refuses.
 
 pub mod extract;
+mod health;
 pub mod rest;
 pub mod ws;
 
@@ -32,6 +33,8 @@ pub fn app(hub: Arc<Hub>) -> Router {
     if ws_path != "/dh/websocket" {
         app = app.route("/dh/websocket", axum::routing::get(ws::upgrade));
     }
+    app =
+        app.route("/healthz", axum::routing::get(health::healthz)).route("/readyz", axum::routing::get(health::readyz));
     app.fallback(not_found).method_not_allowed_fallback(method_not_allowed).with_state(hub)
 }
 

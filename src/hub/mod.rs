@@ -185,6 +185,11 @@ impl Hub {
         self.store.user_touch_last_login(user_id, crate::time::now_ms(), gap).await
     }
 
+    /// One round trip to the database (readiness).
+    pub async fn database_ping(&self) -> Result<()> {
+        self.store.ping().await
+    }
+
     /// Completes when the hub starts shutting down.
     pub async fn shutting_down(&self) {
         let mut rx = self.shutdown.clone();

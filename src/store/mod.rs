@@ -139,6 +139,11 @@ impl Store {
     pub async fn close(&self) {
         self.db.close().await;
     }
+
+    /// One round trip to the database (readiness checks).
+    pub async fn ping(&self) -> crate::error::Result<()> {
+        self.db.fetch_one(Sql::new("SELECT CAST(1 AS BIGINT)"), |r| r.i64(0)).await.map(|_| ())
+    }
 }
 
 /// A database URL with its password replaced, for messages and logs.

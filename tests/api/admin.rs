@@ -1641,3 +1641,18 @@ async fn authorization_header_handling() {
     anon(&hub, Method::GET, "/info", None).await.expect(200);
     hub.stop().await;
 }
+
+/// Health endpoints for load balancers: outside the REST prefix, no authentication, the node named.
+#[tokio::test]
+async fn health_and_readiness_answer_without_authentication() {
+    skip_unless_backend!();
+    let hub = TestHub::start_with(|s| s.cluster.node_id = "health-node".into()).await;
+    for (path, status) in [("/healthz", "ok"), ("/readyz", "ready")] {
+        let resp = hub.client.get(format!("{}{path}", hub.root)).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "{path}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body, json!({"status": status, "node": "health-node"}), "{path}");
+    }
+    // Not part of the REST API: unknown under the prefix.
+    anon(&hub, Method::GET, "/healthz", None).await.expect_error(404, "HTTP 404 Not Found");
+}
