@@ -3,6 +3,7 @@
 //! (`postgres://` / `postgresql://`). Entity files hold SQL both accept; `sql.rs` is the seam, and
 //! the migrations live side by side in `migrations/sqlite/` and `migrations/postgres/`.
 
+mod breaker;
 mod cluster_node;
 mod command;
 mod configuration;
@@ -129,7 +130,7 @@ impl Store {
             .run(&pool)
             .await
             .map_err(|e| StartupError(format!("migration failed: {e}")))?;
-        Ok(Store { db: Db::Postgres(pool) })
+        Ok(Store { db: Db::Postgres(breaker::Pg::new(pool)) })
     }
 
     pub fn backend(&self) -> Backend {

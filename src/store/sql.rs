@@ -12,7 +12,7 @@
 
 use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{PgPool, Postgres, Row as _, Sqlite, SqlitePool};
+use sqlx::{Postgres, Row as _, Sqlite, SqlitePool};
 
 use crate::error::Result;
 
@@ -251,23 +251,13 @@ impl Row<'_> {
 #[derive(Clone)]
 pub(crate) enum Db {
     Sqlite(SqlitePool),
-    Postgres(PgPool),
+    Postgres(super::breaker::Pg),
 }
 
 /// A transaction on either backend.
 pub(crate) enum Tx {
     Sqlite(sqlx::Transaction<'static, Sqlite>),
     Postgres(sqlx::Transaction<'static, Postgres>),
-}
-
-/// Runs `$body` with `$ex` bound to the executor of either backend.
-macro_rules! on_db {
-    ($db:expr, $ex:ident => $body:expr) => {
-        match $db {
-            Db::Sqlite($ex) => $body,
-            Db::Postgres($ex) => $body,
-        }
-    };
 }
 
 macro_rules! on_tx {
@@ -296,7 +286,7 @@ impl Db {
     pub async fn begin(&self) -> Result<Tx> {
         Ok(match self {
             Db::Sqlite(p) => Tx::Sqlite(p.begin().await?),
-            Db::Postgres(p) => Tx::Postgres(p.begin().await?),
+            Db::Postgres(p) => Tx::Postgres(p.guard(p.begin()).await?),
         })
     }
 
@@ -306,7 +296,7 @@ impl Db {
             Db::Sqlite(p) => bound!(sql).execute(p).await?.rows_affected(),
             Db::Postgres(p) => {
                 let sql = sql.for_postgres();
-                bound!(sql).execute(p).await?.rows_affected()
+                p.guard(bound!(sql).execute(&**p)).await?.rows_affected()
             }
         })
     }
@@ -316,7 +306,7 @@ impl Db {
             Db::Sqlite(p) => rows!(Sqlite, bound!(sql).fetch_all(p).await?, map),
             Db::Postgres(p) => {
                 let sql = sql.for_postgres();
-                rows!(Postgres, bound!(sql).fetch_all(p).await?, map)
+                rows!(Postgres, p.guard(bound!(sql).fetch_all(&**p)).await?, map)
             }
         })
     }
@@ -326,7 +316,7 @@ impl Db {
             Db::Sqlite(p) => bound!(sql).fetch_optional(p).await?.map(|r| map(&Row::Sqlite(&r))),
             Db::Postgres(p) => {
                 let sql = sql.for_postgres();
-                bound!(sql).fetch_optional(p).await?.map(|r| map(&Row::Postgres(&r)))
+                p.guard(bound!(sql).fetch_optional(&**p)).await?.map(|r| map(&Row::Postgres(&r)))
             }
         })
     }
@@ -336,13 +326,16 @@ impl Db {
             Db::Sqlite(p) => map(&Row::Sqlite(&bound!(sql).fetch_one(p).await?)),
             Db::Postgres(p) => {
                 let sql = sql.for_postgres();
-                map(&Row::Postgres(&bound!(sql).fetch_one(p).await?))
+                map(&Row::Postgres(&p.guard(bound!(sql).fetch_one(&**p)).await?))
             }
         })
     }
 
     pub async fn close(&self) {
-        on_db!(self, p => p.close().await)
+        match self {
+            Db::Sqlite(p) => p.close().await,
+            Db::Postgres(p) => p.close().await,
+        }
     }
 }
 

@@ -55,8 +55,11 @@ const TEST_FILES: [(&str, &str); 12] = [
 
 /// The test files declared in `postgres.rs` only (they need PostgreSQL itself, or several instances
 /// on one database).
-const POSTGRES_ONLY_FILES: [(&str, &str); 2] =
-    [("cluster_control.rs", include_str!("cluster_control.rs")), ("pg_only.rs", include_str!("pg_only.rs"))];
+const POSTGRES_ONLY_FILES: [(&str, &str); 3] = [
+    ("cluster_control.rs", include_str!("cluster_control.rs")),
+    ("pg_only.rs", include_str!("pg_only.rs")),
+    ("readiness.rs", include_str!("readiness.rs")),
+];
 
 /// Every `#[test]` / `#[tokio::test]` function of the test files starts with `skip_unless_backend!();`.
 #[test]

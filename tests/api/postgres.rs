@@ -48,6 +48,9 @@ mod pg_only;
 // Cluster mode: control across instances (takeover, revocations, deleted devices, node-lost).
 #[path = "cluster_control.rs"]
 mod cluster_control;
+// Readiness and fast 503s while a server of its own is stopped.
+#[path = "readiness.rs"]
+mod readiness;
 
 /// The harness itself: a dedicated server keeps its data and port across `stop` / `start`, and the
 /// shared server gives every hub a database of its own.

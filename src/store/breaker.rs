@@ -1,0 +1,92 @@
+//! Failing fast while PostgreSQL is unreachable. Without this, every request waits the pool's whole
+//! acquire timeout (10 s) before its 503, as sqlx keeps retrying the connection. Once a statement
+//! fails because the server cannot be reached, the breaker opens: from then on one request at a time
+//! probes the server (with a short deadline) and every other one is answered 503 at once. The first
+//! statement that succeeds closes it again, so the hub resumes by itself when the server is back.
+//! The commit tail reads every 200 ms while failing, so it keeps probing even when no client asks.
+//!
+//! A pool that is merely busy (all connections in use, the acquire timeout passed) does not open the
+//! breaker: that is load, not an outage, and failing fast would turn a queue into errors.
+
+use std::future::Future;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+/// How long a probe may take while the breaker is open.
+const PROBE_DEADLINE: Duration = Duration::from_secs(1);
+
+/// A PostgreSQL pool with its breaker. Derefs to the pool (for listeners and migrations).
+#[derive(Clone)]
+pub(crate) struct Pg {
+    pool: PgPool,
+    breaker: Arc<Breaker>,
+}
+
+#[derive(Default)]
+struct Breaker {
+    open: AtomicBool,
+    probing: AtomicBool,
+}
+
+impl Deref for Pg {
+    type Target = PgPool;
+    fn deref(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+impl Pg {
+    pub fn new(pool: PgPool) -> Pg {
+        Pg { pool, breaker: Arc::default() }
+    }
+
+    /// Runs `op` (a statement on the pool) through the breaker.
+    pub async fn guard<T>(&self, op: impl Future<Output = Result<T, sqlx::Error>>) -> Result<T, sqlx::Error> {
+        let b = &self.breaker;
+        if !b.open.load(Ordering::Acquire) {
+            let r = op.await;
+            self.observe(&r);
+            return r;
+        }
+        if b.probing.swap(true, Ordering::AcqRel) {
+            // Another request is finding out whether the server is back.
+            return Err(sqlx::Error::PoolTimedOut);
+        }
+        let r = tokio::time::timeout(PROBE_DEADLINE, op).await.unwrap_or(Err(sqlx::Error::PoolTimedOut));
+        b.probing.store(false, Ordering::Release);
+        self.observe(&r);
+        r
+    }
+
+    fn observe<T>(&self, r: &Result<T, sqlx::Error>) {
+        let open = &self.breaker.open;
+        match r {
+            Ok(_) => {
+                if open.swap(false, Ordering::AcqRel) {
+                    tracing::info!("the database answers again");
+                }
+            }
+            Err(e) if self.means_unreachable(e) => {
+                if !open.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(error = %e, "the database is unreachable; answering 503 at once until it is back");
+                }
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn means_unreachable(&self, e: &sqlx::Error) -> bool {
+        match e {
+            sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) | sqlx::Error::PoolClosed => true,
+            // Timed out with connections to spare: they could not be opened.
+            sqlx::Error::PoolTimedOut => self.pool.size() < self.pool.options().get_max_connections(),
+            // Connection exceptions, and the server shutting down or starting up.
+            sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+            _ => false,
+        }
+    }
+}
