@@ -160,6 +160,10 @@ const TABLES: &[Table] = &[
     },
 ];
 
+/// Tables deliberately not copied: the instances alive on the source are not alive on the target (their
+/// sessions are marked `node-lost` by the first hub started on it).
+const NOT_COPIED: &[&str] = &["cluster_node"];
+
 /// Rows per target transaction; also keeps a multi-row INSERT under both databases' parameter limits.
 const CHUNK: usize = 500;
 
@@ -334,7 +338,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let mut listed: Vec<&str> = TABLES.iter().map(|t| t.name).collect();
+        let mut listed: Vec<&str> = TABLES.iter().map(|t| t.name).chain(NOT_COPIED.iter().copied()).collect();
         listed.sort_unstable();
         assert_eq!(tables, listed);
         for t in TABLES {
