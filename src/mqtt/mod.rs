@@ -9,6 +9,7 @@
 pub mod codec;
 mod connection;
 mod presence;
+mod relay;
 mod tls;
 pub mod topics;
 mod websocket;
@@ -30,7 +31,7 @@ use crate::net;
 use crate::net::accept::{Cap, Slot};
 
 /// Opens a router link for a client: (client id, clean session) → link halves and the router's CONNACK.
-type LinkFactory = Box<dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), String> + Send + Sync>;
+type LinkFactory = Arc<dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), String> + Send + Sync>;
 
 /// A connection holding a client id.
 struct LiveSession {
@@ -54,6 +55,8 @@ pub struct MqttShared {
     cap: Arc<Cap>,
     /// The HTTP listener's address, for the REST URL sessions report (`server/info`).
     http_addr: SocketAddr,
+    /// Cluster mode (PostgreSQL): sends plain publishes to the other instances.
+    relay: Option<relay::Relay>,
 }
 
 /// An MQTT connection's place under the cap. While it is held the connection counts in
@@ -149,12 +152,14 @@ pub async fn start(hub: Arc<Hub>, http_addr: SocketAddr) -> Result<Broker, Start
         shared_subscriptions_strategy: Default::default(),
     };
     let router_tx = Router::new(0, router_config).spawn();
-    let open_link: LinkFactory = Box::new(move |client_id, clean| {
+    let open_link: LinkFactory = Arc::new(move |client_id, clean| {
         LinkBuilder::new(client_id, router_tx.clone())
             .clean_session(clean)
             .build()
             .map_err(|e: LinkError| e.to_string())
     });
+    // Before any client is accepted: the router holds the cluster's retained messages.
+    let relay = relay::start(&hub, open_link.clone()).await?;
     let shared = Arc::new(MqttShared {
         hub: hub.clone(),
         open_link,
@@ -163,6 +168,7 @@ pub async fn start(hub: Arc<Hub>, http_addr: SocketAddr) -> Result<Broker, Start
         next_connection: AtomicU64::new(1),
         cap: Cap::new(settings.max_connections),
         http_addr,
+        relay,
     });
     tracing::info!(%addr, "MQTT broker listening");
     let ws_addr = match settings.ws_listen.is_empty() {
