@@ -14,8 +14,12 @@
 //! the MQTT listener accepts anyone, the router is loaded with every retained message in the database.
 //!
 //! Why NOTIFY and not a message server (NATS): the database is already the one service every instance
-//! needs, and a notification is delivered to every listening instance in commit order; the figures
-//! of `tests/api/cluster_plain.rs` (`notify_relay_figures`) show what it carries.
+//! needs (one more would be deployed, secured, monitored and failed over beside it), a notification
+//! reaches every listening instance in commit order — which is what keeps retained messages in step
+//! with `mqtt_retained` — and batched it carries far more than a hub's plain traffic needs: on a loaded
+//! 2-core machine (debug build) about 23,600 notes/s at 256 per statement against 760/s at one per
+//! statement, and the relay kept pace with the local router (figures: `notify_relay_figures` and
+//! `notify_channel_figures` in `tests/api/cluster_plain.rs`, run with `--ignored --nocapture`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -270,3 +270,73 @@ async fn notify_relay_figures() {
         watcher.disconnect().await;
     }
 }
+
+/// Sends `n` notes of `note_bytes` (the send time first) on `channel`, `batch` per statement as the
+/// relay does, at most `rate` statements per second (0: back to back); `listener` receives them.
+/// Returns (received, elapsed from first send to last receipt, latencies in µs).
+async fn notify_figures(
+    pool: &sqlx::PgPool,
+    listener: &mut sqlx::postgres::PgListener,
+    n: usize,
+    batch: usize,
+    note_bytes: usize,
+    rate: u64,
+) -> (usize, Duration, Vec<u64>) {
+    let (pool, start) = (pool.clone(), Instant::now());
+    let sender = tokio::spawn(async move {
+        for b in 0..n.div_ceil(batch) {
+            if let Some(offset) = (b as u64 * 1_000_000).checked_div(rate) {
+                tokio::time::sleep_until((start + Duration::from_micros(offset)).into()).await;
+            }
+            let notes: Vec<String> = (0..batch.min(n - b * batch))
+                .map(|_| format!("{:020}:{}", now_ns(), "x".repeat(note_bytes.saturating_sub(21))))
+                .collect();
+            sqlx::query("SELECT pg_notify($1, note) FROM unnest(string_to_array($2, E'\\n')) AS note")
+                .bind("bench_plain")
+                .bind(notes.join("\n"))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    });
+    let mut latencies = Vec::with_capacity(n);
+    let mut last = start;
+    while latencies.len() < n {
+        let Ok(Ok(note)) = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await else { break };
+        let sent: u64 = note.payload()[..20].parse().unwrap();
+        latencies.push((now_ns() - sent) / 1000);
+        last = Instant::now();
+    }
+    sender.await.unwrap();
+    latencies.sort_unstable();
+    (latencies.len(), last - start, latencies)
+}
+
+/// PostgreSQL's NOTIFY alone, between two connections of this process: notes of the relay's size
+/// for a 100-byte payload (about 230 bytes), batched as the relay batches them and one per statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "prints figures; run explicitly"]
+async fn notify_channel_figures() {
+    skip_unless_backend!();
+    let dir = tempfile::tempdir().unwrap();
+    let database = TestHub::provision(dir.path()).await;
+    let pool = sqlx::PgPool::connect(&database.url).await.unwrap();
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await.unwrap();
+    listener.listen("bench_plain").await.unwrap();
+    for (label, n, batch, rate) in [
+        ("256 per statement, back to back", 100_000, 256, 0),
+        ("1 per statement, back to back", 5_000, 1, 0),
+        ("1 per statement, 1000/s", 3_000, 1, 1000),
+    ] {
+        let (got, took, lat) = notify_figures(&pool, &mut listener, n, batch, 230, rate).await;
+        println!(
+            "NOTIFY {label}: {got}/{n} in {:.2} s = {:.0} notes/s; latency p50 {} µs, p90 {} µs, p99 {} µs, max {} µs",
+            took.as_secs_f64(),
+            got as f64 / took.as_secs_f64(),
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.9),
+            percentile(&lat, 0.99),
+            lat.last().copied().unwrap_or(0),
+        );
+    }
+}
