@@ -4,7 +4,8 @@
 //! and WebSocket, small buffers, proper CONNACK codes, authentication against the hub's users and
 //! tokens, authorization of every SUBSCRIBE and PUBLISH, and the DeviceHive topics (`dh/...`), which never reach the router: requests
 //! go to the shared action table, event subscriptions to the hub's subscription engine, and device
-//! publishes are stored before they are acknowledged.
+//! publishes are stored before they are acknowledged. In cluster mode (PostgreSQL) `relay` carries
+//! plain publishes and retained messages to the routers of the other instances.
 
 pub mod codec;
 mod connection;
