@@ -11,6 +11,7 @@ mod group;
 mod message;
 mod mqtt_session;
 mod poll;
+mod retained;
 mod token;
 mod user;
 

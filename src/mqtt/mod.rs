@@ -4,11 +4,13 @@
 //! and WebSocket, small buffers, proper CONNACK codes, authentication against the hub's users and
 //! tokens, authorization of every SUBSCRIBE and PUBLISH, and the DeviceHive topics (`dh/...`), which never reach the router: requests
 //! go to the shared action table, event subscriptions to the hub's subscription engine, and device
-//! publishes are stored before they are acknowledged.
+//! publishes are stored before they are acknowledged. In cluster mode (PostgreSQL) `relay` carries
+//! plain publishes and retained messages to the routers of the other instances.
 
 pub mod codec;
 mod connection;
 mod presence;
+mod relay;
 mod takeover;
 mod tls;
 pub mod topics;
@@ -31,7 +33,7 @@ use crate::net;
 use crate::net::accept::{Cap, Slot};
 
 /// Opens a router link for a client: (client id, clean session) → link halves and the router's CONNACK.
-type LinkFactory = Box<dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), String> + Send + Sync>;
+type LinkFactory = Arc<dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), String> + Send + Sync>;
 
 /// A connection holding a client id.
 struct LiveSession {
@@ -58,6 +60,8 @@ pub struct MqttShared {
     cap: Arc<Cap>,
     /// The HTTP listener's address, for the REST URL sessions report (`server/info`).
     http_addr: SocketAddr,
+    /// Cluster mode (PostgreSQL): sends plain publishes to the other instances.
+    relay: Option<relay::Relay>,
 }
 
 /// An MQTT connection's place under the cap. While it is held the connection counts in
@@ -153,12 +157,14 @@ pub async fn start(hub: Arc<Hub>, http_addr: SocketAddr) -> Result<Broker, Start
         shared_subscriptions_strategy: Default::default(),
     };
     let router_tx = Router::new(0, router_config).spawn();
-    let open_link: LinkFactory = Box::new(move |client_id, clean| {
+    let open_link: LinkFactory = Arc::new(move |client_id, clean| {
         LinkBuilder::new(client_id, router_tx.clone())
             .clean_session(clean)
             .build()
             .map_err(|e: LinkError| e.to_string())
     });
+    // Before any client is accepted: the router holds the cluster's retained messages.
+    let relay = relay::start(&hub, open_link.clone()).await?;
     let shared = Arc::new(MqttShared {
         hub: hub.clone(),
         open_link,
@@ -167,6 +173,7 @@ pub async fn start(hub: Arc<Hub>, http_addr: SocketAddr) -> Result<Broker, Start
         next_connection: AtomicU64::new(1),
         cap: Cap::new(settings.max_connections),
         http_addr,
+        relay,
     });
     takeover::spawn(shared.clone());
     tracing::info!(%addr, "MQTT broker listening");

@@ -12,6 +12,7 @@ mod device;
 mod mqtt_session;
 mod network;
 mod notification;
+pub mod retained;
 mod scope;
 mod seed;
 mod sql;

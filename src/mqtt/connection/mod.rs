@@ -34,7 +34,8 @@ use crate::model::SessionRecord;
 
 use dh::DhSub;
 pub use handshake::refuse_busy;
-use router::{broker_filter, next_from_router, to_router, Origin};
+pub(super) use router::to_router;
+use router::{broker_filter, next_from_router, Origin};
 
 /// Why the loop ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -440,7 +441,7 @@ impl Conn {
                 if p.qos == 2 {
                     self.router_qos2.insert(p.pkid);
                 }
-                return self.send_to_router(rq::Packet::Publish(to_router(&p), None)).await;
+                return self.route_plain(&p).await;
             }
             self.refuse_publish("plain topic not allowed", &p);
         } else if p.topic == "dh/request" {
@@ -535,7 +536,7 @@ impl Conn {
                     // QoS 0: a will the database cannot take is lost, never an error here.
                     let _ = self.on_direct_publish(&Publish { qos: 0, ..p }).await;
                 } else if self.plain_allowed() {
-                    let _ = self.send_to_router(rq::Packet::Publish(to_router(&Publish { qos: 0, ..p }), None)).await;
+                    let _ = self.route_plain(&Publish { qos: 0, ..p }).await;
                 }
             }
         }

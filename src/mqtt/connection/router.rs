@@ -32,7 +32,7 @@ pub(super) fn from_router(p: &rq::Publish) -> Publish {
 }
 
 /// ... and the only public way to build one with a QoS and packet id.
-pub(super) fn to_router(p: &Publish) -> rq::Publish {
+pub(in crate::mqtt) fn to_router(p: &Publish) -> rq::Publish {
     let mut raw = BytesMut::with_capacity(5 + p.topic.len() + p.payload.len());
     raw.put_u8(0x30 | (p.qos << 1) | p.retain as u8);
     raw.put_u16(p.pkid);
@@ -58,6 +58,16 @@ fn suback_code(c: &rq::SubscribeReasonCode) -> u8 {
 }
 
 impl Conn {
+    /// Hands a plain publish (authorized) to this instance's router and, in cluster mode, to the
+    /// relay for the other instances' routers.
+    pub(super) async fn route_plain(&mut self, p: &Publish) -> Result<(), End> {
+        self.send_to_router(rq::Packet::Publish(to_router(p), None)).await?;
+        if let Some(relay) = &self.shared.relay {
+            relay.relay(p).await;
+        }
+        Ok(())
+    }
+
     pub(super) async fn send_to_router(&mut self, p: rq::Packet) -> Result<(), End> {
         self.open_link().await?;
         let Some((tx, _)) = self.link.as_mut() else { return Err(self.link_failed()) };
