@@ -43,6 +43,8 @@ mod ws;
 
 // PostgreSQL only: these tests need PostgreSQL itself (a dedicated server stopped and restarted under a
 // running hub; `migrate-db` from SQLite into a database on the server), not only a hub database on it.
+#[path = "cluster_messages.rs"]
+mod cluster_messages;
 #[path = "pg_only.rs"]
 mod pg_only;
 
