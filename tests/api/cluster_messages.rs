@@ -332,17 +332,30 @@ impl Instance {
         instance
     }
 
+    /// Waits until both listeners accept connections and the administrator logs in: on a first
+    /// start the listeners are bound before the administrator is created.
     async fn wait_listening(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         for port in [self.http, self.mqtt] {
             while TcpStream::connect(("127.0.0.1", port)).is_err() {
-                if let Some(status) = self.child.try_wait().unwrap() {
-                    panic!("{} exited ({status}): {}", self.node, self.log());
-                }
-                assert!(Instant::now() < deadline, "{} not listening on {port} within 30 s: {}", self.node, self.log());
+                self.assert_alive(deadline, &format!("listening on {port}"));
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+        let login = json!({"login": ADMIN_LOGIN, "password": ADMIN_PASSWORD});
+        let url = format!("http://127.0.0.1:{}/api/rest/token", self.http);
+        let client = reqwest::Client::new();
+        while client.post(&url).json(&login).send().await.map(|r| r.status().as_u16()).ok() != Some(201) {
+            self.assert_alive(deadline, "the administrator logging in");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn assert_alive(&mut self, deadline: Instant, waiting_for: &str) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!("{} exited ({status}): {}", self.node, self.log());
+        }
+        assert!(Instant::now() < deadline, "{}: not {waiting_for} within 30 s: {}", self.node, self.log());
     }
 
     fn log(&self) -> String {
@@ -470,7 +483,8 @@ async fn an_instance_killed_mid_ingest_loses_nothing_acknowledged_and_its_device
         let mut options = MqttOptions::new(format!("idle-a-{i}"), "127.0.0.1", a.mqtt);
         options.set_credentials(ADMIN_LOGIN, ADMIN_PASSWORD);
         let (client, mut eventloop) = AsyncClient::new(options, 10);
-        assert_eq!(connack(&mut eventloop).await, Ok(ConnectReturnCode::Success), "{}", a.log());
+        let code = connack(&mut eventloop).await;
+        assert_eq!(code, Ok(ConnectReturnCode::Success), "{}", a.log());
         idle.push((client, tokio::spawn(async move { while eventloop.poll().await.is_ok() {} })));
     }
 

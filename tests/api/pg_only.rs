@@ -352,9 +352,12 @@ async fn a_qos1_publish_waits_for_the_database_within_the_grace_period() {
             .await
             .unwrap();
     }
-    let early = tokio::time::timeout(Duration::from_secs(4), device.puback.recv()).await;
-    assert!(early.is_err(), "acknowledged while the database was away: {early:?}");
-    assert!(!device.closed_within(Duration::ZERO).await, "the connection was closed during the outage");
+    match tokio::time::timeout(Duration::from_secs(4), device.puback.recv()).await {
+        Err(_) => {}
+        Ok(Some(pkid)) => panic!("PUBACK {pkid} while the database was away"),
+        // The client's event loop ended: e.g. rumqttc's "Last pingreq isn't acked".
+        Ok(None) => panic!("the connection was closed during the outage"),
+    }
     start_server(&server).await;
 
     let mut acked = Vec::new();
@@ -410,7 +413,9 @@ async fn a_qos1_publish_the_database_cannot_take_within_the_grace_period_closes_
     assert!(devices[0].closed_within(Duration::from_secs(6)).await, "grace 1 s: not closed");
     let short_closed = stopped.elapsed();
     println!("closed {none_closed:?} (grace 0) and {short_closed:?} (grace 1 s) after the stop");
-    assert!(short_closed >= Duration::from_secs(1), "grace 1 s: closed before the grace was over");
+    // Both first tries failed at about the same moment (the pool's 1 s acquire timeout); grace 1 s
+    // tries for another second after it.
+    assert!(short_closed >= none_closed + Duration::from_millis(500), "grace 1 s: closed before the grace was over");
     for device in &mut devices {
         assert!(device.puback.try_recv().is_err(), "{}: acknowledged", device.id);
     }
