@@ -1,9 +1,10 @@
 //! Failing fast while PostgreSQL is unreachable. Without this, every request waits the pool's whole
 //! acquire timeout (10 s) before its 503, as sqlx keeps retrying the connection. Once a statement
-//! fails because the server cannot be reached, the breaker opens: from then on one request at a time
-//! probes the server (with a short deadline) and every other one is answered 503 at once. The first
-//! statement that succeeds closes it again, so the hub resumes by itself when the server is back.
-//! The commit tail reads every 200 ms while failing, so it keeps probing even when no client asks.
+//! fails because the server cannot be reached, the breaker opens: from then on one statement at a
+//! time probes the server (with a 1 s deadline) and the others wait for that probe's outcome — 503
+//! if it failed, their own try if it succeeded (so nobody is refused in the moment the server is
+//! back). The first statement that succeeds closes the breaker, so the hub resumes by itself; the
+//! commit tail reads every 200 ms while failing, so it keeps probing even when no client asks.
 //!
 //! A pool that is merely busy (all connections in use, the acquire timeout passed) does not open the
 //! breaker: that is load, not an outage, and failing fast would turn a queue into errors.
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
+use tokio::sync::Notify;
 
 /// How long a probe may take while the breaker is open.
 const PROBE_DEADLINE: Duration = Duration::from_secs(1);
@@ -30,6 +32,8 @@ pub(crate) struct Pg {
 struct Breaker {
     open: AtomicBool,
     probing: AtomicBool,
+    /// Wakes the statements waiting for a probe's outcome.
+    probed: Notify,
 }
 
 impl Deref for Pg {
@@ -52,13 +56,23 @@ impl Pg {
             self.observe(&r);
             return r;
         }
+        let probed = b.probed.notified();
+        tokio::pin!(probed);
+        probed.as_mut().enable();
         if b.probing.swap(true, Ordering::AcqRel) {
-            // Another request is finding out whether the server is back.
-            return Err(sqlx::Error::PoolTimedOut);
+            // Another statement is finding out whether the server is back: wait for its outcome.
+            let _ = tokio::time::timeout(PROBE_DEADLINE, probed).await;
+            if b.open.load(Ordering::Acquire) {
+                return Err(sqlx::Error::PoolTimedOut);
+            }
+            let r = op.await;
+            self.observe(&r);
+            return r;
         }
         let r = tokio::time::timeout(PROBE_DEADLINE, op).await.unwrap_or(Err(sqlx::Error::PoolTimedOut));
-        b.probing.store(false, Ordering::Release);
         self.observe(&r);
+        b.probing.store(false, Ordering::Release);
+        b.probed.notify_waiters();
         r
     }
 

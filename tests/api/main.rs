@@ -55,8 +55,9 @@ const TEST_FILES: [(&str, &str); 12] = [
 
 /// The test files declared in `postgres.rs` only (they need PostgreSQL itself, or several instances
 /// on one database).
-const POSTGRES_ONLY_FILES: [(&str, &str); 4] = [
+const POSTGRES_ONLY_FILES: [(&str, &str); 5] = [
     ("cluster_control.rs", include_str!("cluster_control.rs")),
+    ("cluster_messages.rs", include_str!("cluster_messages.rs")),
     ("cluster_plain.rs", include_str!("cluster_plain.rs")),
     ("pg_only.rs", include_str!("pg_only.rs")),
     ("readiness.rs", include_str!("readiness.rs")),

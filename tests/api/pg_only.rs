@@ -1,5 +1,6 @@
 //! Tests that need PostgreSQL itself, not only a database on it: a server restarted under a running
-//! hub (README "Databases: SQLite or PostgreSQL": 503 while it is away, nothing acknowledged lost), and
+//! hub (README "Databases: SQLite or PostgreSQL": 503 while it is away, MQTT publishes waiting for it
+//! within `[mqtt] database_grace_secs`, nothing acknowledged lost), and
 //! `hivehub migrate-db` from SQLite to PostgreSQL and back into service (ids, passwords, tokens).
 //! Declared in `postgres.rs` only.
 
@@ -125,7 +126,12 @@ async fn the_hub_rides_out_a_database_restart() {
     let server = Arc::new(PgServer::dedicated());
     let name = server.create_database().await;
     // Requests waiting for a connection during the outage give up after 1 s: they must be answered 503.
-    let hub = TestHub::start_on(server.url(&name), |s| s.database.acquire_timeout_secs = 1).await;
+    // MQTT publishes are retried instead for the grace period, longer than the outage.
+    let hub = TestHub::start_on(server.url(&name), |s| {
+        s.database.acquire_timeout_secs = 1;
+        s.mqtt.database_grace_secs = 30;
+    })
+    .await;
     let t0 = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
 
@@ -248,8 +254,12 @@ async fn the_hub_rides_out_a_database_restart() {
         "the writers did not carry on after the restart"
     );
 
-    // The MQTT device got through the outage: acknowledged before and after it, never stuck.
+    // The MQTT device got through the outage: acknowledged before and after it, never stuck — and on
+    // one connection, the publish sent during the outage waiting for the database within the grace
+    // period (with `database_grace_secs = 0` the hub closes the connection instead, and the device
+    // resends after reconnecting: see `a_qos1_publish_the_database_cannot_take_...`).
     assert_eq!(mqtt.stuck, None, "a publish was never acknowledged: {mqtt:#?}");
+    assert!(mqtt.errors.is_empty(), "the MQTT connection did not ride out the outage: {mqtt:#?}");
     assert!(mqtt.acked.iter().any(|(_, at)| *at < stop_began), "no PUBACK before the stop: {mqtt:#?}");
     assert!(mqtt.acked.iter().any(|(_, at)| *at > restarted), "no PUBACK after the restart: {mqtt:#?}");
 
@@ -278,6 +288,145 @@ async fn the_hub_rides_out_a_database_restart() {
     println!("stored: {} seqs; stored though answered 503: {unacknowledged_stored:?}", stored.len());
 
     hub.stop().await;
+    drop(server);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// `[mqtt] database_grace_secs`: a QoS 1 publish the database cannot take waits for it.
+
+/// The rows of `device_notification` for the sample device whose name is `name`, as their `seq`
+/// parameters (in id order, repeated when stored more than once).
+async fn stored_seqs(hub: &TestHub, name: &str) -> Vec<u64> {
+    let rows = hub
+        .sql_fetch_all(
+            "SELECT parameters FROM device_notification WHERE device_id = $1 AND notification = $2 ORDER BY id",
+            &[SAMPLE_DEVICE.into(), name.into()],
+        )
+        .await;
+    rows.iter()
+        .map(|row| {
+            let parameters: Value = serde_json::from_str(row[0].as_str().expect("parameters text")).unwrap();
+            parameters["seq"].as_u64().unwrap_or_else(|| panic!("no seq in {row:?}"))
+        })
+        .collect()
+}
+
+/// Stops the dedicated server (off the async runtime: it waits for the server to go).
+async fn stop_server(server: &Arc<PgServer>) {
+    let s = server.clone();
+    tokio::task::spawn_blocking(move || s.stop()).await.unwrap();
+}
+
+async fn start_server(server: &Arc<PgServer>) {
+    let s = server.clone();
+    tokio::task::spawn_blocking(move || s.start()).await.unwrap();
+}
+
+/// A device publishes QoS 1 while the database is away for a few seconds, shorter than the grace
+/// period: the connection stays open (its 1 s keepalive PINGREQs are answered meanwhile, or rumqttc
+/// would give up on it), nothing is acknowledged while the database is away, and once it is back
+/// both publishes are acknowledged in the order they were sent and stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos1_publish_waits_for_the_database_within_the_grace_period() {
+    skip_unless_backend!();
+    let server = Arc::new(PgServer::dedicated());
+    let name = server.create_database().await;
+    let hub = TestHub::start_on(server.url(&name), |s| {
+        s.database.acquire_timeout_secs = 1;
+        s.mqtt.database_grace_secs = 30;
+    })
+    .await;
+    let topic = format!("dh/notification/1/1/{SAMPLE_DEVICE}/grace");
+    let mut options = with_credentials(&hub, "grace-publisher", ADMIN_LOGIN, ADMIN_PASSWORD);
+    options.set_keep_alive(Duration::from_secs(1));
+    let mut device = Mqtt::connect(options).await;
+    // Packet id 1, acknowledged at once.
+    device.publish(&topic, json!({"parameters": {"seq": 1}}).to_string(), QoS::AtLeastOnce).await;
+
+    stop_server(&server).await;
+    // Packet ids 2 and 3, sent while the database is away.
+    for seq in [2, 3] {
+        device
+            .client
+            .publish(&topic, QoS::AtLeastOnce, false, json!({"parameters": {"seq": seq}}).to_string())
+            .await
+            .unwrap();
+    }
+    match tokio::time::timeout(Duration::from_secs(4), device.puback.recv()).await {
+        Err(_) => {}
+        Ok(Some(pkid)) => panic!("PUBACK {pkid} while the database was away"),
+        // The client's event loop ended: e.g. rumqttc's "Last pingreq isn't acked".
+        Ok(None) => panic!("the connection was closed during the outage"),
+    }
+    start_server(&server).await;
+
+    let mut acked = Vec::new();
+    while acked.len() < 2 {
+        match tokio::time::timeout(Duration::from_secs(20), device.puback.recv()).await {
+            Ok(Some(pkid)) => acked.push(pkid),
+            other => panic!("no PUBACK within 20 s of the restart ({other:?}); acked {acked:?}\n{}", server.log()),
+        }
+    }
+    assert_eq!(acked, [2, 3], "PUBACKs in the order of the publishes");
+    assert!(!device.closed_within(Duration::from_millis(500)).await, "the connection was closed");
+    // The connection carries on as before.
+    device.publish(&topic, json!({"parameters": {"seq": 4}}).to_string(), QoS::AtLeastOnce).await;
+    assert_eq!(stored_seqs(&hub, "grace").await, [1, 2, 3, 4], "each publish stored exactly once");
+    device.disconnect().await;
+    hub.stop().await;
+    drop(server);
+}
+
+/// An outage longer than the grace period closes the connection without PUBACK once the grace
+/// period is over (1 s here), and at once with a grace of 0; nothing unacknowledged is stored, and
+/// new connections publish again once the database is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos1_publish_the_database_cannot_take_within_the_grace_period_closes_the_connection() {
+    skip_unless_backend!();
+    let server = Arc::new(PgServer::dedicated());
+    let name = server.create_database().await;
+    let url = server.url(&name);
+    let grace = |secs: u64| {
+        move |s: &mut hivehub::config::Settings| {
+            s.database.acquire_timeout_secs = 1;
+            s.mqtt.database_grace_secs = secs;
+        }
+    };
+    let short = TestHub::start_on(url.clone(), grace(1)).await;
+    let none = TestHub::start_on(url.clone(), grace(0)).await;
+    let topic = format!("dh/notification/1/1/{SAMPLE_DEVICE}/grace");
+    let mut devices = Vec::new();
+    for (hub, id) in [(&short, "grace-1s"), (&none, "grace-0s")] {
+        devices.push(Mqtt::login(hub, id, ADMIN_LOGIN, ADMIN_PASSWORD).await);
+    }
+
+    stop_server(&server).await;
+    let stopped = Instant::now();
+    for (seq, device) in devices.iter_mut().enumerate() {
+        let payload = json!({"parameters": {"seq": seq}}).to_string();
+        device.client.publish(&topic, QoS::AtLeastOnce, false, payload).await.unwrap();
+    }
+    // Grace 0: closed once the first try failed (the pool waits 1 s for a connection).
+    assert!(devices[1].closed_within(Duration::from_secs(4)).await, "grace 0: not closed at once");
+    let none_closed = stopped.elapsed();
+    // Grace 1 s: tries go on for a second; the last may take the 1 s acquire timeout.
+    assert!(devices[0].closed_within(Duration::from_secs(6)).await, "grace 1 s: not closed");
+    let short_closed = stopped.elapsed();
+    println!("closed {none_closed:?} (grace 0) and {short_closed:?} (grace 1 s) after the stop");
+    // Both first tries failed at about the same moment (the pool's 1 s acquire timeout); grace 1 s
+    // tries for another second after it.
+    assert!(short_closed >= none_closed + Duration::from_millis(500), "grace 1 s: closed before the grace was over");
+    for device in &mut devices {
+        assert!(device.puback.try_recv().is_err(), "{}: acknowledged", device.id);
+    }
+
+    start_server(&server).await;
+    let mut fresh = Mqtt::login(&short, "grace-fresh", ADMIN_LOGIN, ADMIN_PASSWORD).await;
+    fresh.publish(&topic, json!({"parameters": {"seq": 7}}).to_string(), QoS::AtLeastOnce).await;
+    fresh.disconnect().await;
+    assert_eq!(stored_seqs(&short, "grace").await, [7], "only the acknowledged publish is stored");
+    short.stop().await;
+    none.stop().await;
     drop(server);
 }
 

@@ -41,18 +41,23 @@ mod security;
 #[path = "ws.rs"]
 mod ws;
 
-// PostgreSQL only: these tests need PostgreSQL itself (a dedicated server stopped and restarted under a
-// running hub; `migrate-db` from SQLite into a database on the server), not only a hub database on it.
-#[path = "cluster_plain.rs"]
-mod cluster_plain;
+// PostgreSQL only (listed in `POSTGRES_ONLY_FILES` in `main.rs`): these tests need PostgreSQL itself
+// (a dedicated server stopped and restarted under a running hub; `migrate-db` from SQLite into a
+// database on the server), or several hub instances on one database (cluster mode).
 #[path = "pg_only.rs"]
 mod pg_only;
-// Cluster mode: control across instances (takeover, revocations, deleted devices, node-lost).
-#[path = "cluster_control.rs"]
-mod cluster_control;
 // Readiness and fast 503s while a server of its own is stopped.
 #[path = "readiness.rs"]
 mod readiness;
+// Cluster mode: control across instances (takeover, revocations, deleted devices, node-lost).
+#[path = "cluster_control.rs"]
+mod cluster_control;
+// Cluster mode: messages across instances (every transport, commands, kill -9 of an instance).
+#[path = "cluster_messages.rs"]
+mod cluster_messages;
+// Cluster mode: plain MQTT topics and retained messages across instances.
+#[path = "cluster_plain.rs"]
+mod cluster_plain;
 
 /// The harness itself: a dedicated server keeps its data and port across `stop` / `start`, and the
 /// shared server gives every hub a database of its own.

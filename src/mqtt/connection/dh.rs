@@ -2,18 +2,46 @@
 //! response topics, direct publishes are inserts stored before they are acknowledged, event filters
 //! are subscriptions to the hub's engine (stored for persistent sessions, and restored with the
 //! commands they are owed on reconnect).
+//!
+//! While the database is away, a QoS 1/2 publish is retried for `[mqtt] database_grace_secs`
+//! before the connection gives up on it (`Grace`); the packets that follow it wait (`Waiting`).
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::StatusCode;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
-use super::{Conn, End};
+use super::{Conn, End, Reader, Writer};
+use crate::auth::Principal;
+use crate::error::ApiError;
 use crate::hub::bus::{Delivery, EventKind, SubscriptionId};
 use crate::hub::dispatch::{self as actions, push_text};
-use crate::mqtt::codec::{Publish, SUBACK_FAILURE};
-use crate::mqtt::topics::{self, DhFilter};
+use crate::hub::Hub;
+use crate::mqtt::codec::{self, Packet, Publish, SUBACK_FAILURE};
+use crate::mqtt::topics::{self, DhFilter, DirectPublish};
+
+/// Builds the `Waiting` view of a connection from its fields, so the future it awaits may borrow
+/// other fields (the session).
+macro_rules! waiting {
+    ($conn:ident) => {
+        Waiting {
+            reader: &mut $conn.reader,
+            rbuf: &mut $conn.rbuf,
+            writer: &mut $conn.writer,
+            wbuf: &mut $conn.wbuf,
+            held: &mut $conn.held,
+            max_packet: $conn.shared.hub.settings.mqtt.max_packet_bytes,
+            write_timeout: Duration::from_secs($conn.shared.hub.settings.mqtt.write_timeout_secs),
+        }
+    };
+}
 
 /// Recently pushed events remembered, so overlapping filters deliver a message once.
 const RECENT_EVENTS: usize = 512;
@@ -29,9 +57,17 @@ impl Conn {
     /// `dh/request`: runs the action on this session and answers on `dh/response/<action>@<id>`
     /// when the client subscribed to that topic. QoS1 requests are acknowledged after the action
     /// (so after any insert it made is committed); not at all when the database was unavailable.
+    /// A QoS 1/2 request answered 503 is run again within the grace period, as the client would
+    /// send it again after reconnecting; only the last answer is published.
     pub(super) async fn on_request(&mut self, p: &Publish) -> Result<(), End> {
         let request: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
-        let response = actions::handle(&mut self.session, &request).await;
+        let mut response = actions::handle(&mut self.session, &request).await;
+        let mut grace = Grace::new(self.settings().database_grace_secs, p.qos);
+        while is_unavailable(&response) {
+            let Some(pause) = grace.next_pause() else { break };
+            self.pause(pause).await?;
+            response = waiting!(self).until(actions::handle(&mut self.session, &request)).await?;
+        }
         self.follow_owner().await;
         let action = request.get("action").and_then(Value::as_str).unwrap_or("error");
         let topic = format!("dh/response/{action}@{}", self.client_id);
@@ -41,73 +77,65 @@ impl Conn {
                 tracing::debug!(client_id = %self.client_id, "response dropped: too many unacknowledged publishes");
             }
         }
-        unacknowledged_when_unavailable(p, response.get("code").and_then(Value::as_u64) == Some(503))
+        unacknowledged_when_unavailable(p, is_unavailable(&response))
     }
 
     /// A publish to `dh/notification|command|command_update/...`: an insert (or update) when the
     /// session may make it; dropped and counted otherwise. Never echoed to subscribers: they get the
-    /// hub's push of the stored message.
+    /// hub's push of the stored message. While the database is away a QoS 1/2 publish is tried again
+    /// within the grace period, the packets after it held back, so acknowledgements keep their order.
     pub(super) async fn on_direct_publish(&mut self, p: &Publish) -> Result<(), End> {
-        let Some(target) = topics::parse_direct(&p.topic) else {
-            self.refuse_publish("not a publishable dh/ topic", p);
-            return Ok(());
-        };
-        if !self.session.principal.is_authenticated() {
-            self.refuse_publish("anonymous session", p);
-            return Ok(());
-        }
-        let body: Value = match serde_json::from_slice(&p.payload) {
-            Ok(v @ Value::Object(_)) => v,
-            _ => {
-                self.refuse_publish("payload is not a JSON object", p);
-                return Ok(());
-            }
-        };
+        let Some(write) = self.direct_write(p) else { return Ok(()) };
         let hub = self.shared.hub.clone();
-        let principal = self.session.principal.clone();
-        // The topic's network and type levels must match the device.
-        match hub.mqtt_topic_names_device(&target.device_id, target.network, target.device_type).await {
-            Ok(true) => {}
-            Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => return unacknowledged_when_unavailable(p, true),
-            _ => {
-                self.refuse_publish("topic does not match the device", p);
-                return Ok(());
-            }
+        let mut result = write.run(&hub).await;
+        let mut grace = Grace::new(self.settings().database_grace_secs, p.qos);
+        while result.as_ref().is_err_and(|e| e.status == StatusCode::SERVICE_UNAVAILABLE) {
+            let Some(pause) = grace.next_pause() else { break };
+            self.pause(pause).await?;
+            result = waiting!(self).until(write.run(&hub)).await?;
         }
-        let mut body = body;
-        let result = match target.kind {
-            EventKind::Notification => {
-                if body.get("notification").is_none_or(Value::is_null) {
-                    if let Some(n) = &target.name {
-                        body["notification"] = json!(n);
-                    }
-                }
-                hub.notification_insert(&principal, &target.device_id, &body).await.map(|_| ())
-            }
-            EventKind::CommandInsert => {
-                if body.get("command").is_none_or(Value::is_null) {
-                    if let Some(n) = &target.name {
-                        body["command"] = json!(n);
-                    }
-                }
-                hub.command_insert(&principal, &target.device_id, &body).await.map(|_| ())
-            }
-            EventKind::CommandUpdate => {
-                let id = body.get("id").or_else(|| body.get("commandId")).and_then(crate::hub::fields::as_i64);
-                match id {
-                    Some(id) => hub.command_update(&principal, &target.device_id, id, &body).await.map(|_| ()),
-                    None => Err(crate::error::ApiError::bad_request("Command id is wrong or empty")),
-                }
-            }
-        };
         match result {
-            Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => unacknowledged_when_unavailable(p, true),
+            Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => {
+                if p.qos == 0 {
+                    self.refuse_publish("database unavailable", p);
+                }
+                unacknowledged_when_unavailable(p, true)
+            }
             Err(e) => {
                 self.refuse_publish(&e.message, p);
                 Ok(())
             }
             Ok(()) => Ok(()),
         }
+    }
+
+    /// What a direct publish asks the hub to store; `None` (dropped and counted) when it cannot be
+    /// one: not a publishable topic, an anonymous session, or not a JSON object.
+    fn direct_write(&mut self, p: &Publish) -> Option<DirectWrite> {
+        let Some(target) = topics::parse_direct(&p.topic) else {
+            self.refuse_publish("not a publishable dh/ topic", p);
+            return None;
+        };
+        if !self.session.principal.is_authenticated() {
+            self.refuse_publish("anonymous session", p);
+            return None;
+        }
+        match serde_json::from_slice(&p.payload) {
+            Ok(body @ Value::Object(_)) => {
+                Some(DirectWrite { principal: self.session.principal.clone(), target, body })
+            }
+            _ => {
+                self.refuse_publish("payload is not a JSON object", p);
+                None
+            }
+        }
+    }
+
+    /// Waits `pause` before the next try to store, answering PINGREQs meanwhile; a takeover or the
+    /// hub's shutdown ends the wait (and the connection) at once.
+    async fn pause(&mut self, pause: Duration) -> Result<(), End> {
+        let (kill, hub) = (self.kill.clone(), self.shared.hub.clone());
+        waiting!(self).until(pause_unless_ended(pause, kill, hub)).await?
     }
 
     /// One `dh/` filter: its SUBACK code.
@@ -249,13 +277,175 @@ impl Conn {
     }
 }
 
-/// A publish the database could not take: QoS 0 is lost as QoS 0 may be; QoS 1 and 2 end the
-/// connection unacknowledged, so the client sends them again after reconnecting (never acknowledged
-/// and lost).
+/// A publish the database could not take (within the grace period): QoS 0 is lost as QoS 0 may be;
+/// QoS 1 and 2 end the connection unacknowledged, so the client sends them again after reconnecting
+/// (never acknowledged and lost).
 fn unacknowledged_when_unavailable(p: &Publish, unavailable: bool) -> Result<(), End> {
     if unavailable && p.qos > 0 {
         tracing::warn!(topic = %p.topic, "database unavailable: publish not acknowledged, closing the connection");
         return Err(End::StoreUnavailable);
     }
     Ok(())
+}
+
+fn is_unavailable(response: &Value) -> bool {
+    response.get("code").and_then(Value::as_u64) == Some(503)
+}
+
+/// One direct publish's write, kept so it can be tried again while the database is away.
+struct DirectWrite {
+    principal: Principal,
+    target: DirectPublish,
+    body: Value,
+}
+
+impl DirectWrite {
+    /// One try: the topic's network and type levels must match the device, then the insert (or
+    /// update). A 503 is the database being away; any other error refuses the publish.
+    async fn run(&self, hub: &Hub) -> Result<(), ApiError> {
+        let t = &self.target;
+        match hub.mqtt_topic_names_device(&t.device_id, t.network, t.device_type).await {
+            Ok(true) => {}
+            Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => return Err(e),
+            _ => return Err(ApiError::bad_request("topic does not match the device")),
+        }
+        let mut body = self.body.clone();
+        let p = &self.principal;
+        match t.kind {
+            EventKind::Notification => {
+                name_from_topic(&mut body, "notification", &t.name);
+                hub.notification_insert(p, &t.device_id, &body).await.map(|_| ())
+            }
+            EventKind::CommandInsert => {
+                name_from_topic(&mut body, "command", &t.name);
+                hub.command_insert(p, &t.device_id, &body).await.map(|_| ())
+            }
+            EventKind::CommandUpdate => {
+                let id = body.get("id").or_else(|| body.get("commandId")).and_then(crate::hub::fields::as_i64);
+                match id {
+                    Some(id) => hub.command_update(p, &t.device_id, id, &body).await.map(|_| ()),
+                    None => Err(ApiError::bad_request("Command id is wrong or empty")),
+                }
+            }
+        }
+    }
+}
+
+/// The topic's last level names the notification or command when the body does not.
+fn name_from_topic(body: &mut Value, field: &str, name: &Option<String>) {
+    if let (true, Some(n)) = (body.get(field).is_none_or(Value::is_null), name) {
+        body[field] = json!(n);
+    }
+}
+
+/// First and longest pause between two tries to store a publish while the database is away.
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
+const LONGEST_PAUSE: Duration = Duration::from_secs(1);
+
+/// How long a QoS 1/2 `dh/` publish the database cannot take is tried again: until
+/// `[mqtt] database_grace_secs` after its first failure, with pauses growing from `FIRST_PAUSE` to
+/// `LONGEST_PAUSE`. QoS 0 and a grace of 0 get no second try.
+struct Grace {
+    deadline: Option<Instant>,
+    pause: Duration,
+}
+
+impl Grace {
+    fn new(grace_secs: u64, qos: u8) -> Grace {
+        let deadline = (qos > 0 && grace_secs > 0).then(|| Instant::now() + Duration::from_secs(grace_secs));
+        Grace { deadline, pause: FIRST_PAUSE }
+    }
+
+    /// The pause before the next try; `None` once the grace period is over. The last pause ends at
+    /// the deadline, so the last try is made then. A try in progress at the deadline is awaited,
+    /// never abandoned: it may still commit, and must then be acknowledged.
+    fn next_pause(&mut self) -> Option<Duration> {
+        let left = self.deadline?.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        let pause = self.pause.min(left);
+        self.pause = (self.pause * 2).min(LONGEST_PAUSE);
+        Some(pause)
+    }
+}
+
+async fn pause_unless_ended(pause: Duration, kill: Arc<Notify>, hub: Arc<Hub>) -> Result<(), End> {
+    tokio::select! {
+        _ = tokio::time::sleep(pause) => Ok(()),
+        _ = kill.notified() => Err(End::TakenOver),
+        _ = hub.shutting_down() => Err(End::Shutdown),
+    }
+}
+
+/// Packets read ahead while a publish waits for the database; beyond them the socket is left unread
+/// (the client is slowed by TCP), so the wait costs bounded memory.
+const HELD_PACKETS: usize = 32;
+
+/// The socket while a publish waits for the database. The client may go on sending: PINGREQs are
+/// answered at once — a PINGRESP acknowledges nothing, so no acknowledgement is reordered, and the
+/// client's keepalive does not give up on a connection that is only waiting. Every other packet is
+/// held back and handled after the publish, in order (`Conn::read_packets`).
+struct Waiting<'a> {
+    reader: &'a mut Reader,
+    rbuf: &'a mut BytesMut,
+    writer: &'a mut Writer,
+    wbuf: &'a mut BytesMut,
+    held: &'a mut VecDeque<Packet>,
+    max_packet: usize,
+    write_timeout: Duration,
+}
+
+impl Waiting<'_> {
+    /// Awaits `work`, answering PINGREQs meanwhile. Ends early only when the client is gone or
+    /// sends a malformed packet (the publish is then unacknowledged, as with any lost connection).
+    async fn until<F: Future>(mut self, work: F) -> Result<F::Output, End> {
+        tokio::pin!(work);
+        // Answers already decided (e.g. PUBACKs of earlier publishes) go out before the wait.
+        self.take_packets()?;
+        self.flush().await?;
+        loop {
+            let room = self.held.len() < HELD_PACKETS && self.rbuf.len() <= self.max_packet;
+            tokio::select! {
+                out = &mut work => return Ok(out),
+                read = self.reader.read_buf(self.rbuf), if room => match read {
+                    Ok(0) | Err(_) => return Err(End::Network),
+                    Ok(_) => {
+                        self.take_packets()?;
+                        self.flush().await?;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Moves complete packets from the read buffer to the held queue, answering PINGREQs.
+    fn take_packets(&mut self) -> Result<(), End> {
+        while self.held.len() < HELD_PACKETS {
+            match codec::decode(self.rbuf, self.max_packet) {
+                Ok(Some(Packet::PingReq)) => codec::encode(&Packet::PingResp, self.wbuf),
+                Ok(Some(p)) => self.held.push_back(p),
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    tracing::info!(error = ?e, "closing MQTT connection: bad packet");
+                    return Err(End::Protocol);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), End> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        match tokio::time::timeout(self.write_timeout, self.writer.write_all(self.wbuf)).await {
+            Ok(Ok(())) => {
+                self.wbuf.clear();
+                Ok(())
+            }
+            Ok(Err(_)) => Err(End::Network),
+            Err(_) => Err(End::NotReading),
+        }
+    }
 }

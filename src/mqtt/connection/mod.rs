@@ -55,8 +55,8 @@ enum End {
     /// The rumqttd router link failed (refused, dropped or closed) while no newer connection holds
     /// the client id.
     RouterLinkFailed,
-    /// The database could not store a QoS 1/2 publish: it is not acknowledged, and closing the
-    /// connection makes the client send it again once it reconnects.
+    /// The database could not store a QoS 1/2 publish within `[mqtt] database_grace_secs`: it is
+    /// not acknowledged, and closing the connection makes the client send it again once it reconnects.
     StoreUnavailable,
 }
 
@@ -106,6 +106,9 @@ struct Conn {
     /// QoS 2 plain publishes handed to the router, awaiting the client's PUBREL. The router drops a
     /// link that releases an id it does not know, so only these go to it.
     router_qos2: HashSet<u16>,
+    /// Packets read while a publish waited for the database (`dh::Grace`), handled after it in
+    /// order; PINGREQs among them were answered at once.
+    held: VecDeque<Packet>,
 }
 
 /// Ready router notifications or hub deliveries handled before one write to the socket.
@@ -179,6 +182,7 @@ pub async fn run_io(
         replayed: HashSet::new(),
         own_qos2: HashSet::new(),
         router_qos2: HashSet::new(),
+        held: VecDeque::new(),
     };
     conn.queue(&Packet::ConnAck { session_present, code: connack::ACCEPTED });
     if !clean {
@@ -279,8 +283,11 @@ impl Conn {
                 read = self.reader.read_buf(&mut self.rbuf) => match read {
                     Ok(0) | Err(_) => Err(End::Network),
                     Ok(_) => {
+                        let handled = self.read_packets().await;
+                        // After the packets: a publish waiting for the database may have taken long,
+                        // the client pinging meanwhile.
                         deadline = self.keepalive.map(|k| Instant::now() + k);
-                        self.read_packets().await
+                        handled
                     }
                 },
                 n = next_from_router(&mut self.link) => match n {
@@ -365,6 +372,11 @@ impl Conn {
 
     async fn read_packets(&mut self) -> Result<(), End> {
         loop {
+            // Packets held back while a publish waited for the database come before the rest.
+            if let Some(p) = self.held.pop_front() {
+                self.handle(p).await?;
+                continue;
+            }
             let max = self.settings().max_packet_bytes;
             match codec::decode(&mut self.rbuf, max) {
                 Ok(Some(p)) => self.handle(p).await?,
