@@ -29,6 +29,14 @@
 //!   baseline, then one command in flight per device; latency percentiles and round trips per second.
 //! - `mqtt-connect`: a hub in a child process; authenticated CONNECT -> CONNACK per second (JWT as the
 //!   password, and login/password, which hashes Argon2 per connect) and RSS per idle connection.
+//! - `cluster-latency` (PostgreSQL): a second hub instance on the same database; an MQTT device on
+//!   instance A (several device connections) publish QoS1 notifications at a steady total rate; time
+//!   until a WebSocket subscriber on A and one on B have the push (first A alone, then both instances).
+//! - `cluster-ingest` (PostgreSQL): MQTT QoS1 ingest with every device on one instance, then with the
+//!   devices split over two instances sharing the database.
+//! - `clock-lock` (PostgreSQL): the writer's transaction (stamp, insert, notify, commit) straight over
+//!   sqlx, with and without the message clock's advisory lock, from one and two connections: what the
+//!   cluster-wide ordering costs per commit.
 //! - `mosquitto`: plain-topic MQTT (fan-in throughput QoS0/QoS1, publish -> subscriber latency, connects
 //!   per second, RSS per idle connection) against Mosquitto and against the hub, both as child processes
 //!   driven by the same client code; prints a side-by-side table.
@@ -73,6 +81,9 @@ const SCENARIOS: &[(&str, &str)] = &[
     ("mqtt-connect", "hub child process: authenticated MQTT connects/s (JWT, login), RSS per idle connection"),
     ("mosquitto", "plain-topic MQTT: Mosquitto vs hub (child processes), side-by-side table"),
     ("ws-slow", "hub child process: WebSocket sessions that never read; RSS, their closing, a reader's latency"),
+    ("cluster-latency", "PostgreSQL, two instances: MQTT QoS1 publish on A -> WebSocket push on A and on B"),
+    ("cluster-ingest", "PostgreSQL: MQTT QoS1 ingest/s on one instance vs devices split over two instances"),
+    ("clock-lock", "PostgreSQL: commits/s and latency of the writer's transaction with and without the clock lock"),
 ];
 
 /// Set in the environment of the hub child process the bench starts for `mqtt-connect` and `mosquitto`.
@@ -168,6 +179,15 @@ struct Opts {
     /// The Mosquitto executable [env BENCH_MOSQUITTO, default /usr/sbin/mosquitto].
     #[arg(long)]
     mosquitto: Option<String>,
+    /// Publish rate of the cluster-latency measurements in msg/s [env BENCH_CLUSTER_RATE, default 1000].
+    #[arg(long)]
+    cluster_rate: Option<u64>,
+    /// Seconds of each cluster-latency measurement [env BENCH_CLUSTER_SECONDS, default 15].
+    #[arg(long)]
+    cluster_seconds: Option<u64>,
+    /// MQTT device connections the cluster-latency rate is spread over [env BENCH_CLUSTER_DEVICES, default 20].
+    #[arg(long)]
+    cluster_devices: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,6 +223,9 @@ struct Config {
     connect_timeout: Duration,
     idle_connections: usize,
     mosquitto: String,
+    cluster_rate: u64,
+    cluster_seconds: u64,
+    cluster_devices: usize,
 }
 
 impl Config {
@@ -247,6 +270,9 @@ impl Config {
             connect_timeout: Duration::from_millis(pick(opts.connect_timeout_ms, "BENCH_CONNECT_TIMEOUT_MS", 5000)?),
             idle_connections: pick(opts.idle_connections, "BENCH_IDLE_CONNECTIONS", 5000)?,
             mosquitto: text(&opts.mosquitto, "BENCH_MOSQUITTO", "/usr/sbin/mosquitto"),
+            cluster_rate: pick(opts.cluster_rate, "BENCH_CLUSTER_RATE", 1000)?,
+            cluster_seconds: pick(opts.cluster_seconds, "BENCH_CLUSTER_SECONDS", 15)?,
+            cluster_devices: pick(opts.cluster_devices, "BENCH_CLUSTER_DEVICES", 20)?,
             seconds: pick(opts.seconds, "BENCH_SECONDS", 10)?,
             clients: pick(opts.clients, "BENCH_CLIENTS", 50)?,
             devices: pick(opts.devices, "BENCH_DEVICES", 50)?,
@@ -272,6 +298,9 @@ impl Config {
             c.login_connectors,
             c.connect_seconds as usize,
             c.idle_connections,
+            c.cluster_rate as usize,
+            c.cluster_seconds as usize,
+            c.cluster_devices,
         ];
         if sizes.contains(&0) || c.ws_sessions.is_empty() || c.ws_sessions.contains(&0) {
             return Err("every ws-*, mqtt-*, command-*, connect and connection count must be at least 1".into());
@@ -379,6 +408,9 @@ async fn run_scenario(name: &str, hub: &BenchHub, config: &Config) -> BenchResul
         "mqtt-connect" => scenario_mqtt_connect(config).await,
         "mosquitto" => scenario_mosquitto(config).await,
         "ws-slow" => scenario_ws_slow().await,
+        "cluster-latency" => scenario_cluster_latency(hub, config).await,
+        "cluster-ingest" => scenario_cluster_ingest(hub, config).await,
+        "clock-lock" => scenario_clock_lock(hub, config).await,
         other => Err(format!("scenario {other:?} is listed but not implemented").into()),
     }
 }
@@ -472,6 +504,29 @@ impl BenchHub {
             hub.call(reqwest::Method::POST, Some(&hub.admin), "/network", Some(json!({"name": "bench"}))).await?;
         hub.network_id = network["id"].as_i64().ok_or("no id in the network answer")?;
         Ok(hub)
+    }
+
+    /// A second instance on the same database (PostgreSQL): the cluster scenarios. It shares the
+    /// first one's users, JWT secret (stored in the database) and network.
+    async fn join(&self) -> BenchResult<BenchHub> {
+        let dir = tempfile::tempdir()?;
+        let mut settings = self.settings.clone();
+        // The administrator exists already; an empty password just says "do not seed".
+        settings.auth.admin_password = String::new();
+        let app = App::start(settings.clone()).await?;
+        let root = format!("http://{}", app.http_addr);
+        let base = format!("{root}/api/rest");
+        let client = reqwest::Client::builder().pool_max_idle_per_host(16).build()?;
+        Ok(BenchHub {
+            app,
+            _dir: dir,
+            settings,
+            root,
+            base,
+            admin: self.admin.clone(),
+            network_id: self.network_id,
+            client,
+        })
     }
 
     async fn stop(self) {
@@ -3109,4 +3164,333 @@ fn print_comparison(config: &Config, figs: &[BrokerFigures]) {
         }
         println!("{line}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Cluster scenarios (PostgreSQL): two instances on one database.
+
+fn require_postgres(scenario: &str) -> BenchResult<()> {
+    match POSTGRES_SERVER.get().cloned().flatten() {
+        Some(_) => Ok(()),
+        None => {
+            Err(format!("{scenario} needs --database postgres://... (instances share a PostgreSQL database)").into())
+        }
+    }
+}
+
+/// Latencies of one WebSocket receiver of a cluster-latency run.
+struct Receiver {
+    label: String,
+    latencies_us: Vec<i64>,
+    failures: Failures,
+}
+
+/// Publishes `rate` QoS1 notifications per second for `seconds`, round robin over `devices` MQTT
+/// device connections on `publisher` (the hub handles one connection's publishes one at a time, each
+/// after the previous one's commit, so one connection alone cannot carry 1,000/s), and times each until
+/// the WebSocket session of every receiver (label, instance) has its push, and until its PUBACK.
+async fn cluster_latency_run(
+    publisher: &BenchHub,
+    receivers: &[(&str, &BenchHub)],
+    tag: &str,
+    devices: usize,
+    rate: u64,
+    seconds: u64,
+) -> BenchResult<(Vec<Receiver>, Vec<i64>, Duration)> {
+    let m = (rate * seconds) as usize;
+    let name = format!("lat-{tag}");
+    let subscribe = json!({"action": "notification/subscribe", "requestId": 2, "networkIds": [publisher.network_id],
+        "names": [name]});
+    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, i64, Instant)>();
+    let mut tasks = Vec::new();
+    for (i, (_, hub)) in receivers.iter().enumerate() {
+        let mut ws = ws_session(&hub.ws_url(), &hub.admin, &subscribe).await?;
+        let tx = tx.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(Ok(msg)) = ws.next().await {
+                if let Message::Text(t) = msg {
+                    let at = Instant::now();
+                    if let Some(seq) = find_i64(t.as_str(), "\"seq\":") {
+                        let _ = tx.send((i, seq, at));
+                    }
+                }
+            }
+        }));
+    }
+    let ack = receivers.len();
+    let mut writers = Vec::with_capacity(devices);
+    for d in 0..devices {
+        let device = format!("bench-cl-{tag}-{d:02}");
+        publisher.device(&device).await?;
+        let topic = publisher.notification_topic(&device, &name).await?;
+        let (mut dr, dw) =
+            mqtt_client(publisher.mqtt_addr()?, &format!("{device}-pub"), &Creds::Jwt(publisher.admin.clone())).await?;
+        let ack_tx = tx.clone();
+        tasks.push(tokio::spawn(async move {
+            // A connection's PUBACKs come in order: the k-th is for seq d + k * devices.
+            let mut k = 0;
+            while let Ok(p) = dr.next().await {
+                if let mq::Packet::PubAck(_) = p {
+                    let _ = ack_tx.send((ack, (d + k * devices) as i64, Instant::now()));
+                    k += 1;
+                }
+            }
+        }));
+        writers.push((dw, topic));
+    }
+    drop(tx);
+    // Collect while publishing, so the receiving end never queues up.
+    let collect = tokio::spawn(async move {
+        let mut got: Vec<Vec<(i64, Instant)>> = vec![Vec::with_capacity(m); ack + 1];
+        let total = m * (ack + 1);
+        let mut n = 0;
+        while n < total {
+            let Ok(Some((i, seq, at))) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await else { break };
+            got[i].push((seq, at));
+            n += 1;
+        }
+        got
+    });
+    let mut sent = Vec::with_capacity(m);
+    let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate));
+    for seq in 0..m {
+        tick.tick().await;
+        let (dw, topic) = &mut writers[seq % devices];
+        let payload = format!("{{\"notification\":\"{name}\",\"parameters\":{{\"seq\":{seq}}}}}");
+        mq::publish(&mut dw.buf, topic, payload.as_bytes(), 1, ((seq / devices) % 65_535) as u16 + 1);
+        sent.push(Instant::now());
+        dw.flush().await?;
+    }
+    let elapsed = sent.last().map_or(Duration::ZERO, |l| l.duration_since(sent[0]));
+    let got = collect.await?;
+    for t in tasks {
+        t.abort();
+    }
+    let mut out = Vec::new();
+    for (i, (label, _)) in receivers.iter().enumerate() {
+        let mut r =
+            Receiver { label: label.to_string(), latencies_us: Vec::with_capacity(m), failures: Failures::default() };
+        let mut seen = vec![false; m];
+        // Per device, pushes come in publish order (devices interleave in commit order).
+        let mut last = vec![-1i64; devices];
+        for &(seq, at) in &got[i] {
+            match usize::try_from(seq).ok().filter(|&s| s < m) {
+                Some(s) if !std::mem::replace(&mut seen[s], true) => {
+                    r.latencies_us.push(signed_micros(at, sent[s]));
+                    if seq < last[s % devices] {
+                        r.failures.add("push out of order", format!("seq {seq} after {}", last[s % devices]));
+                    }
+                    last[s % devices] = seq;
+                }
+                Some(s) => r.failures.add("duplicate push", format!("seq {s}")),
+                None => r.failures.add("push with an unknown seq", format!("seq {seq}")),
+            }
+        }
+        let missing = seen.iter().filter(|s| !**s).count();
+        if missing > 0 {
+            r.failures.add("push missing", format!("{missing} of {m}"));
+        }
+        out.push(r);
+    }
+    let acks: Vec<i64> = got[ack]
+        .iter()
+        .filter_map(|&(seq, at)| usize::try_from(seq).ok().filter(|&s| s < m).map(|s| signed_micros(at, sent[s])))
+        .collect();
+    Ok((out, acks, elapsed))
+}
+
+fn print_cluster_run(what: &str, m: usize, elapsed: Duration, receivers: &mut [Receiver], acks: &mut [i64]) -> bool {
+    println!("  {what}: published {m} in {:.2} s ({:.0}/s)", elapsed.as_secs_f64(), per_sec(m as u64, elapsed));
+    let mut ok = acks.len() == m;
+    for r in receivers.iter_mut() {
+        println!(
+            "    publish -> WebSocket push on {:<10} {} | anomalies {}",
+            r.label,
+            tail_summary_us(&mut r.latencies_us),
+            r.failures.total()
+        );
+        r.failures.print("      ");
+        ok &= r.failures.total() == 0 && r.latencies_us.len() == m;
+    }
+    println!("    publish -> PUBACK (stored)       {} (of {m})", tail_summary_us(acks));
+    ok
+}
+
+async fn scenario_cluster_latency(hub: &BenchHub, config: &Config) -> BenchResult<()> {
+    println!("== cluster-latency: {}", describe("cluster-latency"));
+    require_postgres("cluster-latency")?;
+    let (rate, seconds, devices) = (config.cluster_rate, config.cluster_seconds, config.cluster_devices);
+    let m = (rate * seconds) as usize;
+    println!(
+        "  {devices} MQTT device connections on instance A publish {m} QoS1 notifications in turn, {rate}/s in \
+         total for {seconds} s, to their dh/notification/... topics, payload {{\"notification\":name,\
+         \"parameters\":{{\"seq\":N}}}}, without waiting for PUBACKs. A WebSocket session per instance, \
+         subscribed to the network, receives the pushes. Latency = publish written to the socket -> push \
+         received and seq parsed. First A alone (the single-instance figure), then with instance B on the \
+         same database and a subscriber on each (B receives through its commit tail: NOTIFY, then a read of \
+         the committed rows)."
+    );
+    let mut ok = true;
+    let (mut r, mut acks, elapsed) = cluster_latency_run(hub, &[("A", hub)], "one", devices, rate, seconds).await?;
+    ok &= print_cluster_run("one instance", m, elapsed, &mut r, &mut acks);
+
+    let b = hub.join().await?;
+    let run = cluster_latency_run(hub, &[("A", hub), ("B", &b)], "two", devices, rate, seconds).await;
+    b.stop().await;
+    let (mut r, mut acks, elapsed) = run?;
+    ok &= print_cluster_run("two instances, devices on A", m, elapsed, &mut r, &mut acks);
+    if ok {
+        Ok(())
+    } else {
+        Err("notifications were lost, duplicated, reordered or not acknowledged (see above)".into())
+    }
+}
+
+/// One QoS1 ingest phase: a device connection per entry of `on` (the instance it connects to); returns
+/// acknowledged notifications per second, after checking stored == acknowledged through `hub`.
+async fn ingest_phase(hub: &BenchHub, on: &[&BenchHub], tag: &str, config: &Config) -> BenchResult<(f64, bool)> {
+    let mut conns = Vec::with_capacity(on.len());
+    let mut devices = Vec::with_capacity(on.len());
+    for (i, instance) in on.iter().enumerate() {
+        let d = format!("bench-ci-{tag}-{i:02}");
+        hub.device(&d).await?;
+        let topic = hub.notification_topic(&d, "q1").await?;
+        conns.push((
+            mqtt_client(instance.mqtt_addr()?, &format!("{d}-c"), &Creds::Jwt(hub.admin.clone())).await?,
+            topic,
+        ));
+        devices.push(d);
+    }
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(config.mqtt_seconds);
+    let mut tasks = Vec::with_capacity(conns.len());
+    for (conn, topic) in conns {
+        let payload = |seq: u64| {
+            format!("{{\"notification\":\"q1\",\"parameters\":{{\"seq\":{seq},\"value\":21.5}}}}").into_bytes()
+        };
+        tasks.push(tokio::spawn(publish_flood(conn, topic, payload, 1, config.mqtt_window, deadline, t0)));
+    }
+    let mut outcomes = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        outcomes.push(t.await?);
+    }
+    let end = Duration::from_nanos(outcomes.iter().map(|o| o.done_ns).max().unwrap_or(0));
+    let acked: u64 = outcomes.iter().map(|o| o.acked).sum();
+    let mut stored = 0u64;
+    let mut ok = outcomes.iter().all(|o| o.error.is_none());
+    for (d, o) in devices.iter().zip(&outcomes) {
+        let ids = hub.stored_notification_ids(d, "q1").await?;
+        stored += ids.len() as u64;
+        ok &= ids.len() as u64 == o.acked && ids.iter().collect::<BTreeSet<_>>().len() == ids.len();
+    }
+    for e in outcomes.iter().filter_map(|o| o.error.as_ref()) {
+        println!("    connection problem: {e}");
+    }
+    let rate = per_sec(acked, end);
+    println!(
+        "    {acked} PUBACKs, last at {:.2} s = {rate:.0} acknowledged notifications/s; stored {stored} -> {}",
+        end.as_secs_f64(),
+        if ok { "stored == acknowledged" } else { "MISMATCH" }
+    );
+    Ok((rate, ok))
+}
+
+async fn scenario_cluster_ingest(hub: &BenchHub, config: &Config) -> BenchResult<()> {
+    println!("== cluster-ingest: {}", describe("cluster-ingest"));
+    require_postgres("cluster-ingest")?;
+    let p = config.mqtt_publishers;
+    println!(
+        "  {p} MQTT device connections publish QoS1 notifications as fast as acknowledged (at most {} \
+         unacknowledged each) for {} s: first all on instance A alone, then with instance B on the same \
+         database and the devices split (even on A, odd on B). Both instances commit under the cluster-wide \
+         message clock, one batch at a time.",
+        config.mqtt_window, config.mqtt_seconds
+    );
+    println!("  one instance:");
+    let (one, ok1) = ingest_phase(hub, &vec![hub; p], "one", config).await?;
+    let b = hub.join().await?;
+    let on: Vec<&BenchHub> = (0..p).map(|i| if i % 2 == 0 { hub } else { &b }).collect();
+    println!("  two instances:");
+    let two = ingest_phase(hub, &on, "two", config).await;
+    b.stop().await;
+    let (two, ok2) = two?;
+    println!("  one instance {one:.0} acks/s; two instances {two:.0} acks/s ({:+.0} %)", (two / one - 1.0) * 100.0);
+    if ok1 && ok2 {
+        Ok(())
+    } else {
+        Err("MQTT ingest lost, duplicated or failed to acknowledge notifications (see above)".into())
+    }
+}
+
+/// The writer's transaction on PostgreSQL, over sqlx: `rows` notifications in one statement, stamped
+/// under the message clock (`locked`) or with the client's clock only.
+async fn clock_commit(pool: &sqlx::PgPool, locked: bool, rows: i64) -> BenchResult<()> {
+    let mut tx = pool.begin().await?;
+    let mut ts = hivehub::time::now_ms();
+    if locked {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(0x0068_6976_6568_7562_i64).execute(&mut *tx).await?;
+        ts = sqlx::query_scalar("UPDATE message_clock SET last_ts = GREATEST(last_ts + 1, $1) RETURNING last_ts")
+            .bind(ts)
+            .fetch_one(&mut *tx)
+            .await?;
+    }
+    sqlx::query(
+        "INSERT INTO device_notification (device_id, network_id, device_type_id, notification, timestamp, parameters) \
+         SELECT 'bench-clock', NULL, NULL, 'tick', $1, '{\"value\":1}' FROM generate_series(1, $2)",
+    )
+    .bind(ts)
+    .bind(rows)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("SELECT pg_notify('hivehub_bench_clock', $1)").bind(ts.to_string()).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn scenario_clock_lock(hub: &BenchHub, config: &Config) -> BenchResult<()> {
+    println!("== clock-lock: {}", describe("clock-lock"));
+    require_postgres("clock-lock")?;
+    let seconds = config.mqtt_seconds;
+    println!(
+        "  The writer's transaction straight over sqlx on the hub's database (no hub in the path): BEGIN; \
+         [SELECT pg_advisory_xact_lock(clock); UPDATE message_clock ... RETURNING]; INSERT of N notifications \
+         in one statement; SELECT pg_notify; COMMIT — with the clock (as the writer does) and without it, from \
+         1 connection (one instance) and 2 connections (two instances' writers), {seconds} s each. Latency = \
+         BEGIN -> COMMIT answered."
+    );
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&hub.settings.database.url).await?;
+    for rows in [1i64, 16] {
+        for writers in [1usize, 2] {
+            for locked in [false, true] {
+                let deadline = Instant::now() + Duration::from_secs(seconds);
+                let mut tasks = Vec::new();
+                for _ in 0..writers {
+                    let pool = pool.clone();
+                    tasks.push(tokio::spawn(async move {
+                        let mut lat = Vec::new();
+                        while Instant::now() < deadline {
+                            let t = Instant::now();
+                            clock_commit(&pool, locked, rows).await?;
+                            lat.push(micros(t.elapsed()));
+                        }
+                        Ok::<_, Box<dyn Error + Send + Sync>>(lat)
+                    }));
+                }
+                let mut lat = Vec::new();
+                for t in tasks {
+                    lat.extend(t.await??);
+                }
+                let n = lat.len() as u64;
+                println!(
+                    "  {rows:>2} row(s)/commit, {writers} writer(s), {:<14} {:>6.0} commits/s  {}",
+                    if locked { "with clock:" } else { "without clock:" },
+                    per_sec(n, Duration::from_secs(seconds)),
+                    tail_summary_us(&mut lat)
+                );
+            }
+        }
+    }
+    sqlx::query("DELETE FROM device_notification WHERE device_id = 'bench-clock'").execute(&pool).await?;
+    pool.close().await;
+    Ok(())
 }

@@ -761,3 +761,50 @@ async fn a_row_the_database_refuses_fails_alone_in_its_batch() {
     assert_eq!(stored, expected);
     hub.stop().await;
 }
+
+/// A caller is answered only once its row has reached this instance's subscribers — on PostgreSQL
+/// through the commit tail, while the writer already commits later batches. So a client that
+/// subscribes right after its insert was answered, replaying from just before it, gets the row
+/// exactly once (from the replay, never again live), however busy the writer is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answered_insert_is_not_pushed_again_to_a_later_subscription() {
+    skip_unless_backend!();
+    use crate::common::ws::Ws;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const DEVICE: &str = "e50d6085-2aba-48e9-b1c3-73c673e414be";
+    let hub = TestHub::start().await;
+    let path = format!("/device/{DEVICE}/notification");
+    let stop = AtomicBool::new(false);
+    // Other writers keep batches committing (and, on PostgreSQL, several in flight in the tail).
+    let load = || async {
+        while !stop.load(Ordering::Relaxed) {
+            hub.post(&hub.admin, &path, json!({"notification": "load"})).await.expect(201);
+        }
+    };
+    let probes = async {
+        let mut ws = Ws::authenticated(&hub, &hub.admin).await;
+        let mut before = hub.post(&hub.admin, &path, json!({"notification": "probe"})).await.expect(201)["timestamp"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        for i in 0..30 {
+            let n = hub.post(&hub.admin, &path, json!({"notification": "probe", "parameters": {"i": i}})).await;
+            let n = n.expect(201);
+            let sub = ws
+                .subscribe(
+                    "notification/subscribe",
+                    json!({"deviceId": DEVICE, "names": ["probe"], "timestamp": before}),
+                )
+                .await;
+            let push = ws.push().await;
+            assert_eq!(push["subscriptionId"].as_u64(), Some(sub), "{push}");
+            assert_eq!(push["notification"]["id"], n["id"], "the replay has the answered insert: {push}");
+            ws.quiet(Duration::from_millis(100)).await;
+            ws.ok("notification/unsubscribe", json!({"subscriptionId": sub}), &[]).await;
+            before = n["timestamp"].as_str().unwrap().to_string();
+        }
+        stop.store(true, Ordering::Relaxed);
+    };
+    tokio::join!(probes, load(), load(), load());
+    hub.stop().await;
+}
