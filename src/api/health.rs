@@ -1,6 +1,7 @@
 //! Health endpoints for load balancers and orchestrators, outside the REST prefix and without
 //! authentication: `GET /healthz` (the process answers) and `GET /readyz` (it can serve: the database
-//! answers within a second and the hub is not shutting down). Both say which node answered.
+//! answers within a second, the message writer runs and the hub is not shutting down). Both say which
+//! node answered.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,9 @@ pub async fn readyz(State(hub): State<Arc<Hub>>) -> Response {
     let mut problems = Vec::new();
     if *hub.shutdown.borrow() {
         problems.push("shutting down".to_string());
+    }
+    if !hub.writer.is_running() {
+        problems.push("message writer: stopped".to_string());
     }
     match tokio::time::timeout(DATABASE_DEADLINE, hub.database_ping()).await {
         Ok(Ok(())) => {}

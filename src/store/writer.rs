@@ -70,6 +70,11 @@ impl Writer {
         (Writer { tx }, task)
     }
 
+    /// Whether the writer task still takes rows (readiness).
+    pub fn is_running(&self) -> bool {
+        !self.tx.is_closed()
+    }
+
     /// Stores one row and returns it once committed.
     pub async fn write(&self, op: WriteOp) -> Result<Written> {
         let (reply, answer) = oneshot::channel();
