@@ -69,18 +69,30 @@ impl Cluster {
     }
 }
 
-/// Sends control events in order; a failed send is retried a few times (the database may be
-/// restarting), then dropped with a warning — the change itself is in SQL, and sessions re-check
-/// their user on their next request anyway.
+/// Control events sent in one statement at most (a connect storm claims thousands of client ids).
+const SEND_BATCH: usize = 256;
+
+/// Sends control events in order, up to `SEND_BATCH` per round trip (one `pg_notify` per event in
+/// one statement; encoded envelopes hold no raw newline, so they travel joined by one). A failed send
+/// is retried a few times (the database may be restarting), then dropped with a warning — the change
+/// itself is in SQL, and sessions re-check their user on their next request anyway.
 async fn send_controls(store: Store, node_id: Arc<str>, mut rx: mpsc::UnboundedReceiver<Control>) {
-    while let Some(control) = rx.recv().await {
-        let payload = Envelope { from: node_id.to_string(), control }.encode();
+    let mut batch = Vec::with_capacity(SEND_BATCH);
+    while rx.recv_many(&mut batch, SEND_BATCH).await > 0 {
+        let payloads: Vec<String> =
+            batch.drain(..).map(|control| Envelope { from: node_id.to_string(), control }.encode()).collect();
+        let joined = payloads.join("\n");
         for attempt in 1..=20 {
-            let sql = crate::store::Sql::new("SELECT pg_notify($1, $2)").bind(control::CHANNEL).bind(payload.as_str());
+            let sql = crate::store::Sql::new(
+                "SELECT pg_notify($1, t.payload) FROM unnest(string_to_array($2, E'\\n')) \
+                 WITH ORDINALITY AS t(payload, n) ORDER BY t.n",
+            )
+            .bind(control::CHANNEL)
+            .bind(joined.as_str());
             match store.db.execute(sql).await {
                 Ok(_) => break,
                 Err(e) if attempt == 20 => {
-                    tracing::warn!(error = %e, payload, "cannot announce a control event to the other instances")
+                    tracing::warn!(error = %e, events = payloads.len(), "cannot announce control events to the other instances")
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(100 * attempt)).await,
             }

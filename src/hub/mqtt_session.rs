@@ -32,7 +32,7 @@ impl Hub {
     /// Writes presence changes of many sessions of this instance in one transaction, in order; per
     /// record, whether it applied (see `Store::mqtt_session_records`).
     pub async fn mqtt_session_records(&self, records: &[SessionRecord]) -> Result<Vec<bool>> {
-        self.store.mqtt_session_records(&self.settings.cluster.node_id, records).await
+        self.store.mqtt_session_records(&self.cluster.node_id, records).await
     }
 
     /// Emits `$device-connected` / `$device-disconnected` for a client id that is a device the

@@ -172,7 +172,7 @@ pub async fn start(hub: &Arc<Hub>, open_link: LinkFactory) -> Result<Option<Rela
         link.publish(p).await;
     }
     tracing::info!(retained = retained.len(), "plain-topic relay started");
-    let node = hub.settings.cluster.node_id.clone();
+    let node = hub.cluster.node_id.to_string();
     let (outbox, queued) = mpsc::channel(OUTBOX_MESSAGES);
     let dropped = Arc::new(AtomicU64::new(0));
     tokio::spawn(receive(hub.clone(), node.clone(), listener, link));

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use super::TestHub;
 use crate::common::mqtt::{with_credentials, Mqtt};
-use crate::common::pg::{DbLease, PgServer};
+use crate::common::pg::{start_server, stop_server, DbLease, PgServer};
 use crate::common::{Backend, Sqlite, TestHubOn, ADMIN_LOGIN, ADMIN_PASSWORD};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hivehub");
@@ -160,13 +160,11 @@ async fn the_hub_rides_out_a_database_restart() {
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let stop_began = t0.elapsed();
-    let s = server.clone();
-    tokio::task::spawn_blocking(move || s.stop()).await.unwrap();
+    stop_server(&server).await;
     let stopped = t0.elapsed();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let start_began = t0.elapsed();
-    let s = server.clone();
-    tokio::task::spawn_blocking(move || s.start()).await.unwrap();
+    start_server(&server).await;
     let restarted = t0.elapsed();
 
     // Inserts succeed again within a few seconds, without restarting the hub (seqs from 20_000_000).
@@ -309,17 +307,6 @@ async fn stored_seqs(hub: &TestHub, name: &str) -> Vec<u64> {
             parameters["seq"].as_u64().unwrap_or_else(|| panic!("no seq in {row:?}"))
         })
         .collect()
-}
-
-/// Stops the dedicated server (off the async runtime: it waits for the server to go).
-async fn stop_server(server: &Arc<PgServer>) {
-    let s = server.clone();
-    tokio::task::spawn_blocking(move || s.stop()).await.unwrap();
-}
-
-async fn start_server(server: &Arc<PgServer>) {
-    let s = server.clone();
-    tokio::task::spawn_blocking(move || s.start()).await.unwrap();
 }
 
 /// A device publishes QoS 1 while the database is away for a few seconds, shorter than the grace

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::TestHub;
-use crate::common::pg::PgServer;
+use crate::common::pg::{start_server, stop_server, PgServer};
 
 /// `(status, body, took)` of an unauthenticated GET on the hub's root.
 async fn get(hub: &TestHub, path: &str) -> (u16, Value, Duration) {
@@ -35,8 +35,7 @@ async fn readiness_and_fast_503s_follow_the_database() {
     assert_eq!(get(&hub, "/readyz").await.0, 200);
     assert_eq!(rest(&hub).await.0, 200);
 
-    let s = server.clone();
-    tokio::task::spawn_blocking(move || s.stop()).await.unwrap();
+    stop_server(&server).await;
     // The first statements find the server gone; after that nothing waits for the pool's 10 s.
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut fast = 0;
@@ -53,8 +52,7 @@ async fn readiness_and_fast_503s_follow_the_database() {
     // Still alive, though not ready.
     assert_eq!(get(&hub, "/healthz").await.0, 200);
 
-    let s = server.clone();
-    tokio::task::spawn_blocking(move || s.start()).await.unwrap();
+    start_server(&server).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while get(&hub, "/readyz").await.0 != 200 {
         assert!(Instant::now() < deadline, "not ready again within 30 s of the database's return");

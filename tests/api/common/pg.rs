@@ -549,3 +549,15 @@ fn remove_stale_dirs() {
         }
     });
 }
+
+/// Stops a dedicated server from async code (off the runtime: it waits for the server to go).
+pub async fn stop_server(server: &std::sync::Arc<PgServer>) {
+    let s = server.clone();
+    tokio::task::spawn_blocking(move || s.stop()).await.unwrap();
+}
+
+/// Starts a stopped dedicated server again from async code.
+pub async fn start_server(server: &std::sync::Arc<PgServer>) {
+    let s = server.clone();
+    tokio::task::spawn_blocking(move || s.start()).await.unwrap();
+}
