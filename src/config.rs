@@ -51,6 +51,8 @@ pub struct MqttSettings {
     /// Seconds an anonymous session may stay without authenticating (dh/request `authenticate`); 0 = no limit.
     pub anonymous_timeout_secs: u64,
     pub write_timeout_secs: u64,
+    /// Milliseconds a client's socket may take nothing before plain QoS 0 publishes for it are dropped.
+    pub stall_ms: u64,
     pub max_inflight: usize,
     pub queue_capacity: usize,
     pub router_segment_bytes: usize,

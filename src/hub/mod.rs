@@ -40,6 +40,8 @@ pub struct HubStats {
     pub mqtt_connections: std::sync::atomic::AtomicUsize,
     /// MQTT publishes refused by authorization or validation (dropped, never stored or routed).
     pub mqtt_dropped_publishes: std::sync::atomic::AtomicU64,
+    /// Plain QoS 0 publishes not delivered to an MQTT client whose socket stalled (`[mqtt] stall_ms`).
+    pub mqtt_dropped_deliveries: std::sync::atomic::AtomicU64,
 }
 
 pub struct Hub {
@@ -258,10 +260,11 @@ impl Hub {
     pub fn cache_stats(&self) -> String {
         use std::sync::atomic::Ordering::Relaxed;
         format!(
-            "messages stored in SQL; {} live subscriptions; {} MQTT connections; {} MQTT publishes dropped; node {}",
+            "messages stored in SQL; {} live subscriptions; {} MQTT connections; {} MQTT publishes dropped; {} MQTT deliveries dropped; node {}",
             self.bus.subscription_count(),
             self.stats.mqtt_connections.load(Relaxed),
             self.stats.mqtt_dropped_publishes.load(Relaxed),
+            self.stats.mqtt_dropped_deliveries.load(Relaxed),
             self.cluster.node_id,
         )
     }

@@ -9,6 +9,7 @@
 
 pub mod codec;
 mod connection;
+mod flow;
 mod presence;
 mod relay;
 mod takeover;
@@ -62,6 +63,8 @@ pub struct MqttShared {
     http_addr: SocketAddr,
     /// Cluster mode (PostgreSQL): sends plain publishes to the other instances.
     relay: Option<relay::Relay>,
+    /// Holds plain publishes back while a matching subscriber lags (no skipping in the router's logs).
+    flow: Arc<flow::PlainFlow>,
 }
 
 /// An MQTT connection's place under the cap. While it is held the connection counts in
@@ -164,7 +167,8 @@ pub async fn start(hub: Arc<Hub>, http_addr: SocketAddr) -> Result<Broker, Start
             .map_err(|e: LinkError| e.to_string())
     });
     // Before any client is accepted: the router holds the cluster's retained messages.
-    let relay = relay::start(&hub, open_link.clone()).await?;
+    let flow = Arc::new(flow::PlainFlow::new(settings.router_segment_bytes, settings.router_segment_count));
+    let relay = relay::start(&hub, open_link.clone(), flow.clone()).await?;
     let shared = Arc::new(MqttShared {
         hub: hub.clone(),
         open_link,
@@ -174,9 +178,10 @@ pub async fn start(hub: Arc<Hub>, http_addr: SocketAddr) -> Result<Broker, Start
         cap: Cap::new(settings.max_connections),
         http_addr,
         relay,
+        flow,
     });
     takeover::spawn(shared.clone());
-    tracing::info!(%addr, "MQTT broker listening");
+    tracing::info!(%addr, max_connections = settings.max_connections, plain_lag_bytes = shared.flow.cap(), "MQTT broker listening");
     let ws_addr = match settings.ws_listen.is_empty() {
         true => None,
         false => Some(websocket::start(shared.clone(), &settings.ws_listen).await?),

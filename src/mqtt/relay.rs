@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::codec::Publish;
 use super::connection::to_router;
+use super::flow::{log_size, PlainFlow};
 use super::LinkFactory;
 use crate::error::StartupError;
 use crate::hub::Hub;
@@ -153,13 +154,18 @@ fn ascii_only(json: String) -> String {
 
 /// Starts the relay on PostgreSQL (`None` on SQLite): listens, loads the retained messages into the
 /// router — before the caller starts accepting clients — then relays both ways until shutdown.
-pub async fn start(hub: &Arc<Hub>, open_link: LinkFactory) -> Result<Option<Relay>, StartupError> {
+pub async fn start(
+    hub: &Arc<Hub>,
+    open_link: LinkFactory,
+    flow: Arc<PlainFlow>,
+) -> Result<Option<Relay>, StartupError> {
     let failed = |e: crate::error::ApiError| StartupError(format!("cannot start the plain-topic relay: {}", e.message));
     // Listen first: a retained message changed between the load and the listen would be missed; one
     // changed after the listen and before the load comes twice, in commit order, which ends the same.
     let Some(listener) = hub.plain_relay_listen().await.map_err(failed)? else { return Ok(None) };
     let retained = hub.retained_messages().await.map_err(failed)?;
-    let mut link = RelayLink::open(open_link).await.map_err(|e| StartupError(format!("relay router link: {e}")))?;
+    let mut link =
+        RelayLink::open(open_link, flow).await.map_err(|e| StartupError(format!("relay router link: {e}")))?;
     for m in &retained {
         let p = Publish {
             dup: false,
@@ -349,13 +355,15 @@ async fn read_note(hub: &Hub, node: &str, text: &str) -> Option<Note> {
 /// router drops it.
 struct RelayLink {
     open_link: LinkFactory,
+    /// Other nodes' publishes wait for room like local ones.
+    flow: Arc<PlainFlow>,
     tx: Option<LinkTx>,
     next_pkid: u16,
 }
 
 impl RelayLink {
-    async fn open(open_link: LinkFactory) -> Result<RelayLink, String> {
-        let mut link = RelayLink { open_link, tx: None, next_pkid: 0 };
+    async fn open(open_link: LinkFactory, flow: Arc<PlainFlow>) -> Result<RelayLink, String> {
+        let mut link = RelayLink { open_link, flow, tx: None, next_pkid: 0 };
         link.connect().await?;
         Ok(link)
     }
@@ -376,6 +384,7 @@ impl RelayLink {
             self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
             p.pkid = self.next_pkid;
         }
+        let admitted = self.flow.admit(&p.topic, log_size(p.topic.len(), p.payload.len())).await;
         for _ in 0..2 {
             if self.tx.is_none() {
                 if let Err(e) = self.connect().await {
@@ -390,6 +399,7 @@ impl RelayLink {
                 Err(_) => self.tx = None,
             }
         }
+        admitted.release();
         tracing::warn!(topic = %p.topic, "plain-topic relay could not hand a publish to the router");
     }
 

@@ -38,7 +38,7 @@ mod postgres;
 mod sqlite;
 
 /// The test files compiled for both backends (`sqlite.rs` and `postgres.rs` declare the same list).
-const TEST_FILES: [(&str, &str); 12] = [
+const TEST_FILES: [(&str, &str); 13] = [
     ("admin.rs", include_str!("admin.rs")),
     ("binary.rs", include_str!("binary.rs")),
     ("config.rs", include_str!("config.rs")),
@@ -46,6 +46,7 @@ const TEST_FILES: [(&str, &str); 12] = [
     ("fuzz.rs", include_str!("fuzz.rs")),
     ("messages.rs", include_str!("messages.rs")),
     ("mqtt.rs", include_str!("mqtt.rs")),
+    ("mqtt_flow.rs", include_str!("mqtt_flow.rs")),
     ("mqtt_sessions.rs", include_str!("mqtt_sessions.rs")),
     ("net.rs", include_str!("net.rs")),
     ("retention.rs", include_str!("retention.rs")),

@@ -30,6 +30,8 @@ mod fuzz;
 mod messages;
 #[path = "mqtt.rs"]
 mod mqtt;
+#[path = "mqtt_flow.rs"]
+mod mqtt_flow;
 #[path = "mqtt_sessions.rs"]
 mod mqtt_sessions;
 #[path = "net.rs"]

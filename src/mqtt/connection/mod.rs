@@ -25,6 +25,7 @@ use tokio::sync::{broadcast, mpsc, Notify};
 use tokio::time::Instant;
 
 use super::codec::{self, connack, Packet, Publish, SUBACK_FAILURE};
+use super::flow::Lag;
 use super::presence::PresenceEvent;
 use super::MqttShared;
 use crate::config::PlainTopics;
@@ -90,8 +91,16 @@ struct Conn {
     /// Outgoing QoS1 publishes awaiting PUBACK.
     inflight: HashMap<u16, Origin>,
     next_pkid: u16,
-    /// SUBSCRIBEs partly forwarded to the router: our codes, with `None` where the router answers.
-    pending_subacks: HashMap<u16, Vec<Option<u8>>>,
+    /// SUBSCRIBEs partly forwarded to the router: our codes, with `None` where the router answers,
+    /// and the plain filters sent to it.
+    pending_subacks: HashMap<u16, (Vec<Option<u8>>, Vec<String>)>,
+    /// Plain subscriptions the router accepted, with what this client still has to take from their
+    /// logs (`flow`).
+    plain_subs: Vec<(String, Arc<Lag>)>,
+    /// The client's socket has taken nothing for `[mqtt] stall_ms`: plain QoS 0 publishes for it are
+    /// dropped (and counted) instead of holding up their publishers.
+    stalled: bool,
+    dropped_deliveries: u64,
     /// Recently pushed events, so overlapping filters deliver a message once.
     recent: VecDeque<(EventKind, i64, i64)>,
     recent_set: HashSet<(EventKind, i64, i64)>,
@@ -174,6 +183,9 @@ pub async fn run_io(
         inflight: HashMap::new(),
         next_pkid: 0,
         pending_subacks: HashMap::new(),
+        plain_subs: Vec::new(),
+        stalled: false,
+        dropped_deliveries: 0,
         recent: VecDeque::new(),
         recent_set: HashSet::new(),
         keepalive: (connect.keep_alive > 0).then(|| Duration::from_millis(connect.keep_alive as u64 * 1500)),
@@ -220,23 +232,59 @@ impl Conn {
         codec::encode(p, &mut self.wbuf);
     }
 
-    /// Writes what is queued; a client that does not take it within the write timeout is cut off.
+    /// Writes what is queued. Meanwhile nothing more is taken from the router, so a slow client slows
+    /// the publishers of what it subscribed to (`flow`). A socket that takes nothing for
+    /// `[mqtt] stall_ms` counts as stalled: see `write_stalled`.
     async fn flush(&mut self) -> Result<(), End> {
-        if self.wbuf.is_empty() {
-            return Ok(());
-        }
-        let timeout = Duration::from_secs(self.settings().write_timeout_secs);
-        match tokio::time::timeout(timeout, self.writer.write_all(&self.wbuf)).await {
-            Ok(Ok(())) => {
-                self.wbuf.clear();
-                if self.wbuf.capacity() > 64 * 1024 {
-                    self.wbuf = BytesMut::new();
-                }
-                Ok(())
+        let stall = Duration::from_millis(self.settings().stall_ms.max(1));
+        while !self.wbuf.is_empty() {
+            match tokio::time::timeout(stall, self.writer.write(&self.wbuf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Err(End::Network),
+                Ok(Ok(n)) => bytes::Buf::advance(&mut self.wbuf, n),
+                Err(_) => self.write_stalled(stall).await?,
             }
-            Ok(Err(_)) => Err(End::Network),
-            Err(_) => Err(End::NotReading),
         }
+        if self.wbuf.capacity() > 64 * 1024 {
+            self.wbuf = BytesMut::new();
+        }
+        Ok(())
+    }
+
+    /// The socket takes nothing: the router is still drained, so publishers are not held up by a
+    /// client that stopped reading. Plain QoS 0 publishes for it are dropped and counted; QoS 1 ones
+    /// are queued (the router sends at most its inflight window of them unacknowledged), holding up
+    /// their publishers. Ends when the socket takes bytes again, or after `[mqtt] write_timeout_secs`
+    /// in all as not reading.
+    async fn write_stalled(&mut self, stalled_for: Duration) -> Result<(), End> {
+        let limit = Duration::from_secs(self.settings().write_timeout_secs).saturating_sub(stalled_for);
+        let deadline = Instant::now() + limit;
+        self.stalled = true;
+        let result = loop {
+            tokio::select! {
+                w = self.writer.write(&self.wbuf) => break match w {
+                    Ok(0) | Err(_) => Err(End::Network),
+                    Ok(n) => {
+                        bytes::Buf::advance(&mut self.wbuf, n);
+                        Ok(())
+                    }
+                },
+                n = next_from_router(&mut self.link) => {
+                    let step = match n {
+                        Ok(Some(n)) => self.on_router_notification(n).await,
+                        Ok(None) => Ok(()),
+                        Err(_) => Err(self.link_failed()),
+                    };
+                    if let Err(end) = step {
+                        break Err(end);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => break Err(End::NotReading),
+                _ = self.kill.notified() => break Err(End::TakenOver),
+                _ = self.shared.hub.shutting_down() => break Err(End::Shutdown),
+            }
+        };
+        self.stalled = false;
+        result
     }
 
     fn allocate_pkid(&mut self) -> Option<u16> {
@@ -275,6 +323,17 @@ impl Conn {
         let mut deadline = self.keepalive.map(|k| Instant::now() + k);
         let anonymous_limit = Duration::from_secs(self.settings().anonymous_timeout_secs);
         let anonymous_deadline = (!anonymous_limit.is_zero()).then(|| Instant::now() + anonymous_limit);
+        // Packets the client sent right behind its CONNECT (read with it) come first.
+        if !self.rbuf.is_empty() {
+            let handled = match self.read_packets().await {
+                Ok(()) => self.flush().await,
+                err => err,
+            };
+            if let Err(end) = handled {
+                let _ = self.flush().await;
+                return end;
+            }
+        }
         loop {
             // Only a session still anonymous has a deadline to authenticate.
             let anonymous_deadline = anonymous_deadline.filter(|_| !self.session.principal.is_authenticated());
@@ -500,7 +559,8 @@ impl Conn {
             self.queue(&Packet::SubAck { pkid, codes });
             return Ok(());
         }
-        self.pending_subacks.insert(pkid, codes);
+        let names = plain.iter().map(|f| f.path.clone()).collect();
+        self.pending_subacks.insert(pkid, (codes, names));
         self.send_to_router(rq::Packet::Subscribe(rq::Subscribe { pkid, filters: plain }, None)).await
     }
 
@@ -523,11 +583,15 @@ impl Conn {
             self.queue(&Packet::UnsubAck(pkid));
             return Ok(());
         }
+        // No longer counted, so no publisher waits for what this client will not take.
+        self.withdraw_plain(Some(&plain));
         self.send_to_router(rq::Packet::Unsubscribe(rq::Unsubscribe { pkid, filters: plain }, None)).await
     }
 
     /// Ends the session: last will unless the client said goodbye, then the router link.
     async fn finish(mut self, end: End) {
+        // First, so that no publish (the last will included) waits for what this client will not take.
+        self.withdraw_plain(None);
         match end {
             End::Clean | End::Shutdown | End::TakenOver => {}
             ref other => tracing::info!(client_id = %self.client_id, reason = ?other, "MQTT connection closed"),
@@ -572,6 +636,9 @@ impl Conn {
                     principal,
                 }),
             );
+        }
+        if self.dropped_deliveries > 0 {
+            tracing::info!(client_id = %self.client_id, dropped = self.dropped_deliveries, "plain QoS 0 publishes dropped for a stalled MQTT client");
         }
         if self.link.is_some() {
             let bye = rq::Disconnect { reason_code: rq::DisconnectReasonCode::NormalDisconnection };

@@ -2,13 +2,22 @@
 //! what the router sends this client, and the mapping of the router's packet ids into the one id
 //! space the client sees.
 
+use std::time::Duration;
+
 use bytes::{BufMut, BytesMut};
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol as rq;
 use rumqttd::Notification;
+use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
 
 use super::{Conn, End};
 use crate::mqtt::codec::{Packet, Publish, SUBACK_FAILURE};
+use crate::mqtt::flow::{log_size, Admitted};
+
+/// Bytes queued for the client past which a connection waiting to publish stops taking more from
+/// the router (until its socket takes them).
+const ADMIT_WAIT_BUFFER: usize = 64 * 1024;
 
 /// Where an outgoing QoS1 publish came from, so its PUBACK goes back there.
 pub(super) enum Origin {
@@ -43,9 +52,10 @@ pub(in crate::mqtt) fn to_router(p: &Publish) -> rq::Publish {
 }
 
 /// `$` topics are the broker's own (3.1.1 §4.7.2): the router drops a link that subscribes to one,
-/// so such a filter is refused here. `$share...` is the router's shared subscription, not one of them.
+/// so such a filter is refused here. So is `$share/...` (MQTT 5 shared subscriptions, which the
+/// router would serve from one cursor per group, outside the flow control of `flow`).
 pub(super) fn broker_filter(filter: &str) -> bool {
-    filter.starts_with('$') && !filter.starts_with("$share")
+    filter.starts_with('$')
 }
 
 fn suback_code(c: &rq::SubscribeReasonCode) -> u8 {
@@ -60,8 +70,14 @@ fn suback_code(c: &rq::SubscribeReasonCode) -> u8 {
 impl Conn {
     /// Hands a plain publish (authorized) to this instance's router and, in cluster mode, to the
     /// relay for the other instances' routers.
+    /// Waits first until every online matching subscriber has room for it (`flow`): meanwhile this
+    /// connection reads nothing more from its client, and the router's PUBACK is not sent.
     pub(super) async fn route_plain(&mut self, p: &Publish) -> Result<(), End> {
-        self.send_to_router(rq::Packet::Publish(to_router(p), None)).await?;
+        let admitted = self.admit_plain(&p.topic, log_size(p.topic.len(), p.payload.len())).await?;
+        if let Err(end) = self.send_to_router(rq::Packet::Publish(to_router(p), None)).await {
+            admitted.release();
+            return Err(end);
+        }
         if let Some(relay) = &self.shared.relay {
             relay.relay(p).await;
         }
@@ -87,8 +103,83 @@ impl Conn {
         link_end(!still_ours)
     }
 
-    /// What the router sends this client: publishes on plain topics and acknowledgements.
+    /// Waits for room for a plain publish (`flow`). Meanwhile the client is not read, but what the
+    /// router has for it is still taken and written, as `flush` does (stalled included): it may be
+    /// the one subscriber the publish waits for, and two connections publishing to each other must
+    /// not wait for each other forever.
+    async fn admit_plain(&mut self, topic: &str, size: usize) -> Result<Admitted, End> {
+        let flow = self.shared.flow.clone();
+        let stall = Duration::from_millis(self.settings().stall_ms.max(1));
+        let write_timeout = Duration::from_secs(self.settings().write_timeout_secs);
+        let mut progress = Instant::now();
+        loop {
+            let now = Instant::now();
+            let waiting = !self.wbuf.is_empty();
+            self.stalled = waiting && now.duration_since(progress) >= stall;
+            if waiting && now.duration_since(progress) >= write_timeout {
+                self.stalled = false;
+                return Err(End::NotReading);
+            }
+            if !waiting {
+                progress = now;
+            }
+            // Take more from the router only while the socket keeps up (or to drop while stalled).
+            let take = self.wbuf.len() < ADMIT_WAIT_BUFFER || self.stalled;
+            let next_check = match waiting {
+                true => progress + if self.stalled { write_timeout } else { stall },
+                false => now + write_timeout,
+            };
+            let step = tokio::select! {
+                admitted = flow.admit(topic, size) => {
+                    self.stalled = false;
+                    return Ok(admitted);
+                }
+                n = next_from_router(&mut self.link), if take => match n {
+                    Ok(Some(n)) => self.on_router_notification(n).await,
+                    Ok(None) => Ok(()),
+                    Err(_) => Err(self.link_failed()),
+                },
+                w = self.writer.write(&self.wbuf), if waiting => match w {
+                    Ok(0) | Err(_) => Err(End::Network),
+                    Ok(n) => {
+                        bytes::Buf::advance(&mut self.wbuf, n);
+                        progress = Instant::now();
+                        Ok(())
+                    }
+                },
+                _ = tokio::time::sleep_until(next_check) => Ok(()),
+                _ = self.kill.notified() => Err(End::TakenOver),
+                _ = self.shared.hub.shutting_down() => Err(End::Shutdown),
+            };
+            if let Err(end) = step {
+                self.stalled = false;
+                return Err(end);
+            }
+        }
+    }
+
+    /// The router's message `f` left its log for this client: the lag of one matching subscription
+    /// shrinks (retained messages, `cursor` `None`, come from elsewhere).
+    fn taken_from_log(&mut self, f: &rumqttd::Forward) {
+        if f.cursor.is_none() {
+            return;
+        }
+        let Ok(topic) = std::str::from_utf8(&f.publish.topic) else { return };
+        let size = log_size(f.publish.topic.len(), f.publish.payload.len());
+        let mut matching = self.plain_subs.iter().filter(|(filter, _)| rq::matches(topic, filter));
+        let Some((_, first)) = matching.next() else { return };
+        // With overlapping filters each copy comes from one of their logs: take it off one that
+        // still owes it.
+        let lag = std::iter::once(first).chain(matching.map(|(_, l)| l)).find(|l| l.owed() >= size).unwrap_or(first);
+        lag.taken(size);
+    }
+
+    /// What the router sends this client: publishes on plain topics and acknowledgements. While the
+    /// client's socket is stalled (`flush`), QoS 0 publishes are dropped and counted.
     pub(super) async fn on_router_notification(&mut self, n: Notification) -> Result<(), End> {
+        if let Notification::Forward(f) = &n {
+            self.taken_from_log(f);
+        }
         let packet = match Option::<rq::Packet>::from(n) {
             Some(p) => p,
             None => {
@@ -104,6 +195,11 @@ impl Conn {
         match packet {
             rq::Packet::Publish(p, _) => {
                 let mut p = from_router(&p);
+                if self.stalled && p.qos == 0 {
+                    self.dropped_deliveries += 1;
+                    self.shared.hub.stats.mqtt_dropped_deliveries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(());
+                }
                 if p.qos == 1 {
                     let Some(id) = self.allocate_pkid() else {
                         return Err(End::NotReading);
@@ -117,13 +213,22 @@ impl Conn {
             rq::Packet::PubRec(a, _) => self.queue(&Packet::PubRec(a.pkid)),
             rq::Packet::PubComp(a, _) => self.queue(&Packet::PubComp(a.pkid)),
             rq::Packet::SubAck(a, _) => {
-                let mut router_codes = a.return_codes.iter().map(suback_code);
-                let codes = match self.pending_subacks.remove(&a.pkid) {
-                    Some(ours) => ours
+                let router_codes: Vec<u8> = a.return_codes.iter().map(suback_code).collect();
+                let (ours, plain) = self.pending_subacks.remove(&a.pkid).unwrap_or_default();
+                // Counted from now on: the router has placed the subscriptions' cursors.
+                for (filter, code) in plain.into_iter().zip(&router_codes) {
+                    if *code != SUBACK_FAILURE && !self.plain_subs.iter().any(|(f, _)| *f == filter) {
+                        let lag = self.shared.flow.subscribe(&filter);
+                        self.plain_subs.push((filter, lag));
+                    }
+                }
+                let mut router_codes = router_codes.into_iter();
+                let codes = match ours.is_empty() {
+                    false => ours
                         .into_iter()
                         .map(|c| c.unwrap_or_else(|| router_codes.next().unwrap_or(SUBACK_FAILURE)))
                         .collect(),
-                    None => router_codes.collect(),
+                    true => router_codes.collect(),
                 };
                 self.queue(&Packet::SubAck { pkid: a.pkid, codes });
             }
@@ -132,6 +237,18 @@ impl Conn {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Withdraws plain subscriptions from flow control (all of them when `filters` is `None`).
+    pub(super) fn withdraw_plain(&mut self, filters: Option<&[String]>) {
+        let flow = &self.shared.flow;
+        self.plain_subs.retain(|(filter, lag)| {
+            let withdraw = filters.is_none_or(|fs| fs.contains(filter));
+            if withdraw {
+                flow.unsubscribe(filter, lag);
+            }
+            !withdraw
+        });
     }
 
     /// Opens the router link if it is not open yet.
