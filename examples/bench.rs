@@ -352,7 +352,10 @@ async fn run(opts: Opts) -> BenchResult<()> {
         hub.settings.database.max_connections,
         available_cpus()
     );
-    println!("  open-file limit of the bench and its child processes: {}", raise_fd_limit(65_536));
+    println!(
+        "  open-file limit of the bench and its child processes: {}",
+        raise_fd_limit(HOLD_CONNECTIONS as u64 + 15_536)
+    );
 
     let mut failed = Vec::new();
     for name in selected {
@@ -2659,6 +2662,30 @@ struct Idle {
     loaded_kib: u64,
     closed_kib: u64,
     client_delta_kib: i64,
+    /// CPU seconds (user + system) the broker spent while the connections were opened.
+    accept_cpu_s: f64,
+    /// Connections the broker reported open (hub only, `cacheStats`), while they were.
+    reported: Option<u64>,
+}
+
+/// CPU seconds (utime + stime) a process has used, from /proc/<pid>/stat.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name in parentheses: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(ticks as f64 / hz)
+}
+
+/// The MQTT connection count a hub reports in `GET /info/cache`.
+async fn reported_mqtt_connections(broker: &ChildBroker) -> Option<u64> {
+    let http = broker.http?;
+    let v: Value = reqwest::get(format!("http://{http}/api/rest/info/cache")).await.ok()?.json().await.ok()?;
+    let stats = v["cacheStats"].as_str()?;
+    stats.split("; ").find_map(|part| part.strip_suffix(" MQTT connections").and_then(|n| n.parse().ok()))
 }
 
 impl Idle {
@@ -2701,20 +2728,24 @@ async fn idle_memory(broker: &ChildBroker, n: usize, creds: &Creds, tag: &str) -
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let base_kib = broker.rss();
     let client_base = rss_kib(std::process::id()).unwrap_or(0) as i64;
+    let cpu_before = cpu_seconds(broker.pid()).unwrap_or(0.0);
     let (conns, failed) = open(n, tag.to_string()).await;
+    let accept_cpu_s = cpu_seconds(broker.pid()).unwrap_or(0.0) - cpu_before;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let loaded_kib = broker.rss();
+    let reported = reported_mqtt_connections(broker).await;
     let client_delta_kib = rss_kib(std::process::id()).unwrap_or(0) as i64 - client_base;
     let opened = conns.len();
     drop(conns);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    Idle { opened, failed, base_kib, loaded_kib, closed_kib: broker.rss(), client_delta_kib }
+    Idle { opened, failed, base_kib, loaded_kib, closed_kib: broker.rss(), client_delta_kib, accept_cpu_s, reported }
 }
 
 fn print_idle(what: &str, broker: &ChildBroker, i: &Idle) {
     println!(
         "  {what}: {} idle connections open ({} failed) in {} (pid {}): RSS {} KiB before -> {} KiB with them open \
-         = {:.2} KiB per connection; {} KiB after closing them. (Client side, not included: {:+} KiB.)",
+         = {:.2} KiB per connection; {} KiB after closing them; {:.2} s CPU to accept them{}. (Client side, not \
+         included: {:+} KiB.)",
         i.opened,
         i.failed,
         broker.label,
@@ -2723,12 +2754,17 @@ fn print_idle(what: &str, broker: &ChildBroker, i: &Idle) {
         i.loaded_kib,
         i.per_conn_kib(),
         i.closed_kib,
+        i.accept_cpu_s,
+        i.reported.map_or(String::new(), |n| format!("; the hub reported {n} MQTT connections open")),
         i.client_delta_kib
     );
 }
 
 // ---------------------------------------------------------------------------------------------------
 // Scenario: authenticated MQTT connects per second and memory per idle connection (hub child process).
+
+/// Idle connections the hub must hold at once (issue 11).
+const HOLD_CONNECTIONS: usize = 50_000;
 
 async fn scenario_mqtt_connect(config: &Config) -> BenchResult<()> {
     println!("== mqtt-connect: {}", describe("mqtt-connect"));
@@ -2749,6 +2785,11 @@ async fn scenario_mqtt_connect(config: &Config) -> BenchResult<()> {
     let n = idle_connections_allowed(config.idle_connections);
     let idle = idle_memory(&hub, n, &jwt, "idle").await;
     print_idle("memory, JWT-authenticated clients", &hub, &idle);
+    let hold = idle_connections_allowed(HOLD_CONNECTIONS);
+    let held = idle_memory(&hub, hold, &Creds::Anonymous, "hold").await;
+    print_idle(&format!("hold check, {HOLD_CONNECTIONS} anonymous idle connections wanted"), &hub, &held);
+    let held_ok = held.opened == HOLD_CONNECTIONS && held.reported.is_some_and(|n| n >= HOLD_CONNECTIONS as u64);
+    println!("  {HOLD_CONNECTIONS} connections held: {}", if held_ok { "yes" } else { "NO" });
     let mut s =
         connect_storm(hub.mqtt, config.connectors, config.connect_seconds, &jwt, config.connect_timeout, "cj").await;
     print_storm("JWT (access token) as password", config.connectors, &mut s);
@@ -2758,7 +2799,12 @@ async fn scenario_mqtt_connect(config: &Config) -> BenchResult<()> {
             .await;
     print_storm("login/password (Argon2 per connect)", config.login_connectors, &mut l);
     hub.stop().await;
-    let ok = s.timeouts == 0 && s.not_accepted() == 0 && l.timeouts == 0 && l.not_accepted() == 0 && idle.failed == 0;
+    let ok = s.timeouts == 0
+        && s.not_accepted() == 0
+        && l.timeouts == 0
+        && l.not_accepted() == 0
+        && idle.failed == 0
+        && held_ok;
     if ok {
         Ok(())
     } else {
@@ -2876,17 +2922,113 @@ struct Fanin {
     errors: Vec<String>,
 }
 
-/// `publishers` connections flood `bench/fanin/<i>` for `seconds`; one subscriber on `bench/fanin/+`
-/// (same QoS) counts deliveries until nothing arrives for 2 s after the publishers are done.
-async fn plain_fanin(addr: SocketAddr, publishers: usize, seconds: u64, qos: u8, window: usize) -> BenchResult<Fanin> {
-    let (mut sr, mut sw) = mqtt_client(addr, &format!("bench-fan-sub-q{qos}"), &Creds::Anonymous).await?;
+/// Publishers of the plain-topic fan-in rows (issue 11) and messages each [env BENCH_FANIN_MESSAGES].
+const FANIN_PUBLISHERS: usize = 10;
+const FANIN_MESSAGES: u64 = 20_000;
+
+fn fanin_messages() -> u64 {
+    std::env::var("BENCH_FANIN_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(FANIN_MESSAGES)
+}
+
+/// Publishes exactly `count` messages to `topic` as fast as the broker takes them: QoS0 in batches of
+/// 512, each followed by a PINGREQ, at most 3 batches unanswered, then waits for the last PINGRESP (the
+/// broker has read them all); QoS1 with at most `window` unacknowledged, until all are acknowledged.
+async fn count_flood(
+    (mut r, mut w): (mq::Reader, mq::Writer),
+    topic: String,
+    count: u64,
+    qos: u8,
+    window: usize,
+    t0: Instant,
+) -> PubOutcome {
+    let mut out = PubOutcome::default();
+    let payload = |seq: u64| {
+        let mut p = vec![b'x'; 64];
+        p[..8].copy_from_slice(&seq.to_be_bytes());
+        p
+    };
+    let gate = Arc::new(Semaphore::new(if qos == 0 { 3 } else { window }));
+    let acked = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let (gate, acked) = (gate.clone(), acked.clone());
+        tokio::spawn(async move {
+            loop {
+                match r.next().await {
+                    Ok(mq::Packet::PingResp) => gate.add_permits(1),
+                    Ok(mq::Packet::PubAck(_)) => {
+                        acked.fetch_add(1, Ordering::Release);
+                        gate.add_permits(1);
+                    }
+                    Ok(_) => {}
+                    Err(e) => return e.to_string(),
+                }
+            }
+        })
+    };
+    let patience = Duration::from_secs(120);
+    while out.sent < count && out.error.is_none() {
+        match tokio::time::timeout(patience, gate.acquire()).await {
+            Ok(Ok(p)) => p.forget(),
+            _ => {
+                out.error = Some(format!("no PINGRESP/PUBACK within {} s", patience.as_secs()));
+                break;
+            }
+        }
+        let batch = if qos == 0 { 512 } else { 64 };
+        for k in 0..batch {
+            if out.sent == count {
+                break;
+            }
+            if qos == 1 && k > 0 {
+                match gate.try_acquire() {
+                    Ok(p) => p.forget(),
+                    Err(_) => break,
+                }
+            }
+            mq::publish(&mut w.buf, &topic, &payload(out.sent), qos, (out.sent % 65_535) as u16 + 1);
+            out.sent += 1;
+            if w.buf.len() > 32 * 1024 && w.flush().await.is_err() {
+                out.error = Some("write failed".into());
+                break;
+            }
+        }
+        if qos == 0 {
+            mq::pingreq(&mut w.buf);
+        }
+        if w.flush().await.is_err() {
+            out.error = Some("write failed".into());
+        }
+    }
+    if out.error.is_none() {
+        let all = if qos == 0 { 3 } else { window as u32 };
+        match tokio::time::timeout(patience, gate.acquire_many(all)).await {
+            Ok(Ok(_)) => out.done_ns = nanos_since(t0, Instant::now()),
+            _ => out.error = Some("not everything answered within 120 s after the last publish".into()),
+        }
+    }
+    out.acked = acked.load(Ordering::Acquire);
+    reader.abort();
+    out
+}
+
+/// `publishers` connections each publish `count` messages to `bench/fanin/<i>`; one subscriber on
+/// `bench/fanin/+` (same QoS) counts deliveries until all arrived or nothing arrives for 5 s after the
+/// publishers are done.
+async fn plain_fanin_count(
+    addr: SocketAddr,
+    publishers: usize,
+    count: u64,
+    qos: u8,
+    window: usize,
+) -> BenchResult<Fanin> {
+    let (mut sr, mut sw) = mqtt_client(addr, &format!("bench-fanc-sub-q{qos}"), &Creds::Anonymous).await?;
     let code = mq::subscribe_one(&mut sr, &mut sw, "bench/fanin/+", qos).await?;
     if code > 1 {
         return Err(format!("subscription refused (SUBACK {code:#x})").into());
     }
     let mut pubs = Vec::with_capacity(publishers);
     for i in 0..publishers {
-        pubs.push(mqtt_client(addr, &format!("bench-fan-pub-q{qos}-{i}"), &Creds::Anonymous).await?);
+        pubs.push(mqtt_client(addr, &format!("bench-fanc-pub-q{qos}-{i}"), &Creds::Anonymous).await?);
     }
     let t0 = Instant::now();
     let delivered = Arc::new(AtomicU64::new(0));
@@ -2908,15 +3050,9 @@ async fn plain_fanin(addr: SocketAddr, publishers: usize, seconds: u64, qos: u8,
             }
         })
     };
-    let deadline = t0 + Duration::from_secs(seconds);
-    let payload = |seq: u64| {
-        let mut p = vec![b'x'; 64];
-        p[..8].copy_from_slice(&seq.to_be_bytes());
-        p
-    };
     let mut tasks = Vec::with_capacity(publishers);
     for (i, conn) in pubs.into_iter().enumerate() {
-        tasks.push(tokio::spawn(publish_flood(conn, format!("bench/fanin/{i}"), payload, qos, window, deadline, t0)));
+        tasks.push(tokio::spawn(count_flood(conn, format!("bench/fanin/{i}"), count, qos, window, t0)));
     }
     let mut f = Fanin::default();
     let mut done_ns = 0;
@@ -2932,12 +3068,12 @@ async fn plain_fanin(addr: SocketAddr, publishers: usize, seconds: u64, qos: u8,
     let (mut seen, mut since) = (u64::MAX, Instant::now());
     loop {
         let d = delivered.load(Ordering::Relaxed);
-        if d >= expected && d == seen {
+        if d >= expected {
             break;
         }
         if d != seen {
             (seen, since) = (d, Instant::now());
-        } else if since.elapsed() > Duration::from_secs(2) {
+        } else if since.elapsed() > Duration::from_secs(5) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -3017,7 +3153,6 @@ struct BrokerFigures {
 }
 
 async fn plain_suite(broker: &ChildBroker, config: &Config) -> BenchResult<BrokerFigures> {
-    let (p, secs) = (config.mqtt_publishers, config.mqtt_seconds);
     println!(
         "  -- {} (pid {}, MQTT on {}, RSS at start {} KiB) --",
         broker.label,
@@ -3029,10 +3164,11 @@ async fn plain_suite(broker: &ChildBroker, config: &Config) -> BenchResult<Broke
     // Memory first, while the process is fresh (floods leave the allocator's high-water mark behind).
     let idle = idle_memory(broker, idle_connections_allowed(config.idle_connections), &Creds::Anonymous, "idle").await;
     print_idle("memory, anonymous clients", broker, &idle);
-    let q0 = plain_fanin(broker.mqtt, p, secs, 0, config.mqtt_window).await?;
+    let (p, n) = (FANIN_PUBLISHERS, fanin_messages());
+    let q0 = plain_fanin_count(broker.mqtt, p, n, 0, config.mqtt_window).await?;
     println!(
-        "  QoS0 fan-in ({p} publishers -> 1 subscriber, {secs} s, 64-byte payloads): published {} = {:.0} msg/s (until \
-         the last PINGRESP at {:.2} s); delivered {} = {:.0} msg/s (until the last delivery at {:.2} s); not delivered {}",
+        "  QoS0 fan-in ({p} publishers x {n} -> 1 wildcard subscriber, 64-byte payloads): published {} = {:.0} msg/s \
+         (until the last PINGRESP at {:.2} s); delivered {} = {:.0} msg/s (until the last delivery at {:.2} s); LOST {}",
         q0.sent,
         per_sec(q0.sent, q0.publish_elapsed),
         q0.publish_elapsed.as_secs_f64(),
@@ -3044,11 +3180,11 @@ async fn plain_suite(broker: &ChildBroker, config: &Config) -> BenchResult<Broke
     for e in &q0.errors {
         println!("    publisher problem: {e}");
     }
-    let q1 = plain_fanin(broker.mqtt, p, secs, 1, config.mqtt_window).await?;
+    let q1 = plain_fanin_count(broker.mqtt, p, n, 1, config.mqtt_window).await?;
     println!(
-        "  QoS1 fan-in ({p} publishers with {} unacknowledged each -> 1 QoS1 subscriber, {secs} s): acknowledged {} of \
-         {} sent = {:.0} msg/s (until the last PUBACK at {:.2} s); delivered {} = {:.0} msg/s; acknowledged but not \
-         delivered {}",
+        "  QoS1 fan-in ({p} publishers x {n} with {} unacknowledged each -> 1 QoS1 wildcard subscriber): acknowledged \
+         {} of {} sent = {:.0} msg/s (until the last PUBACK at {:.2} s); delivered {} = {:.0} msg/s; LOST (acknowledged \
+         but not delivered) {}",
         config.mqtt_window,
         q1.acked,
         q1.sent,
@@ -3104,7 +3240,7 @@ async fn scenario_mosquitto(config: &Config) -> BenchResult<()> {
 type TableCell = Box<dyn Fn(&BrokerFigures) -> String>;
 
 fn print_comparison(config: &Config, figs: &[BrokerFigures]) {
-    let p = config.mqtt_publishers;
+    let p = FANIN_PUBLISHERS;
     let rows: Vec<(String, TableCell)> = vec![
         (
             format!("QoS0 fan-in {p}->1: published msg/s"),
@@ -3115,6 +3251,7 @@ fn print_comparison(config: &Config, figs: &[BrokerFigures]) {
             Box::new(|f| format!("{:.0}", per_sec(f.q0.delivered, f.q0.deliver_elapsed))),
         ),
         ("QoS0 fan-in: delivered / published".into(), Box::new(|f| format!("{} / {}", f.q0.delivered, f.q0.sent))),
+        ("QoS0 fan-in: LOST".into(), Box::new(|f| f.q0.sent.saturating_sub(f.q0.delivered).to_string())),
         (
             format!("QoS1 fan-in {p}->1: acknowledged msg/s"),
             Box::new(|f| format!("{:.0}", per_sec(f.q1.acked, f.q1.publish_elapsed))),
@@ -3124,6 +3261,10 @@ fn print_comparison(config: &Config, figs: &[BrokerFigures]) {
             Box::new(|f| format!("{:.0}", per_sec(f.q1.delivered, f.q1.deliver_elapsed))),
         ),
         ("QoS1 fan-in: delivered / acknowledged".into(), Box::new(|f| format!("{} / {}", f.q1.delivered, f.q1.acked))),
+        (
+            "QoS1 fan-in: LOST (acknowledged)".into(),
+            Box::new(|f| f.q1.acked.saturating_sub(f.q1.delivered).to_string()),
+        ),
         ("QoS1 latency p50 (ms)".into(), Box::new(|f| format!("{:.3}", pct_ms(&f.latency, 50.0)))),
         ("QoS1 latency p99 (ms)".into(), Box::new(|f| format!("{:.3}", pct_ms(&f.latency, 99.0)))),
         ("QoS1 latency p99.9 (ms)".into(), Box::new(|f| format!("{:.3}", pct_ms(&f.latency, 99.9)))),
@@ -3143,6 +3284,7 @@ fn print_comparison(config: &Config, figs: &[BrokerFigures]) {
             "RSS per idle connection (KiB)".into(),
             Box::new(|f| format!("{:.2} ({} conns)", f.idle.per_conn_kib(), f.idle.opened)),
         ),
+        ("CPU s to accept the idle connections".into(), Box::new(|f| format!("{:.2}", f.idle.accept_cpu_s))),
     ];
     println!();
     println!(
@@ -3163,6 +3305,39 @@ fn print_comparison(config: &Config, figs: &[BrokerFigures]) {
             let _ = write!(line, " | {:>22}", cell(f));
         }
         println!("{line}");
+    }
+    // Issue 11's rows: hub / peer (figs[0] is Mosquitto, figs[1] the hub).
+    if let [peer, hub] = figs {
+        let ratio = |h: f64, m: f64| if m > 0.0 { format!("{:.2}x", h / m) } else { "-".into() };
+        let q0 = |f: &BrokerFigures| per_sec(f.q0.delivered, f.q0.deliver_elapsed);
+        let q1 = |f: &BrokerFigures| per_sec(f.q1.delivered, f.q1.deliver_elapsed);
+        println!();
+        println!("  hub / {} (targets: fan-in delivered >= 1.5x with 0 lost; idle KiB <= 2; CPU <= 1.5x):", peer.label);
+        println!(
+            "    QoS0 fan-in delivered/s: {:.0} vs {:.0} = {}; lost {} vs {}",
+            q0(hub),
+            q0(peer),
+            ratio(q0(hub), q0(peer)),
+            hub.q0.sent.saturating_sub(hub.q0.delivered),
+            peer.q0.sent.saturating_sub(peer.q0.delivered)
+        );
+        println!(
+            "    QoS1 fan-in delivered/s: {:.0} vs {:.0} = {}; lost (acknowledged) {} vs {}",
+            q1(hub),
+            q1(peer),
+            ratio(q1(hub), q1(peer)),
+            hub.q1.acked.saturating_sub(hub.q1.delivered),
+            peer.q1.acked.saturating_sub(peer.q1.delivered)
+        );
+        println!(
+            "    idle connections: {:.2} vs {:.2} KiB each = {}; CPU to accept {:.2} vs {:.2} s = {}",
+            hub.idle.per_conn_kib(),
+            peer.idle.per_conn_kib(),
+            ratio(hub.idle.per_conn_kib(), peer.idle.per_conn_kib()),
+            hub.idle.accept_cpu_s,
+            peer.idle.accept_cpu_s,
+            ratio(hub.idle.accept_cpu_s, peer.idle.accept_cpu_s)
+        );
     }
 }
 

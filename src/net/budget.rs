@@ -44,6 +44,12 @@ pub fn fit_to_open_file_limit(settings: &mut Settings) {
     let mqtt = if settings.mqtt.enabled { settings.mqtt.max_connections } else { 0 };
     let (fitted_http, fitted_mqtt) = fit(http, mqtt, limit.saturating_sub(reserve));
     if (fitted_http, fitted_mqtt) == (http, mqtt) {
+        tracing::info!(
+            open_file_limit = limit,
+            http_max_connections = http,
+            mqtt_max_connections = mqtt,
+            "connection caps fit under the open-file limit"
+        );
         return;
     }
     tracing::warn!(
