@@ -1,21 +1,23 @@
-//! `/device`, `/device/count`, `/device/{id}`.
+//! `/device`, `/device/count`, `/device/{deviceId}`.
 
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::routing::get;
-use axum::Router;
+use axum::http::Method;
 use serde_json::json;
 
-use super::{no_content, ok, ApiResult};
+use super::{no_content, ok, ApiResult, Route};
 use crate::api::extract::{Auth, Body, Params};
 use crate::hub::Hub;
 
-pub fn routes() -> Router<Arc<Hub>> {
-    Router::new()
-        .route("/device", get(list))
-        .route("/device/count", get(count))
-        .route("/device/{id}", get(get_one).put(save).delete(delete))
+pub fn routes() -> Vec<Route> {
+    vec![
+        Route::new(Method::GET, "/device", list),
+        Route::new(Method::GET, "/device/count", count),
+        Route::new(Method::GET, "/device/{deviceId}", get_one),
+        Route::new(Method::PUT, "/device/{deviceId}", save),
+        Route::new(Method::DELETE, "/device/{deviceId}", delete),
+    ]
 }
 
 async fn list(State(hub): State<Arc<Hub>>, Auth(p): Auth, Params(q): Params) -> ApiResult {

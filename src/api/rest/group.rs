@@ -3,11 +3,10 @@
 use std::sync::Arc;
 
 use axum::extract::{OriginalUri, Path, State};
-use axum::routing::get;
-use axum::Router;
+use axum::http::Method;
 use serde_json::json;
 
-use super::{base_of, created, no_content, ok, ApiResult};
+use super::{base_of, created, no_content, ok, ApiResult, Route};
 use crate::api::extract::{path_id, Auth, Body, Params};
 use crate::hub::fields::Fields;
 use crate::hub::Hub;
@@ -15,22 +14,24 @@ use crate::model::GroupKind;
 
 type S = State<Arc<Hub>>;
 
-pub fn routes() -> Router<Arc<Hub>> {
-    let mut r = Router::new();
-    for (path, kind) in [("/network", GroupKind::Network), ("/devicetype", GroupKind::DeviceType)] {
-        r = r
-            .route(
-                path,
-                get(move |s: S, a: Auth, q: Params| list(kind, s, a, q))
-                    .post(move |s: S, a: Auth, u: OriginalUri, b: Body| insert(kind, path, s, a, u, b)),
-            )
-            .route(&format!("{path}/count"), get(move |s: S, a: Auth, q: Params| count(kind, s, a, q)))
-            .route(
-                &format!("{path}/{{id}}"),
-                get(move |s: S, a: Auth, i: Path<String>| get_one(kind, s, a, i))
-                    .put(move |s: S, a: Auth, i: Path<String>, b: Body| update(kind, s, a, i, b))
-                    .delete(move |s: S, a: Auth, i: Path<String>, q: Params| delete(kind, s, a, i, q)),
-            );
+/// The paths of each kind: the collection, its count and one group.
+const PATHS: [(GroupKind, &str, &str, &str); 2] = [
+    (GroupKind::Network, "/network", "/network/count", "/network/{id}"),
+    (GroupKind::DeviceType, "/devicetype", "/devicetype/count", "/devicetype/{id}"),
+];
+
+pub fn routes() -> Vec<Route> {
+    use Method as M;
+    let mut r = Vec::new();
+    for (kind, path, count_path, one_path) in PATHS {
+        r.extend([
+            Route::new(M::GET, path, move |s: S, a: Auth, q: Params| list(kind, s, a, q)),
+            Route::new(M::POST, path, move |s: S, a: Auth, u: OriginalUri, b: Body| insert(kind, path, s, a, u, b)),
+            Route::new(M::GET, count_path, move |s: S, a: Auth, q: Params| count(kind, s, a, q)),
+            Route::new(M::GET, one_path, move |s: S, a: Auth, i: Path<String>| get_one(kind, s, a, i)),
+            Route::new(M::PUT, one_path, move |s: S, a: Auth, i: Path<String>, b: Body| update(kind, s, a, i, b)),
+            Route::new(M::DELETE, one_path, move |s: S, a: Auth, i: Path<String>, q: Params| delete(kind, s, a, i, q)),
+        ]);
     }
     r
 }

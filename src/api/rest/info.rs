@@ -14,12 +14,18 @@ pub async fn welcome() -> &'static str {
     "The DeviceHive RESTful API is now running, please refer to documentation to get the list of available resources."
 }
 
-pub async fn info(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> ApiResult {
+/// The `Host` the client used and whether it came over TLS (`X-Forwarded-Proto: https` from a proxy).
+pub fn client_origin(headers: &HeaderMap) -> (&str, bool) {
     let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("localhost");
     let https = headers
         .get("x-forwarded-proto")
         .and_then(|h| h.to_str().ok())
         .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
+    (host, https)
+}
+
+pub async fn info(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> ApiResult {
+    let (host, https) = client_origin(&headers);
     let scheme = if https { "wss" } else { "ws" };
     ok(&json!({
         "apiVersion": crate::API_VERSION,

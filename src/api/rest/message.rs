@@ -3,11 +3,9 @@
 use std::sync::Arc;
 
 use axum::extract::{OriginalUri, Path, State};
-use axum::http::StatusCode;
-use axum::routing::get;
-use axum::Router;
+use axum::http::{Method, StatusCode};
 
-use super::{base_of, created, no_content, ok, raw_json, ApiResult};
+use super::{base_of, created, no_content, ok, raw_json, ApiResult, Route};
 use crate::api::extract::{path_id, Auth, Body, Params};
 use crate::error::ApiError;
 use crate::hub::bus::EventKind;
@@ -16,17 +14,23 @@ use crate::hub::Hub;
 
 const REST_TAKE: i64 = 100;
 
-pub fn routes() -> Router<Arc<Hub>> {
-    Router::new()
-        .route("/device/notification/poll", get(poll_many_notifications))
-        .route("/device/command/poll", get(poll_many_commands))
-        .route("/device/{id}/notification", get(query_notifications).post(insert_notification))
-        .route("/device/{id}/notification/poll", get(poll_notifications))
-        .route("/device/{id}/notification/{nid}", get(get_notification))
-        .route("/device/{id}/command", get(query_commands).post(insert_command))
-        .route("/device/{id}/command/poll", get(poll_commands))
-        .route("/device/{id}/command/{cid}", get(get_command).put(update_command).delete(command_delete))
-        .route("/device/{id}/command/{cid}/poll", get(wait_command))
+/// (`DELETE` of a command is not a route: the router's 405 answers it, as in the reference.)
+pub fn routes() -> Vec<Route> {
+    use Method as M;
+    vec![
+        Route::new(M::GET, "/device/notification/poll", poll_many_notifications),
+        Route::new(M::GET, "/device/command/poll", poll_many_commands),
+        Route::new(M::GET, "/device/{deviceId}/notification", query_notifications),
+        Route::new(M::POST, "/device/{deviceId}/notification", insert_notification),
+        Route::new(M::GET, "/device/{deviceId}/notification/poll", poll_notifications),
+        Route::new(M::GET, "/device/{deviceId}/notification/{id}", get_notification),
+        Route::new(M::GET, "/device/{deviceId}/command", query_commands),
+        Route::new(M::POST, "/device/{deviceId}/command", insert_command),
+        Route::new(M::GET, "/device/{deviceId}/command/poll", poll_commands),
+        Route::new(M::GET, "/device/{deviceId}/command/{commandId}", get_command),
+        Route::new(M::PUT, "/device/{deviceId}/command/{commandId}", update_command),
+        Route::new(M::GET, "/device/{deviceId}/command/{commandId}/poll", wait_command),
+    ]
 }
 
 async fn query_notifications(
@@ -114,10 +118,6 @@ async fn update_command(
 ) -> ApiResult {
     hub.command_update(&p, &id, path_id(&cid)?, &b).await?;
     no_content()
-}
-
-async fn command_delete() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "HTTP 405 Method Not Allowed")
 }
 
 async fn poll_commands(

@@ -3,24 +3,34 @@
 use std::sync::Arc;
 
 use axum::extract::{OriginalUri, Path, State};
-use axum::routing::get;
-use axum::Router;
+use axum::http::Method;
 use serde_json::json;
 
-use super::{base_of, created, no_content, ok, ApiResult};
+use super::{base_of, created, no_content, ok, ApiResult, Route};
 use crate::api::extract::{path_id, Auth, Body, Params};
 use crate::hub::Hub;
 
-pub fn routes() -> Router<Arc<Hub>> {
-    Router::new()
-        .route("/user", get(list).post(insert))
-        .route("/user/count", get(count))
-        .route("/user/current", get(current).put(update_current))
-        .route("/user/{id}", get(get_one).put(update).delete(delete))
-        .route("/user/{id}/network/{nid}", get(get_network).put(assign_network).delete(unassign_network))
-        .route("/user/{id}/devicetype", get(device_types))
-        .route("/user/{id}/devicetype/all", axum::routing::put(allow_all).delete(disallow_all))
-        .route("/user/{id}/devicetype/{tid}", get(get_device_type).put(assign_device_type).delete(unassign_device_type))
+pub fn routes() -> Vec<Route> {
+    use Method as M;
+    vec![
+        Route::new(M::GET, "/user", list),
+        Route::new(M::POST, "/user", insert),
+        Route::new(M::GET, "/user/count", count),
+        Route::new(M::GET, "/user/current", current),
+        Route::new(M::PUT, "/user/current", update_current),
+        Route::new(M::GET, "/user/{id}", get_one),
+        Route::new(M::PUT, "/user/{id}", update),
+        Route::new(M::DELETE, "/user/{id}", delete),
+        Route::new(M::GET, "/user/{id}/network/{networkId}", get_network),
+        Route::new(M::PUT, "/user/{id}/network/{networkId}", assign_network),
+        Route::new(M::DELETE, "/user/{id}/network/{networkId}", unassign_network),
+        Route::new(M::GET, "/user/{id}/devicetype", device_types),
+        Route::new(M::PUT, "/user/{id}/devicetype/all", allow_all),
+        Route::new(M::DELETE, "/user/{id}/devicetype/all", disallow_all),
+        Route::new(M::GET, "/user/{id}/devicetype/{deviceTypeId}", get_device_type),
+        Route::new(M::PUT, "/user/{id}/devicetype/{deviceTypeId}", assign_device_type),
+        Route::new(M::DELETE, "/user/{id}/devicetype/{deviceTypeId}", unassign_device_type),
+    ]
 }
 
 async fn list(State(hub): State<Arc<Hub>>, Auth(p): Auth, Params(q): Params) -> ApiResult {
