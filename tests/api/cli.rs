@@ -278,3 +278,47 @@ async fn changes_reach_a_running_hub_and_its_live_sessions() {
     }
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn serve_writes_json_logs_when_asked() {
+    skip_unless_backend!();
+    let dir = tempfile::tempdir().unwrap();
+    let database = TestHub::provision(dir.path()).await;
+    let url = database.url.clone();
+    let work = dir.path().to_path_buf();
+    let lines = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .current_dir(&work)
+            .env("HIVEHUB__DATABASE__URL", &url)
+            .env("HIVEHUB__HTTP__LISTEN", "127.0.0.1:0")
+            .env("HIVEHUB__MQTT__LISTEN", "127.0.0.1:0")
+            .env("HIVEHUB__AUTH__ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("HIVEHUB__LOG__FORMAT", "json")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok) {
+            let listening = line.contains("MQTT broker listening");
+            lines.push(line);
+            if listening || lines.len() > 50 {
+                break;
+            }
+        }
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let _ = child.wait();
+        lines
+    })
+    .await
+    .unwrap();
+    // Every log line is one JSON object with a level, a target and the message among its fields.
+    let logs: Vec<Value> = lines.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(logs.iter().any(|l| l["fields"]["message"] == "hivehub listening"), "{lines:?}");
+    assert!(logs.iter().all(|l| l["level"].is_string() && l["target"].is_string()), "{lines:?}");
+    assert_eq!(logs.len(), lines.len(), "a line that is not JSON: {lines:?}");
+    drop(database);
+}
