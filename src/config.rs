@@ -15,6 +15,24 @@ pub struct Settings {
     pub websocket: WebSocketSettings,
     pub mqtt: MqttSettings,
     pub cluster: ClusterSettings,
+    pub log: LogSettings,
+    pub metrics: MetricsSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    /// `text` or `json`.
+    pub format: String,
+    /// A level or a `RUST_LOG`-style filter; `RUST_LOG` replaces it.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct MetricsSettings {
+    pub enabled: bool,
+    pub path: String,
+    /// A listener for the metrics only; empty = none.
+    pub listen: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -191,8 +209,9 @@ impl std::error::Error for ConfigErrors {}
 const ENV_PREFIX: &str = "HIVEHUB__";
 
 /// Keys whose value is one of a fixed set (compared exactly: lowercase).
-const ENUMERATIONS: [(&str, &[&str]); 2] = [
+const ENUMERATIONS: [(&str, &[&str]); 3] = [
     ("database.synchronous", &["off", "normal", "full", "extra"]),
+    ("log.format", &["text", "json"]),
     ("mqtt.plain_topics", &["open", "authenticated", "off"]),
 ];
 

@@ -4,11 +4,14 @@
 
 pub mod api;
 pub mod auth;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod hub;
+pub mod logging;
 mod memory;
+pub mod metrics;
 pub mod model;
 pub mod mqtt;
 pub mod net;
@@ -43,6 +46,8 @@ pub struct App {
     pub mqtt_ws_addr: Option<SocketAddr>,
     /// The MQTT-over-TLS listener, when `[mqtt] tls_listen` is set.
     pub mqtt_tls_addr: Option<SocketAddr>,
+    /// The metrics listener, when `[metrics] listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
     /// The first administrator's password when this start created it with a generated one: the caller
     /// shows it (the `hivehub` command prints it on stdout) — it is not logged and cannot be recovered.
     pub generated_admin_password: Option<String>,
@@ -57,6 +62,7 @@ impl App {
     pub async fn start(mut settings: Settings) -> Result<App, StartupError> {
         net::budget::fit_to_open_file_limit(&mut settings);
         settings.cluster.node_id = cluster::node_id(&settings.cluster.node_id);
+        metrics::install();
         tracing::info!(node_id = %settings.cluster.node_id, "hivehub starting");
         let store = Store::open(&settings.database).await?;
         let secret = resolve_jwt_secret(&store, &settings.auth.jwt_secret).await?;
@@ -104,6 +110,7 @@ impl App {
             true => Some(mqtt::start(hub.clone(), http_addr).await.map_err(abandon)?),
             false => None,
         };
+        let metrics_addr = serve_metrics(&hub, shutdown_rx.clone()).await.map_err(abandon)?;
         let auth = &hub.settings.auth;
         let seed = store.seed_if_empty(&auth.admin_login, &auth.admin_password).await.map_err(abandon)?;
         if !seed.seeded && !auth.admin_password.is_empty() {
@@ -156,6 +163,7 @@ impl App {
             mqtt_addr,
             mqtt_ws_addr,
             mqtt_tls_addr,
+            metrics_addr,
             generated_admin_password: seed.generated_admin_password,
             shutdown,
             task,
@@ -209,8 +217,32 @@ pub async fn run(listener: TcpListener, hub: Arc<Hub>, shutdown: impl Future<Out
     let _ = all_done.recv().await;
 }
 
+/// Serves `GET /metrics` on `[metrics] listen` of its own, when set, until `stop`.
+async fn serve_metrics(hub: &Arc<Hub>, mut stop: watch::Receiver<bool>) -> Result<Option<SocketAddr>, StartupError> {
+    let config = &hub.settings.metrics;
+    let addr = config.listen.trim();
+    if !config.enabled || addr.is_empty() {
+        return Ok(None);
+    }
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| StartupError(format!("cannot listen on {addr} (metrics.listen): {e}")))?;
+    let bound = listener.local_addr().map_err(|e| StartupError(e.to_string()))?;
+    let app = api::metrics::open_app(hub.clone());
+    tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+            tracing::warn!(error = %e, "the metrics listener failed");
+        }
+    });
+    tracing::info!(%bound, "metrics listening");
+    Ok(Some(bound))
+}
+
 /// §4.2: configured secret (then also stored), else the stored one, else a new one, stored.
-async fn resolve_jwt_secret(store: &Store, configured: &str) -> Result<String, StartupError> {
+pub(crate) async fn resolve_jwt_secret(store: &Store, configured: &str) -> Result<String, StartupError> {
     let to_startup = |e: crate::error::ApiError| StartupError(e.to_string());
     if !configured.is_empty() {
         store.config_put("jwt.secret", configured).await.map_err(to_startup)?;

@@ -1,9 +1,10 @@
 //! The `hivehub` command: `serve` runs the hub, `config` prints the commented default configuration,
-//! `migrate-db` copies a hub database into another (SQLite to PostgreSQL, typically).
+//! `migrate-db` copies a hub database into another (SQLite to PostgreSQL, typically); the admin
+//! commands (`user`, `admin`, `token`, `db`, `check-config`) live in `hivehub::cli`.
 
 use clap::{Parser, Subcommand};
 use hivehub::config::{Settings, DEFAULT_CONFIG};
-use hivehub::App;
+use hivehub::{cli, App};
 
 #[derive(Parser)]
 #[command(name = "hivehub", version, about = "A DeviceHive-compatible IoT device hub in one binary")]
@@ -36,6 +37,17 @@ enum Command {
         #[arg(long)]
         replace: bool,
     },
+    /// Manage users: add, passwd, lock, unlock, list (safe while the hub runs).
+    User(cli::user::UserArgs),
+    /// Administrator recovery: reset-password.
+    Admin(cli::user::AdminArgs),
+    /// Access tokens: create.
+    Token(cli::token::TokenArgs),
+    /// Database maintenance: backup.
+    Db(cli::db::DbArgs),
+    /// Load and validate the configuration; report every problem (exit 1) or a summary (exit 0).
+    #[command(name = "check-config")]
+    CheckConfig(cli::ConfigArg),
 }
 
 fn main() {
@@ -44,6 +56,11 @@ fn main() {
         Command::Config => print!("{DEFAULT_CONFIG}"),
         Command::Serve { config } => serve(config),
         Command::MigrateDb { from, to, replace } => migrate_db(&from, &to, replace),
+        Command::User(args) => std::process::exit(cli::run(cli::user::user(args))),
+        Command::Admin(args) => std::process::exit(cli::run(cli::user::admin(args))),
+        Command::Token(args) => std::process::exit(cli::run(cli::token::token(args))),
+        Command::Db(args) => std::process::exit(cli::run(cli::db::db(args))),
+        Command::CheckConfig(args) => std::process::exit(cli::run(async { cli::check_config::check_config(&args) })),
     }
 }
 
@@ -119,14 +136,6 @@ fn migrate_db(from: &str, to: &str, replace: bool) {
 }
 
 fn serve(config: Option<String>) {
-    tracing_subscriber::fmt()
-        // Colour codes only on a terminal, so redirected logs stay plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn,rumqttd=off".into()),
-        )
-        .init();
     let settings = match Settings::load(config.as_deref()) {
         Ok(s) => s,
         Err(errors) => {
@@ -137,6 +146,7 @@ fn serve(config: Option<String>) {
             std::process::exit(2);
         }
     };
+    hivehub::logging::init(&settings.log);
     let admin_login = settings.auth.admin_login.clone();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     runtime.block_on(async move {

@@ -3,6 +3,7 @@
 
 pub mod extract;
 mod health;
+pub mod metrics;
 pub mod rest;
 pub mod ws;
 
@@ -35,6 +36,9 @@ pub fn app(hub: Arc<Hub>) -> Router {
     }
     app =
         app.route("/healthz", axum::routing::get(health::healthz)).route("/readyz", axum::routing::get(health::readyz));
+    if hub.settings.metrics.enabled {
+        app = app.route(&hub.settings.metrics.path, axum::routing::get(metrics::authorized));
+    }
     app.fallback(not_found).method_not_allowed_fallback(method_not_allowed).with_state(hub)
 }
 

@@ -242,6 +242,7 @@ async fn run_session(hub: Arc<Hub>, socket: WebSocket, host: String, peer: Optio
 
     let (mut session, mut deliveries, overflow) = Session::new(hub.clone(), host, settings.queue_capacity);
     session.peer = peer;
+    let _open = crate::metrics::connection_opened(crate::metrics::Transport::WebSocket);
     let mut revocations = hub.revocations();
     let mut last_heard = Instant::now();
     let mut liveness = tokio::time::interval(ping_every);
@@ -300,9 +301,9 @@ async fn run_session(hub: Arc<Hub>, socket: WebSocket, host: String, peer: Optio
             subscriptions = session.subscription_count(),
             "closing WebSocket session: the client is not reading and its queue is full"
         ),
-        End::Silent => tracing::info!("closing WebSocket session: no answer to pings"),
-        End::Revoked => tracing::info!("closing WebSocket session: its user was locked or deleted"),
-        End::TooBig => tracing::info!("closing WebSocket session: message over the size limit"),
+        End::Silent => tracing::debug!("closing WebSocket session: no answer to pings"),
+        End::Revoked => tracing::debug!("closing WebSocket session: its user was locked or deleted"),
+        End::TooBig => tracing::debug!("closing WebSocket session: message over the size limit"),
         End::ClientClosed | End::Shutdown => {}
     }
     drop(session);

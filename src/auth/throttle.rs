@@ -74,6 +74,7 @@ impl LoginThrottle {
 
     /// Counts a failed attempt against every key.
     pub fn failed(&self, keys: &[String]) {
+        crate::metrics::auth_failure(crate::metrics::Credential::Password);
         let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() + keys.len() > CAPACITY {

@@ -6,6 +6,7 @@
 
 pub mod control;
 pub mod nodes;
+pub mod outside;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,6 +106,7 @@ async fn send_controls(store: Store, node_id: Arc<str>, mut rx: mpsc::UnboundedR
 /// it holds is recorded.
 pub async fn start(hub: Arc<Hub>, store: Store, stop: watch::Receiver<bool>) -> Result<Vec<JoinHandle<()>>> {
     let mut tasks = vec![nodes::start(hub.clone(), store.clone(), stop.clone()).await?];
+    tasks.extend(outside::spawn_watch(hub.clone(), store.clone(), stop.clone()));
     if let Db::Postgres(pool) = &store.db {
         let mut listener = PgListener::connect_with(pool).await?;
         listener.listen(control::CHANNEL).await?;

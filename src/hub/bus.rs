@@ -293,6 +293,7 @@ impl Bus {
             let Some(sink) = reg.subs.get(&id).map(|s| &s.sink) else { continue };
             let delivery = Delivery { subscription_id: id, events };
             if let Err(mpsc::error::TrySendError::Full(_)) = sink.tx.try_send(delivery) {
+                crate::metrics::dropped(crate::metrics::DropReason::SubscriberQueueFull);
                 // Long polls need only their first delivery; sessions are told to disconnect.
                 if let Some(overflow) = &sink.overflow {
                     overflow.notify_one();

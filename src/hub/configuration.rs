@@ -15,8 +15,9 @@ fn check_name(name: &str) -> Result<()> {
 }
 
 /// Entries the configuration API never shows or changes: rotating the JWT secret is an operator's
-/// job (`HIVEHUB__AUTH__JWT_SECRET`), and whoever reads it can mint any token.
-const OPERATOR_ONLY: [&str; 1] = ["jwt.secret"];
+/// job (`HIVEHUB__AUTH__JWT_SECRET`), and whoever reads it can mint any token. The admin commands'
+/// change signal (SQLite) is the hub's own.
+const OPERATOR_ONLY: [&str; 2] = ["jwt.secret", crate::cluster::outside::CHANGE_ROW];
 
 /// The configuration is the administrators' (§6.3): the token action is not enough, the caller's user
 /// must be an administrator too, and operator-only entries are out of reach for everybody.

@@ -193,6 +193,11 @@ impl Hub {
         self.store.ping().await
     }
 
+    /// The database pool's use (metrics).
+    pub fn pool_stats(&self) -> crate::store::PoolStats {
+        self.store.pool_stats()
+    }
+
     /// Completes when the hub starts shutting down.
     pub async fn shutting_down(&self) {
         let mut rx = self.shutdown.clone();

@@ -193,8 +193,10 @@ impl Hub {
                 .collect(),
         };
         if !history.is_empty() || req.wait.is_zero() {
+            crate::metrics::delivered(req.kind, crate::metrics::Transport::LongPoll, history.len());
             return Ok(format!("[{}]", history.join(",")));
         }
+        let _waiting = crate::metrics::connection_opened(crate::metrics::Transport::LongPoll);
         let events: Vec<Arc<Event>> = tokio::select! {
             d = rx.recv() => d.map(|d| d.events).unwrap_or_default(),
             _ = tokio::time::sleep(req.wait) => vec![],
@@ -207,6 +209,7 @@ impl Hub {
         let mut events: Vec<&Arc<Event>> = events.iter().filter(|e| e.cursor() > cursor).collect();
         events.sort_by_key(|e| (e.cursor(), e.id()));
         let parts: Vec<&str> = events.iter().map(|e| &*e.json).collect();
+        crate::metrics::delivered(req.kind, crate::metrics::Transport::LongPoll, parts.len());
         Ok(format!("[{}]", parts.join(",")))
     }
 

@@ -24,7 +24,10 @@ impl Hub {
     /// Validates an access token and loads its user (§4.4). Errors carry the REST messages; the
     /// WebSocket transport maps them to its own.
     pub async fn principal_from_token(&self, token: &str) -> std::result::Result<Principal, TokenError> {
-        let payload = self.keys.verify(token, TYPE_ACCESS, now_ms())?;
+        let payload = self
+            .keys
+            .verify(token, TYPE_ACCESS, now_ms())
+            .inspect_err(|_| crate::metrics::auth_failure(crate::metrics::Credential::Token))?;
         let user_id = payload.u.ok_or(TokenError::Invalid)?;
         let user = match self.store.user_get(user_id).await {
             Ok(Some(u)) if u.is_active() => u,

@@ -3,6 +3,7 @@
 //! (`postgres://` / `postgresql://`). Entity files hold SQL both accept; `sql.rs` is the seam, and
 //! the migrations live side by side in `migrations/sqlite/` and `migrations/postgres/`.
 
+mod backup;
 mod breaker;
 mod cluster_node;
 mod command;
@@ -142,10 +143,27 @@ impl Store {
         self.db.close().await;
     }
 
+    /// The connection pool's use now.
+    pub fn pool_stats(&self) -> PoolStats {
+        let (size, idle, max) = match &self.db {
+            Db::Sqlite(pool) => (pool.size(), pool.num_idle(), pool.options().get_max_connections()),
+            Db::Postgres(pg) => (pg.size(), pg.num_idle(), pg.options().get_max_connections()),
+        };
+        PoolStats { size, idle, max }
+    }
+
     /// One round trip to the database (readiness checks).
     pub async fn ping(&self) -> crate::error::Result<()> {
         self.db.fetch_one(Sql::new("SELECT CAST(1 AS BIGINT)"), |r| r.i64(0)).await.map(|_| ())
     }
+}
+
+/// Connections of the pool: open, idle among them, and the limit.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolStats {
+    pub size: u32,
+    pub idle: usize,
+    pub max: u32,
 }
 
 /// A database URL with its password replaced, for messages and logs.

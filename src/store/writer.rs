@@ -75,6 +75,11 @@ impl Writer {
         !self.tx.is_closed()
     }
 
+    /// Writes waiting for the writer (metrics).
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
     /// Stores one row and returns it once committed.
     pub async fn write(&self, op: WriteOp) -> Result<Written> {
         let (reply, answer) = oneshot::channel();
@@ -144,7 +149,9 @@ async fn write_batches(
             }
         }
         let proposed = next_stamp(last_ts, rx, &mut jobs, max_batch).await;
+        let commit_started = std::time::Instant::now();
         let (results, ts) = commit_batch(store, &jobs, proposed).await;
+        crate::metrics::writer_commit(jobs.len(), commit_started.elapsed());
         last_ts = last_ts.max(ts);
         let answers: Vec<Answer> = jobs.drain(..).map(|j| j.reply).zip(results).collect();
         if let Some(queue) = queue {

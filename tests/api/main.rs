@@ -38,13 +38,15 @@ mod postgres;
 mod sqlite;
 
 /// The test files compiled for both backends (`sqlite.rs` and `postgres.rs` declare the same list).
-const TEST_FILES: [(&str, &str); 13] = [
+const TEST_FILES: [(&str, &str); 15] = [
     ("admin.rs", include_str!("admin.rs")),
     ("binary.rs", include_str!("binary.rs")),
+    ("cli.rs", include_str!("cli.rs")),
     ("config.rs", include_str!("config.rs")),
     ("firmware.rs", include_str!("firmware.rs")),
     ("fuzz.rs", include_str!("fuzz.rs")),
     ("messages.rs", include_str!("messages.rs")),
+    ("metrics.rs", include_str!("metrics.rs")),
     ("mqtt.rs", include_str!("mqtt.rs")),
     ("mqtt_flow.rs", include_str!("mqtt_flow.rs")),
     ("mqtt_sessions.rs", include_str!("mqtt_sessions.rs")),

@@ -20,6 +20,8 @@ mod admin;
 // assertion about the default SQLite file is made on SQLite only.
 #[path = "binary.rs"]
 mod binary;
+#[path = "cli.rs"]
+mod cli;
 #[path = "config.rs"]
 mod config;
 #[path = "firmware.rs"]
@@ -28,6 +30,8 @@ mod firmware;
 mod fuzz;
 #[path = "messages.rs"]
 mod messages;
+#[path = "metrics.rs"]
+mod metrics;
 #[path = "mqtt.rs"]
 mod mqtt;
 #[path = "mqtt_flow.rs"]

@@ -12,6 +12,8 @@ macro_rules! skip_unless_backend {
 mod admin;
 #[path = "binary.rs"]
 mod binary;
+#[path = "cli.rs"]
+mod cli;
 #[path = "config.rs"]
 mod config;
 #[path = "firmware.rs"]
@@ -20,6 +22,8 @@ mod firmware;
 mod fuzz;
 #[path = "messages.rs"]
 mod messages;
+#[path = "metrics.rs"]
+mod metrics;
 #[path = "mqtt.rs"]
 mod mqtt;
 #[path = "mqtt_flow.rs"]

@@ -50,6 +50,7 @@ async fn insert_notification(
     Body(b): Body,
 ) -> ApiResult {
     let n = hub.notification_insert(&p, &id, &b).await?;
+    crate::metrics::received(crate::hub::bus::EventKind::Notification, crate::metrics::Transport::Rest);
     let body = serde_json::json!({"id": n.id, "timestamp": crate::time::format_ms(n.timestamp)});
     created(&format!("{}/device/{id}/notification/{}", base_of(&uri, "/device/"), n.id), &body)
 }
@@ -96,6 +97,7 @@ async fn insert_command(
     Body(b): Body,
 ) -> ApiResult {
     let c = hub.command_insert(&p, &id, &b).await?;
+    crate::metrics::received(crate::hub::bus::EventKind::CommandInsert, crate::metrics::Transport::Rest);
     created(&format!("{}/device/{id}/command/{}", base_of(&uri, "/device/"), c.id), &c.insert_view())
 }
 
@@ -117,6 +119,7 @@ async fn update_command(
     Body(b): Body,
 ) -> ApiResult {
     hub.command_update(&p, &id, path_id(&cid)?, &b).await?;
+    crate::metrics::received(crate::hub::bus::EventKind::CommandUpdate, crate::metrics::Transport::Rest);
     no_content()
 }
 

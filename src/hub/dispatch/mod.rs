@@ -219,6 +219,7 @@ pub async fn dispatch(session: &mut Session, action: ApiAction, req: &Value) -> 
             let device = required_text(&f, "deviceId", "Device id is wrong or empty")?;
             let body = required_object(&f, "notification", "Notification is required")?;
             let n = hub.notification_insert(&p, &device, body).await?;
+            crate::metrics::received(EventKind::Notification, session.transport);
             one("notification", json!({"id": n.id, "timestamp": format_ms(n.timestamp)}))
         }
         A::NotificationGet => {
@@ -241,6 +242,7 @@ pub async fn dispatch(session: &mut Session, action: ApiAction, req: &Value) -> 
             let device = required_text(&f, "deviceId", "Device id is wrong or empty")?;
             let body = required_object(&f, "command", "Command is required")?;
             let c = hub.command_insert(&p, &device, body).await?;
+            crate::metrics::received(EventKind::CommandInsert, session.transport);
             one("command", c.insert_view())
         }
         A::CommandUpdate => {
@@ -248,6 +250,7 @@ pub async fn dispatch(session: &mut Session, action: ApiAction, req: &Value) -> 
             let id = required_id(&f, "commandId", "Command id is wrong or empty")?;
             let body = f.nested("command").cloned().unwrap_or(Value::Null);
             hub.command_update(&p, &device, id, &body).await?;
+            crate::metrics::received(EventKind::CommandUpdate, session.transport);
             empty()
         }
         A::CommandGet => {

@@ -31,6 +31,8 @@ pub struct Session {
     pub host: String,
     /// The client's address (login throttling), when the transport knows it.
     pub peer: Option<std::net::IpAddr>,
+    /// The transport it runs on (metrics labels); WebSocket unless the transport says otherwise.
+    pub transport: crate::metrics::Transport,
     subs: HashMap<SubscriptionId, SubState>,
     sink: Sink,
     /// Pushes to send after the current response (history replay).
@@ -52,6 +54,7 @@ impl Session {
             principal: Principal::anonymous(),
             host,
             peer: None,
+            transport: crate::metrics::Transport::WebSocket,
             subs: HashMap::new(),
             sink,
             pending: Vec::new(),
@@ -291,6 +294,7 @@ impl Session {
                 }
             }
             out.push(push_text(ev.kind, d.subscription_id, &ev.json));
+            crate::metrics::delivered(ev.kind, self.transport, 1);
         }
         // Deliveries come in commit order: once one is from a commit after the replay's last row, no
         // later one can repeat the replay.

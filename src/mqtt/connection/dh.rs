@@ -94,6 +94,9 @@ impl Conn {
             self.pause(pause).await?;
             result = waiting!(self).until(write.run(&hub)).await?;
         }
+        if result.is_ok() {
+            crate::metrics::received(write.target.kind, crate::metrics::Transport::Mqtt)
+        }
         match result {
             Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => {
                 if p.qos == 0 {
@@ -269,6 +272,7 @@ impl Conn {
                 topic.push_str(&self.client_id);
             }
             let payload = Bytes::from(push_text(ev.kind, d.subscription_id, &ev.json));
+            crate::metrics::delivered(ev.kind, crate::metrics::Transport::Mqtt, 1);
             if !self.publish_from_hub(topic, payload, qos) {
                 return Err(End::NotReading);
             }
@@ -427,7 +431,7 @@ impl Waiting<'_> {
                 Ok(Some(p)) => self.held.push_back(p),
                 Ok(None) => return Ok(()),
                 Err(e) => {
-                    tracing::info!(error = ?e, "closing MQTT connection: bad packet");
+                    tracing::debug!(error = ?e, "closing MQTT connection: bad packet");
                     return Err(End::Protocol);
                 }
             }

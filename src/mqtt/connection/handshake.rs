@@ -111,7 +111,7 @@ pub(super) async fn accept(
     let principal = match authenticate(shared, &connect, peer).await {
         Ok(p) => p,
         Err(code) => {
-            tracing::info!(client_id = %client_id, code, "MQTT connection refused");
+            tracing::debug!(client_id = %client_id, code, "MQTT connection refused");
             let _ = write_packet(writer, &refuse(code)).await;
             return None;
         }
@@ -124,7 +124,7 @@ pub(super) async fn accept(
     let stored = match claim_session(shared, &client_id, owner, clean, number, kill.clone()).await {
         Ok(stored) => stored,
         Err(code) => {
-            tracing::info!(client_id = %client_id, code, "MQTT connection refused: client id held by another user");
+            tracing::debug!(client_id = %client_id, code, "MQTT connection refused: client id held by another user");
             let _ = write_packet(writer, &refuse(code)).await;
             return None;
         }

@@ -161,6 +161,7 @@ pub async fn run_io(
     let host = shared.http_host(local.as_deref());
     let (mut session, deliveries, overflow) = Session::new(shared.hub.clone(), host, settings.queue_capacity);
     session.peer = peer;
+    session.transport = crate::metrics::Transport::Mqtt;
     session.principal = principal;
     let mut conn = Conn {
         shared: shared.clone(),
@@ -441,7 +442,7 @@ impl Conn {
                 Ok(Some(p)) => self.handle(p).await?,
                 Ok(None) => return Ok(()),
                 Err(e) => {
-                    tracing::info!(client_id = %self.client_id, error = ?e, "closing MQTT connection: bad packet");
+                    tracing::debug!(client_id = %self.client_id, error = ?e, "closing MQTT connection: bad packet");
                     return Err(End::Protocol);
                 }
             }
@@ -496,6 +497,7 @@ impl Conn {
 
     fn refuse_publish(&mut self, reason: &str, p: &Publish) {
         self.shared.hub.stats.mqtt_dropped_publishes.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::dropped(crate::metrics::DropReason::MqttPublishRefused);
         tracing::debug!(client_id = %self.client_id, topic = %p.topic, reason, "MQTT publish dropped");
     }
 
@@ -594,7 +596,7 @@ impl Conn {
         self.withdraw_plain(None);
         match end {
             End::Clean | End::Shutdown | End::TakenOver => {}
-            ref other => tracing::info!(client_id = %self.client_id, reason = ?other, "MQTT connection closed"),
+            ref other => tracing::debug!(client_id = %self.client_id, reason = ?other, "MQTT connection closed"),
         }
         // A revoked user has no right left to publish, its last will included.
         let will = !matches!(end, End::Clean | End::Revoked) && self.will.is_some();

@@ -381,6 +381,11 @@ impl<B: Backend> TestHubOn<B> {
 
 impl<B: Backend> TestHubOn<B> {
     /// The MQTT-over-TLS listener's address (start with `s.mqtt.tls_listen` and the fixture files).
+    /// The metrics listener's address, when `[metrics] listen` is set.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.app.as_ref().unwrap().metrics_addr
+    }
+
     pub fn mqtt_tls_addr(&self) -> std::net::SocketAddr {
         self.app.as_ref().unwrap().mqtt_tls_addr.expect("MQTT over TLS enabled")
     }
