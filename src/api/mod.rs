@@ -1,6 +1,8 @@
 //! HTTP transport: the REST router (under `/api/rest`, `/dh/rest`, and the token routes under
 //! `/auth/rest`), CORS, method override, and the JSON error format for everything axum itself refuses.
+//! The admin console (`console`) is served at `/admin/`, and `GET /` redirects there.
 
+mod console;
 pub mod extract;
 mod health;
 pub mod metrics;
@@ -39,6 +41,7 @@ pub fn app(hub: Arc<Hub>) -> Router {
     if hub.settings.metrics.enabled {
         app = app.route(&hub.settings.metrics.path, axum::routing::get(metrics::authorized));
     }
+    app = app.merge(console::routes());
     app.fallback(not_found).method_not_allowed_fallback(method_not_allowed).with_state(hub)
 }
 

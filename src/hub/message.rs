@@ -90,7 +90,7 @@ impl Hub {
             timestamp,
             parameters,
         });
-        match self.writer.write(op).await? {
+        match self.write_message(op).await? {
             Written::Notification(n) => Ok(n),
             _ => Err(ApiError::internal()),
         }
@@ -137,7 +137,7 @@ impl Hub {
             status,
             result: f.object("result")?,
         });
-        match self.writer.write(op).await? {
+        match self.write_message(op).await? {
             Written::Command(c) => Ok(c),
             _ => Err(ApiError::internal()),
         }
@@ -187,9 +187,17 @@ impl Hub {
         let result = f.object("result")?;
         let op =
             WriteOp::CommandUpdate(CommandUpdate { device_id: device_id.to_string(), command_id: id, status, result });
-        match self.writer.write(op).await? {
+        match self.write_message(op).await? {
             Written::CommandUpdated(c) => Ok(c),
             _ => Err(ApiError::internal()),
         }
+    }
+
+    /// Every notification and command write of the service layer: through the writer, counted in
+    /// `stats.messages_written` once committed.
+    pub(crate) async fn write_message(&self, op: WriteOp) -> Result<Written> {
+        let written = self.writer.write(op).await?;
+        self.stats.messages_written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(written)
     }
 }

@@ -42,6 +42,9 @@ pub struct HubStats {
     pub mqtt_dropped_publishes: std::sync::atomic::AtomicU64,
     /// Plain QoS 0 publishes not delivered to an MQTT client whose socket stalled (`[mqtt] stall_ms`).
     pub mqtt_dropped_deliveries: std::sync::atomic::AtomicU64,
+    /// Notifications and commands stored and command updates applied by this instance since it
+    /// started (the console derives messages per second from it).
+    pub messages_written: std::sync::atomic::AtomicU64,
 }
 
 pub struct Hub {
@@ -265,11 +268,13 @@ impl Hub {
     pub fn cache_stats(&self) -> String {
         use std::sync::atomic::Ordering::Relaxed;
         format!(
-            "messages stored in SQL; {} live subscriptions; {} MQTT connections; {} MQTT publishes dropped; {} MQTT deliveries dropped; node {}",
+            "messages stored in SQL; {} live subscriptions; {} MQTT connections; {} MQTT publishes dropped; \
+             {} MQTT deliveries dropped; {} messages written; node {}",
             self.bus.subscription_count(),
             self.stats.mqtt_connections.load(Relaxed),
             self.stats.mqtt_dropped_publishes.load(Relaxed),
             self.stats.mqtt_dropped_deliveries.load(Relaxed),
+            self.stats.messages_written.load(Relaxed),
             self.cluster.node_id,
         )
     }

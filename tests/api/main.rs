@@ -66,11 +66,15 @@ const POSTGRES_ONLY_FILES: [(&str, &str); 5] = [
     ("readiness.rs", include_str!("readiness.rs")),
 ];
 
+/// The test files declared in `sqlite.rs` only (the console's browser tests: the console is a client
+/// of the HTTP API, which behaves the same on both backends, and one browser run is enough).
+const SQLITE_ONLY_FILES: [(&str, &str); 1] = [("console.rs", include_str!("console.rs"))];
+
 /// Every `#[test]` / `#[tokio::test]` function of the test files starts with `skip_unless_backend!();`.
 #[test]
 fn every_test_starts_with_the_backend_guard() {
     let mut missing = Vec::new();
-    for (file, text) in TEST_FILES.iter().chain(&POSTGRES_ONLY_FILES) {
+    for (file, text) in TEST_FILES.iter().chain(&POSTGRES_ONLY_FILES).chain(&SQLITE_ONLY_FILES) {
         let lines: Vec<&str> = text.lines().collect();
         for (i, line) in lines.iter().enumerate() {
             let line = line.trim();
@@ -103,7 +107,8 @@ fn every_test_file_is_checked() {
         .filter(|n| n.ends_with(".rs") && !["main.rs", "sqlite.rs", "postgres.rs"].contains(&n.as_str()))
         .collect();
     files.sort();
-    let mut listed: Vec<&str> = TEST_FILES.iter().chain(&POSTGRES_ONLY_FILES).map(|(name, _)| *name).collect();
+    let mut listed: Vec<&str> =
+        TEST_FILES.iter().chain(&POSTGRES_ONLY_FILES).chain(&SQLITE_ONLY_FILES).map(|(name, _)| *name).collect();
     listed.sort();
     assert_eq!(files, listed);
 }

@@ -38,3 +38,7 @@ mod retention;
 mod security;
 #[path = "ws.rs"]
 mod ws;
+
+// SQLite only (`SQLITE_ONLY_FILES` in `main.rs`): the admin console and its browser tests.
+#[path = "console.rs"]
+mod console;
