@@ -38,12 +38,13 @@ mod postgres;
 mod sqlite;
 
 /// The test files compiled for both backends (`sqlite.rs` and `postgres.rs` declare the same list).
-const TEST_FILES: [(&str, &str); 12] = [
+const TEST_FILES: [(&str, &str); 13] = [
     ("admin.rs", include_str!("admin.rs")),
     ("binary.rs", include_str!("binary.rs")),
     ("config.rs", include_str!("config.rs")),
     ("firmware.rs", include_str!("firmware.rs")),
     ("fuzz.rs", include_str!("fuzz.rs")),
+    ("lookups.rs", include_str!("lookups.rs")),
     ("messages.rs", include_str!("messages.rs")),
     ("mqtt.rs", include_str!("mqtt.rs")),
     ("mqtt_sessions.rs", include_str!("mqtt_sessions.rs")),
