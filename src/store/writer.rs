@@ -77,12 +77,30 @@ impl Writer {
 
     /// Stores one row and returns it once committed.
     pub async fn write(&self, op: WriteOp) -> Result<Written> {
+        self.enqueue(op).await?.await
+    }
+
+    /// Queues one row and returns at once (once there is room in the queue) with what resolves when
+    /// it is committed. Rows queued one after the other are committed in that order, so a caller
+    /// may queue several before waiting for the first (an MQTT connection's publishes).
+    pub async fn enqueue(&self, op: WriteOp) -> Result<Committed> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Job { op, reply })
             .await
             .map_err(|_| ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "The hub is shutting down"))?;
-        answer.await.unwrap_or_else(|_| Err(ApiError::internal()))
+        Ok(Committed(answer))
+    }
+}
+
+/// A queued row: resolves to the committed row (or why it was not stored).
+pub struct Committed(oneshot::Receiver<Result<Written>>);
+
+impl std::future::Future for Committed {
+    type Output = Result<Written>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| r.unwrap_or_else(|_| Err(ApiError::internal())))
     }
 }
 
