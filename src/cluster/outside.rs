@@ -1,7 +1,8 @@
 //! Changes made by another process on the hub's database — the admin CLI (`hivehub user lock`,
 //! `passwd`, ...) — that running hubs must follow at once: their live sessions of that user re-check
-//! it and close when it is locked (REST requests and logins read the user row afresh anyway, and a
-//! remembered credential only counts while the stored password hash is unchanged).
+//! it and close when it is locked, and REST requests see the change once the hub has forgotten its
+//! memos of user rows (`store/memo.rs`; at once on PostgreSQL, which has none, within the poll interval
+//! on SQLite). A remembered credential only counts while the stored password hash is unchanged.
 //!
 //! On PostgreSQL the change travels as an ordinary control event (`pg_notify` on
 //! `hivehub_control`), which every instance already listens to. SQLite has no NOTIFY: the CLI writes
@@ -59,6 +60,8 @@ pub fn spawn_watch(hub: Arc<Hub>, store: Store, mut stop: watch::Receiver<bool>)
             let Ok(now) = read().await else { continue };
             if now != seen {
                 tracing::debug!(change = ?now, "users' rights changed by another process; re-checking every live session");
+                // The memos of user and device lookups first: the re-checks below read through them.
+                store.forget_memos();
                 hub.apply_everything_may_have_changed();
                 seen = now;
             }

@@ -174,15 +174,16 @@ impl Hub {
     /// Stores and routes `$device-add` / `$device-update` with the device's network and type, so
     /// network- and type-filtered subscribers receive them too.
     async fn server_notification(&self, device: &Device, name: &str, parameters: Value) -> Result<()> {
-        self.write_message(WriteOp::Notification(NewNotification {
-            device_id: device.id.clone(),
-            network_id: device.network_id,
-            device_type_id: device.device_type_id,
-            notification: name.to_string(),
-            timestamp: None,
-            parameters: Some(parameters),
-        }))
-        .await?;
+        self.writer
+            .write(WriteOp::Notification(NewNotification {
+                device_id: device.id.clone(),
+                network_id: device.network_id,
+                device_type_id: device.device_type_id,
+                notification: name.to_string(),
+                timestamp: None,
+                parameters: Some(parameters),
+            }))
+            .await?;
         Ok(())
     }
 }

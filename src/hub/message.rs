@@ -71,6 +71,15 @@ impl Hub {
         device_id: &str,
         body: &Value,
     ) -> Result<Arc<Notification>> {
+        let op = self.notification_op(principal, device_id, body).await?;
+        match self.writer.write(op).await? {
+            Written::Notification(n) => Ok(n),
+            _ => Err(ApiError::internal()),
+        }
+    }
+
+    /// `notification_insert` up to the write: the permission check, validation and the row to store.
+    pub async fn notification_op(&self, principal: &Principal, device_id: &str, body: &Value) -> Result<WriteOp> {
         let device = self.authorize_device(principal, Action::CreateDeviceNotification, device_id).await?;
         let f = Fields::of(body)?;
         let name = name_field(f.text("notification")?, "Invalid request parameters")?;
@@ -82,18 +91,14 @@ impl Hub {
         let timestamp = f.timestamp("timestamp")?;
         let parameters = f.object("parameters")?;
         Self::require_network_of(&device)?;
-        let op = WriteOp::Notification(NewNotification {
+        Ok(WriteOp::Notification(NewNotification {
             device_id: device.id,
             network_id: device.network_id,
             device_type_id: device.device_type_id,
             notification: name,
             timestamp,
             parameters,
-        });
-        match self.write_message(op).await? {
-            Written::Notification(n) => Ok(n),
-            _ => Err(ApiError::internal()),
-        }
+        }))
     }
 
     pub async fn notification_get(&self, principal: &Principal, device_id: &str, id: i64) -> Result<Notification> {
@@ -117,6 +122,15 @@ impl Hub {
     }
 
     pub async fn command_insert(&self, principal: &Principal, device_id: &str, body: &Value) -> Result<Arc<Command>> {
+        let op = self.command_op(principal, device_id, body).await?;
+        match self.writer.write(op).await? {
+            Written::Command(c) => Ok(c),
+            _ => Err(ApiError::internal()),
+        }
+    }
+
+    /// `command_insert` up to the write: the permission check, validation and the row to store.
+    pub async fn command_op(&self, principal: &Principal, device_id: &str, body: &Value) -> Result<WriteOp> {
         let device = self.authorize_device(principal, Action::CreateDeviceCommand, device_id).await?;
         let f = Fields::of(body)?;
         let name = name_field(f.text("command")?, "Command is required")?;
@@ -125,7 +139,7 @@ impl Hub {
         if status.as_ref().is_some_and(|s| s.chars().count() > 128) {
             return Err(ApiError::invalid_params());
         }
-        let op = WriteOp::Command(NewCommand {
+        Ok(WriteOp::Command(NewCommand {
             device_id: device.id,
             network_id: device.network_id,
             device_type_id: device.device_type_id,
@@ -136,11 +150,7 @@ impl Hub {
             lifetime,
             status,
             result: f.object("result")?,
-        });
-        match self.write_message(op).await? {
-            Written::Command(c) => Ok(c),
-            _ => Err(ApiError::internal()),
-        }
+        }))
     }
 
     pub async fn command_get(
@@ -178,6 +188,21 @@ impl Hub {
         id: i64,
         body: &Value,
     ) -> Result<Arc<Command>> {
+        let op = self.command_update_op(principal, device_id, id, body).await?;
+        match self.writer.write(op).await? {
+            Written::CommandUpdated(c) => Ok(c),
+            _ => Err(ApiError::internal()),
+        }
+    }
+
+    /// `command_update` up to the write: the permission check, validation and the change to store.
+    pub async fn command_update_op(
+        &self,
+        principal: &Principal,
+        device_id: &str,
+        id: i64,
+        body: &Value,
+    ) -> Result<WriteOp> {
         self.authorize_device(principal, Action::UpdateDeviceCommand, device_id).await?;
         let f = Fields::of(body)?;
         let status = f.text("status")?;
@@ -185,19 +210,6 @@ impl Hub {
             return Err(ApiError::invalid_params());
         }
         let result = f.object("result")?;
-        let op =
-            WriteOp::CommandUpdate(CommandUpdate { device_id: device_id.to_string(), command_id: id, status, result });
-        match self.write_message(op).await? {
-            Written::CommandUpdated(c) => Ok(c),
-            _ => Err(ApiError::internal()),
-        }
-    }
-
-    /// Every notification and command write of the service layer: through the writer, counted in
-    /// `stats.messages_written` once committed.
-    pub(crate) async fn write_message(&self, op: WriteOp) -> Result<Written> {
-        let written = self.writer.write(op).await?;
-        self.stats.messages_written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(written)
+        Ok(WriteOp::CommandUpdate(CommandUpdate { device_id: device_id.to_string(), command_id: id, status, result }))
     }
 }

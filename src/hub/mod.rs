@@ -42,9 +42,6 @@ pub struct HubStats {
     pub mqtt_dropped_publishes: std::sync::atomic::AtomicU64,
     /// Plain QoS 0 publishes not delivered to an MQTT client whose socket stalled (`[mqtt] stall_ms`).
     pub mqtt_dropped_deliveries: std::sync::atomic::AtomicU64,
-    /// Notifications and commands stored and command updates applied by this instance since it
-    /// started (the console derives messages per second from it).
-    pub messages_written: std::sync::atomic::AtomicU64,
 }
 
 pub struct Hub {
@@ -274,7 +271,7 @@ impl Hub {
             self.stats.mqtt_connections.load(Relaxed),
             self.stats.mqtt_dropped_publishes.load(Relaxed),
             self.stats.mqtt_dropped_deliveries.load(Relaxed),
-            self.stats.messages_written.load(Relaxed),
+            self.writer.messages_written(),
             self.cluster.node_id,
         )
     }

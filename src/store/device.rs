@@ -1,5 +1,6 @@
 //! Devices.
 
+use super::memo::Changes;
 use super::scope::DeviceScope;
 use super::user::push_paging;
 use super::{json_column, json_text, Row, Sql, Store};
@@ -68,7 +69,7 @@ const FROM: &str =
 impl Store {
     pub async fn device_get(&self, device_id: &str) -> Result<Option<Device>> {
         let sql = Sql::new(format!("SELECT {COLUMNS} FROM device d WHERE d.device_id = $1")).bind(device_id);
-        self.db.fetch_optional(sql, device_from_row).await
+        self.device_memo(device_id, self.db.fetch_optional(sql, device_from_row)).await
     }
 
     pub async fn device_list(&self, q: &DeviceListQuery) -> Result<Vec<Device>> {
@@ -109,7 +110,8 @@ impl Store {
         .bind(d.device_type_id)
         .bind(json_text(&d.data))
         .bind(d.is_blocked);
-        self.db.execute(sql).await?;
+        let db = self.db.clone();
+        self.changing(Changes::Devices, async move { db.execute(sql).await }).await?;
         Ok(())
     }
 
@@ -124,14 +126,16 @@ impl Store {
         .bind(json_text(&d.data))
         .bind(d.is_blocked)
         .bind(&d.id);
-        self.db.execute(sql).await?;
+        let db = self.db.clone();
+        self.changing(Changes::Devices, async move { db.execute(sql).await }).await?;
         Ok(())
     }
 
     /// Deletes a device and its messages. Messages go in bounded batches so a device with a long
     /// history does not hold the write lock for one long transaction.
     pub async fn device_delete(&self, device_id: &str) -> Result<bool> {
-        let done = self.db.execute(Sql::new("DELETE FROM device WHERE device_id = $1").bind(device_id)).await?;
+        let (db, sql) = (self.db.clone(), Sql::new("DELETE FROM device WHERE device_id = $1").bind(device_id));
+        let done = self.changing(Changes::Devices, async move { db.execute(sql).await }).await?;
         self.device_messages_delete(device_id).await?;
         Ok(done > 0)
     }

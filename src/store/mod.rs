@@ -10,6 +10,7 @@ mod command;
 mod configuration;
 pub mod copy;
 mod device;
+mod memo;
 mod mqtt_session;
 mod network;
 mod notification;
@@ -38,7 +39,7 @@ pub use seed::SeedOutcome;
 pub use sql::Backend;
 pub use user::{UserListQuery, UserUpdate};
 
-pub(crate) use sql::{Db, Row, Sql, Tx};
+pub(crate) use sql::{row_chunks, Db, Param, Row, Sql, Tx};
 
 use crate::config::DatabaseSettings;
 use crate::error::StartupError;
@@ -46,6 +47,8 @@ use crate::error::StartupError;
 #[derive(Clone)]
 pub struct Store {
     pub(crate) db: Db,
+    /// Memos of user and device lookups (SQLite only; see `memo.rs`).
+    memos: Option<std::sync::Arc<memo::Memos>>,
 }
 
 /// The accepted database URL forms, for error messages.
@@ -107,7 +110,7 @@ impl Store {
             .run(&pool)
             .await
             .map_err(|e| StartupError(format!("migration failed: {e}")))?;
-        Ok(Store { db: Db::Sqlite(pool) })
+        Ok(Store { db: Db::Sqlite(pool), memos: Some(std::sync::Arc::new(memo::Memos::new())) })
     }
 
     async fn open_postgres(url: &str, settings: &DatabaseSettings) -> Result<Store, StartupError> {
@@ -132,7 +135,7 @@ impl Store {
             .run(&pool)
             .await
             .map_err(|e| StartupError(format!("migration failed: {e}")))?;
-        Ok(Store { db: Db::Postgres(breaker::Pg::new(pool)) })
+        Ok(Store { db: Db::Postgres(breaker::Pg::new(pool)), memos: None })
     }
 
     pub fn backend(&self) -> Backend {

@@ -1,6 +1,7 @@
 //! Networks and device types. Both are named groups of devices with identical storage, so one
 //! implementation serves both, parameterised by `GroupKind`.
 
+use super::memo::Changes;
 use super::scope::push_id_set;
 use super::user::{group_from_row, push_paging};
 use super::{Sql, Store};
@@ -123,14 +124,18 @@ impl Store {
     /// in bounded batches (the messages are unreachable once their device is gone).
     pub async fn group_delete(&self, kind: GroupKind, id: i64) -> Result<()> {
         let col = kind.device_column();
-        let mut tx = self.db.begin().await?;
-        let devices = tx
-            .fetch_all(Sql::new(format!("DELETE FROM device WHERE {col} = $1 RETURNING device_id")).bind(id), |r| {
-                r.text(0)
+        let db = self.db.clone();
+        // Devices go, and with the group the users' assignments to it.
+        let devices = self
+            .changing(Changes::Both, async move {
+                let mut tx = db.begin().await?;
+                let delete = Sql::new(format!("DELETE FROM device WHERE {col} = $1 RETURNING device_id")).bind(id);
+                let devices = tx.fetch_all(delete, |r| r.text(0)).await?;
+                tx.execute(Sql::new(format!("DELETE FROM {} WHERE id = $1", kind.table())).bind(id)).await?;
+                tx.commit().await?;
+                Ok(devices)
             })
             .await?;
-        tx.execute(Sql::new(format!("DELETE FROM {} WHERE id = $1", kind.table())).bind(id)).await?;
-        tx.commit().await?;
         for d in &devices {
             self.device_messages_delete(d).await?;
         }

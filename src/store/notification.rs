@@ -2,7 +2,7 @@
 
 use super::scope::MessageFilter;
 use super::sql::needs_escape;
-use super::{json_column, json_text, Backend, Db, Row, Sql, Store, Tx};
+use super::{json_column, json_text, row_chunks, Backend, Db, Param, Row, Sql, Store, Tx};
 use crate::error::Result;
 use crate::model::Notification;
 
@@ -188,7 +188,7 @@ pub(crate) async fn expire(db: &Db, table: &str, col: &str, before: i64) -> Resu
 /// Inserts a batch of notifications inside the writer's transaction, in order. One result per row:
 /// a row that fails fails alone. On PostgreSQL the batch is one `INSERT ... SELECT FROM UNNEST` (one
 /// round trip for the lot); should it fail, a savepoint per row finds the failing rows and keeps the
-/// rest. On SQLite, in process, a prepared statement per row is as fast.
+/// rest. On SQLite a few multi-row `INSERT ... VALUES` (see [`insert_values`]).
 pub(crate) async fn insert_many(
     tx: &mut Tx,
     rows: &[&NewNotification],
@@ -200,6 +200,9 @@ pub(crate) async fn insert_many(
             return done;
         }
     }
+    if tx.backend() == Backend::Sqlite {
+        return insert_values(tx, rows, server_ts).await;
+    }
     let mut out = Vec::with_capacity(rows.len());
     for n in rows {
         let r = match tx.savepoint(guarded).await {
@@ -207,6 +210,52 @@ pub(crate) async fn insert_many(
             Err(e) => Err(e),
         };
         out.push(tx.end_savepoint(guarded, r).await);
+    }
+    out
+}
+
+const INSERT_HEAD: &str =
+    "INSERT INTO device_notification (device_id, network_id, device_type_id, notification, timestamp, parameters)";
+
+/// The SQLite bulk insert: multi-row `INSERT ... VALUES` statements of a few fixed sizes
+/// ([`row_chunks`]), each prepared once per connection. Every statement is a hop to sqlx's SQLite
+/// worker thread and back, so one per row was most of a batch's cost. A statement that fails (a
+/// device deleted meanwhile) is undone alone by SQLite, and its rows go in one by one, so only the
+/// failing row fails.
+async fn insert_values(tx: &mut Tx, rows: &[&NewNotification], server_ts: i64) -> Vec<Result<Notification>> {
+    let mut out = Vec::with_capacity(rows.len());
+    let mut rest = rows;
+    for size in row_chunks(rows.len(), 6) {
+        let (chunk, after) = rest.split_at(size);
+        rest = after;
+        let mut sql = Sql::new(INSERT_HEAD);
+        sql.push(" VALUES ");
+        for (i, n) in chunk.iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.push_list([
+                Param::from(&n.device_id),
+                n.network_id.into(),
+                n.device_type_id.into(),
+                (&n.notification).into(),
+                n.timestamp.unwrap_or(server_ts).into(),
+                json_text(&n.parameters).into(),
+            ]);
+        }
+        sql.push(" RETURNING id");
+        match tx.fetch_all(sql, |r| r.i64(0)).await {
+            // AUTOINCREMENT ids follow the VALUES order; RETURNING's order is unspecified.
+            Ok(mut ids) if ids.len() == chunk.len() => {
+                ids.sort_unstable();
+                out.extend(chunk.iter().zip(ids).map(|(n, id)| Ok(stored(n, id, n.timestamp.unwrap_or(server_ts)))));
+            }
+            _ => {
+                for n in chunk {
+                    out.push(insert(tx, n, server_ts).await);
+                }
+            }
+        }
     }
     out
 }
@@ -306,16 +355,13 @@ fn stored(n: &NewNotification, id: i64, timestamp: i64) -> Notification {
 /// Inserts one notification inside the writer's transaction.
 async fn insert(tx: &mut Tx, n: &NewNotification, server_ts: i64) -> Result<Notification> {
     let timestamp = n.timestamp.unwrap_or(server_ts);
-    let sql = Sql::new(
-        "INSERT INTO device_notification (device_id, network_id, device_type_id, notification, timestamp, parameters) \
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-    )
-    .bind(&n.device_id)
-    .bind(n.network_id)
-    .bind(n.device_type_id)
-    .bind(&n.notification)
-    .bind(timestamp)
-    .bind(json_text(&n.parameters));
+    let sql = Sql::new(format!("{INSERT_HEAD} VALUES ($1, $2, $3, $4, $5, $6) RETURNING id"))
+        .bind(&n.device_id)
+        .bind(n.network_id)
+        .bind(n.device_type_id)
+        .bind(&n.notification)
+        .bind(timestamp)
+        .bind(json_text(&n.parameters));
     let id = tx.fetch_one(sql, |r| r.i64(0)).await?;
     Ok(stored(n, id, timestamp))
 }

@@ -188,6 +188,27 @@ impl Sql {
     }
 }
 
+/// How a batch of `rows` rows goes into multi-row statements (`INSERT ... VALUES (..), (..)`) of
+/// `columns` parameters a row: pieces whose sizes are powers of two, largest first, so that only a
+/// handful of distinct statements exist and each stays prepared in the connection's statement cache
+/// (one size per batch length would fill it). A piece never binds more than 999 parameters, SQLite's
+/// smallest compiled-in limit.
+pub(crate) fn row_chunks(rows: usize, columns: usize) -> Vec<usize> {
+    let most = (999 / columns.max(1)).clamp(1, 128);
+    let most = 1usize << (usize::BITS - 1 - most.leading_zeros());
+    let mut left = rows;
+    let mut out = Vec::new();
+    let mut size = most;
+    while left > 0 {
+        while size > left {
+            size /= 2;
+        }
+        out.push(size);
+        left -= size;
+    }
+    out
+}
+
 /// Binds `sql`'s parameters to a query of either backend (the same code, monomorphised twice).
 macro_rules! bound {
     ($sql:expr) => {{
@@ -422,6 +443,21 @@ mod tests {
         q.push(" AND b IN ").push_list(["x", "y"]).push(" AND c = ").push_bind(true);
         assert_eq!(q.text(), "SELECT 1 FROM t WHERE a = $1 AND b IN ($2, $3) AND c = $4");
         assert_eq!(q.params.len(), 4);
+    }
+
+    #[test]
+    fn batches_are_cut_into_a_few_statement_sizes() {
+        assert_eq!(row_chunks(0, 6), Vec::<usize>::new());
+        assert_eq!(row_chunks(1, 6), vec![1]);
+        assert_eq!(row_chunks(100, 6), vec![64, 32, 4]);
+        assert_eq!(row_chunks(300, 6), vec![128, 128, 32, 8, 4]);
+        assert_eq!(row_chunks(100, 11), vec![64, 32, 4]);
+        assert_eq!(row_chunks(200, 11), vec![64, 64, 64, 8]);
+        for n in 0..600 {
+            let chunks = row_chunks(n, 11);
+            assert_eq!(chunks.iter().sum::<usize>(), n);
+            assert!(chunks.iter().all(|c| c.is_power_of_two() && c * 11 <= 999));
+        }
     }
 
     #[test]

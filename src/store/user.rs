@@ -1,5 +1,6 @@
 //! Users and their network / device-type assignments.
 
+use super::memo::Changes;
 use super::{json_column, json_text, Row, Sql, Store};
 use crate::error::Result;
 use crate::model::{DeviceType, Network, User, STATUS_ACTIVE, STATUS_LOCKED_OUT};
@@ -91,7 +92,7 @@ pub struct UserUpdate {
 impl Store {
     pub async fn user_get(&self, id: i64) -> Result<Option<User>> {
         let sql = Sql::new(format!("SELECT {COLUMNS} FROM dh_user WHERE id = $1")).bind(id);
-        self.db.fetch_optional(sql, user_from_row).await
+        self.user_memo(id, self.db.fetch_optional(sql, user_from_row)).await
     }
 
     pub async fn user_by_login(&self, login: &str) -> Result<Option<User>> {
@@ -157,7 +158,7 @@ impl Store {
             qb.push(", intro_reviewed = ").push_bind(i);
         }
         qb.push(" WHERE id = ").push_bind(id);
-        self.db.execute(qb).await?;
+        self.change_users(qb).await?;
         Ok(())
     }
 
@@ -170,11 +171,11 @@ impl Store {
                 .bind(salt)
                 .bind(id)
                 .bind(previous);
-        Ok(self.db.execute(sql).await? > 0)
+        Ok(self.change_users(sql).await? > 0)
     }
 
     pub async fn user_delete(&self, id: i64) -> Result<bool> {
-        Ok(self.db.execute(Sql::new("DELETE FROM dh_user WHERE id = $1").bind(id)).await? > 0)
+        Ok(self.change_users(Sql::new("DELETE FROM dh_user WHERE id = $1").bind(id)).await? > 0)
     }
 
     /// A successful password login: reset the failure counter, and set `last_login` when `now` is past
@@ -189,7 +190,7 @@ impl Store {
         .bind(now)
         .bind(last_login_min_gap_ms)
         .bind(id);
-        self.db.execute(sql).await?;
+        self.change_users(sql).await?;
         Ok(())
     }
 
@@ -201,7 +202,7 @@ impl Store {
         .bind(now)
         .bind(id)
         .bind(min_gap_ms);
-        self.db.execute(sql).await?;
+        self.change_users(sql).await?;
         Ok(())
     }
 
@@ -220,19 +221,29 @@ impl Store {
         .bind(lock_until)
         .bind(id)
         .bind(crate::time::now_ms());
-        self.db.execute(sql).await?;
+        self.change_users(sql).await?;
         Ok(())
     }
 
     pub async fn user_set_all_device_types(&self, id: i64, all: bool) -> Result<()> {
-        let mut tx = self.db.begin().await?;
-        tx.execute(Sql::new("UPDATE dh_user SET all_device_types_available = $1 WHERE id = $2").bind(all).bind(id))
-            .await?;
-        if all {
-            tx.execute(Sql::new("DELETE FROM user_device_type WHERE user_id = $1").bind(id)).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let db = self.db.clone();
+        self.changing(Changes::Users, async move {
+            let mut tx = db.begin().await?;
+            let set = Sql::new("UPDATE dh_user SET all_device_types_available = $1 WHERE id = $2").bind(all).bind(id);
+            tx.execute(set).await?;
+            if all {
+                tx.execute(Sql::new("DELETE FROM user_device_type WHERE user_id = $1").bind(id)).await?;
+            }
+            tx.commit().await
+        })
+        .await
+    }
+
+    /// Runs one statement that changes `dh_user` or `user_network` rows (and forgets the user memos,
+    /// `memo.rs`).
+    async fn change_users(&self, sql: Sql) -> Result<u64> {
+        let db = self.db.clone();
+        self.changing(Changes::Users, async move { db.execute(sql).await }).await
     }
 
     /// Networks assigned to a user, by id.
@@ -247,21 +258,21 @@ impl Store {
 
     pub async fn user_network_ids(&self, user_id: i64) -> Result<Vec<i64>> {
         let sql = Sql::new("SELECT network_id FROM user_network WHERE user_id = $1 ORDER BY network_id").bind(user_id);
-        self.db.fetch_all(sql, |r| r.i64(0)).await
+        self.user_networks_memo(user_id, self.db.fetch_all(sql, |r| r.i64(0))).await
     }
 
     pub async fn user_assign_network(&self, user_id: i64, network_id: i64) -> Result<()> {
         let sql = Sql::new("INSERT INTO user_network (user_id, network_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(user_id)
             .bind(network_id);
-        self.db.execute(sql).await?;
+        self.change_users(sql).await?;
         Ok(())
     }
 
     pub async fn user_unassign_network(&self, user_id: i64, network_id: i64) -> Result<()> {
         let sql =
             Sql::new("DELETE FROM user_network WHERE user_id = $1 AND network_id = $2").bind(user_id).bind(network_id);
-        self.db.execute(sql).await?;
+        self.change_users(sql).await?;
         Ok(())
     }
 

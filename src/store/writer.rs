@@ -12,6 +12,7 @@
 //! commit's rows become visible together, a client that has seen any row stamped T has seen every row
 //! stamped T — so no cursor can skip a message, however many writers race.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -48,6 +49,8 @@ struct Job {
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Job>,
+    /// Rows committed by this writer since the hub started (`cacheStats`, the console's rate).
+    written: Arc<AtomicU64>,
 }
 
 pub type OnCommit = Box<dyn Fn(&[Written]) + Send + Sync>;
@@ -66,13 +69,19 @@ impl Writer {
         stop: watch::Receiver<bool>,
     ) -> (Writer, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(max_batch.max(1) * 8);
-        let task = tokio::spawn(run(store, rx, max_batch.max(1), on_commit, delivered, stop));
-        (Writer { tx }, task)
+        let written = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(run(store, rx, max_batch.max(1), on_commit, delivered, stop, written.clone()));
+        (Writer { tx, written }, task)
     }
 
     /// Whether the writer task still takes rows (readiness).
     pub fn is_running(&self) -> bool {
         !self.tx.is_closed()
+    }
+
+    /// Notifications, commands and command updates committed since the hub started.
+    pub fn messages_written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
     }
 
     /// Writes waiting for the writer (metrics).
@@ -82,12 +91,30 @@ impl Writer {
 
     /// Stores one row and returns it once committed.
     pub async fn write(&self, op: WriteOp) -> Result<Written> {
+        self.enqueue(op).await?.await
+    }
+
+    /// Queues one row and returns at once (once there is room in the queue) with what resolves when
+    /// it is committed. Rows queued one after the other are committed in that order, so a caller
+    /// may queue several before waiting for the first (an MQTT connection's publishes).
+    pub async fn enqueue(&self, op: WriteOp) -> Result<Committed> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Job { op, reply })
             .await
             .map_err(|_| ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "The hub is shutting down"))?;
-        answer.await.unwrap_or_else(|_| Err(ApiError::internal()))
+        Ok(Committed(answer))
+    }
+}
+
+/// A queued row: resolves to the committed row (or why it was not stored).
+pub struct Committed(oneshot::Receiver<Result<Written>>);
+
+impl std::future::Future for Committed {
+    type Output = Result<Written>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| r.unwrap_or_else(|_| Err(ApiError::internal())))
     }
 }
 
@@ -98,6 +125,7 @@ async fn run(
     on_commit: OnCommit,
     delivered: Option<watch::Receiver<Cursor>>,
     stop: watch::Receiver<bool>,
+    written: Arc<AtomicU64>,
 ) {
     // With a commit tail, answering waits for delivery in a task of its own, so that the writer
     // starts its next batch while the tail reads this one (pipelining): waiting in the writer itself
@@ -109,7 +137,7 @@ async fn run(
         }
         None => (None, None),
     };
-    write_batches(&store, &mut rx, max_batch, &on_commit, queue.as_ref(), stop).await;
+    write_batches(&store, &mut rx, max_batch, &on_commit, queue.as_ref(), stop, &written).await;
     // Nothing is lost on shutdown: the answerer ends once it has answered every queued batch.
     drop(queue);
     if let Some(answerer) = answerer {
@@ -126,6 +154,7 @@ async fn write_batches(
     on_commit: &OnCommit,
     queue: Option<&mpsc::Sender<Pending>>,
     mut stop: watch::Receiver<bool>,
+    written: &AtomicU64,
 ) {
     let mut last_ts = 0i64;
     let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
@@ -152,6 +181,7 @@ async fn write_batches(
         let commit_started = std::time::Instant::now();
         let (results, ts) = commit_batch(store, &jobs, proposed).await;
         crate::metrics::writer_commit(jobs.len(), commit_started.elapsed());
+        written.fetch_add(results.iter().filter(|r| r.is_ok()).count() as u64, Ordering::Relaxed);
         last_ts = last_ts.max(ts);
         let answers: Vec<Answer> = jobs.drain(..).map(|j| j.reply).zip(results).collect();
         if let Some(queue) = queue {

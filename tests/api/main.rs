@@ -38,13 +38,14 @@ mod postgres;
 mod sqlite;
 
 /// The test files compiled for both backends (`sqlite.rs` and `postgres.rs` declare the same list).
-const TEST_FILES: [(&str, &str); 15] = [
+const TEST_FILES: [(&str, &str); 16] = [
     ("admin.rs", include_str!("admin.rs")),
     ("binary.rs", include_str!("binary.rs")),
     ("cli.rs", include_str!("cli.rs")),
     ("config.rs", include_str!("config.rs")),
     ("firmware.rs", include_str!("firmware.rs")),
     ("fuzz.rs", include_str!("fuzz.rs")),
+    ("lookups.rs", include_str!("lookups.rs")),
     ("messages.rs", include_str!("messages.rs")),
     ("metrics.rs", include_str!("metrics.rs")),
     ("mqtt.rs", include_str!("mqtt.rs")),

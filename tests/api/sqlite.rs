@@ -20,6 +20,8 @@ mod config;
 mod firmware;
 #[path = "fuzz.rs"]
 mod fuzz;
+#[path = "lookups.rs"]
+mod lookups;
 #[path = "messages.rs"]
 mod messages;
 #[path = "metrics.rs"]

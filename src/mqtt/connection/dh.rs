@@ -26,6 +26,7 @@ use crate::hub::dispatch::{self as actions, push_text};
 use crate::hub::Hub;
 use crate::mqtt::codec::{self, Packet, Publish, SUBACK_FAILURE};
 use crate::mqtt::topics::{self, DhFilter, DirectPublish};
+use crate::store::writer::{Committed, WriteOp};
 
 /// Builds the `Waiting` view of a connection from its fields, so the future it awaits may borrow
 /// other fields (the session).
@@ -87,7 +88,97 @@ impl Conn {
     pub(super) async fn on_direct_publish(&mut self, p: &Publish) -> Result<(), End> {
         let Some(write) = self.direct_write(p) else { return Ok(()) };
         let hub = self.shared.hub.clone();
-        let mut result = write.run(&hub).await;
+        let result = write.run(&hub).await;
+        self.settle_direct(p, &write, result).await
+    }
+
+    /// Direct publishes that arrived together: each is checked and queued for the writer right
+    /// after the one before, without waiting for its commit, and then they are acknowledged in
+    /// order as their commits come back. Rows queued one after the other commit in that order, so
+    /// the stored order and the acknowledgement order are the publish order, as one at a time —
+    /// but a connection's burst shares one commit and one wake-up instead of paying one each.
+    /// Takes the following direct publishes from the held packets or the read buffer (at most
+    /// `PIPELINED_PUBLISHES`, and none once a revocation is announced: those go the single way,
+    /// which applies it first).
+    pub(super) async fn on_direct_publishes(&mut self, first: Publish) -> Result<(), End> {
+        let hub = self.shared.hub.clone();
+        let mut queued: VecDeque<(Publish, Queued)> = VecDeque::new();
+        let mut bad_packet = None;
+        let mut next = Some(first);
+        while let Some(p) = next.take() {
+            let q = match self.direct_write(&p) {
+                None => Queued::Refused,
+                Some(write) => match write.op(&hub).await {
+                    Ok(op) => match hub.writer.enqueue(op).await {
+                        Ok(committed) => Queued::Writing(write, committed),
+                        Err(e) => Queued::Failed(write, e),
+                    },
+                    Err(e) => Queued::Failed(write, e),
+                },
+            };
+            queued.push_back((p, q));
+            if queued.len() < PIPELINED_PUBLISHES && self.revocations.is_empty() {
+                next = self.next_direct_publish(&mut bad_packet);
+            }
+        }
+        for (p, q) in queued {
+            match q {
+                Queued::Refused => {}
+                Queued::Writing(write, committed) => {
+                    let result = committed.await.map(|_| ());
+                    self.settle_direct(&p, &write, result).await?;
+                }
+                Queued::Failed(write, e) => self.settle_direct(&p, &write, Err(e)).await?,
+            }
+            self.acknowledge(&p);
+        }
+        if let Some(e) = bad_packet {
+            tracing::info!(client_id = %self.client_id, error = ?e, "closing MQTT connection: bad packet");
+            return Err(End::Protocol);
+        }
+        Ok(())
+    }
+
+    /// The next packet when it is a direct publish (from the held packets first, which came before
+    /// anything still in the read buffer); any other packet is left held, to be handled next.
+    fn next_direct_publish(&mut self, bad_packet: &mut Option<codec::DecodeError>) -> Option<Publish> {
+        let is_direct = |p: &Packet| matches!(p, Packet::Publish(p) if is_direct_publish(p));
+        if let Some(front) = self.held.front() {
+            return if is_direct(front) {
+                match self.held.pop_front() {
+                    Some(Packet::Publish(p)) => Some(p),
+                    _ => None,
+                }
+            } else {
+                None
+            };
+        }
+        let max_packet = self.settings().max_packet_bytes;
+        match codec::decode(&mut self.rbuf, max_packet) {
+            Ok(Some(Packet::Publish(p))) if is_direct_publish(&p) => Some(p),
+            Ok(Some(other)) => {
+                self.held.push_back(other);
+                None
+            }
+            Ok(None) => None,
+            Err(e) => {
+                *bad_packet = Some(e);
+                None
+            }
+        }
+    }
+
+    /// What becomes of a direct publish after its first try: while the database is away a QoS 1/2
+    /// publish is tried again within the grace period (the packets after it held back, so
+    /// acknowledgements keep their order); a refused one is dropped and counted.
+    async fn settle_direct(
+        &mut self,
+        p: &Publish,
+        write: &DirectWrite,
+        first: Result<(), ApiError>,
+    ) -> Result<(), End> {
+        let hub = self.shared.hub.clone();
+        let mut result = first;
         let mut grace = Grace::new(self.settings().database_grace_secs, p.qos);
         while result.as_ref().is_err_and(|e| e.status == StatusCode::SERVICE_UNAVAILABLE) {
             let Some(pause) = grace.next_pause() else { break };
@@ -296,6 +387,23 @@ fn is_unavailable(response: &Value) -> bool {
     response.get("code").and_then(Value::as_u64) == Some(503)
 }
 
+/// Direct publishes one connection queues for the writer before waiting for the first commit.
+const PIPELINED_PUBLISHES: usize = 256;
+
+/// A `dh/` publish that is an insert or update (not `dh/request`).
+pub(super) fn is_direct_publish(p: &Publish) -> bool {
+    p.topic.starts_with("dh/") && p.topic != "dh/request"
+}
+
+/// A direct publish of a burst (`on_direct_publishes`), between queueing and acknowledging.
+enum Queued {
+    /// Dropped and counted already; only acknowledged.
+    Refused,
+    Writing(DirectWrite, Committed),
+    /// Its check or queueing failed (a 503 is tried again when settled).
+    Failed(DirectWrite, ApiError),
+}
+
 /// One direct publish's write, kept so it can be tried again while the database is away.
 struct DirectWrite {
     principal: Principal,
@@ -304,9 +412,16 @@ struct DirectWrite {
 }
 
 impl DirectWrite {
-    /// One try: the topic's network and type levels must match the device, then the insert (or
-    /// update). A 503 is the database being away; any other error refuses the publish.
+    /// One try: the row to write, then the write.
     async fn run(&self, hub: &Hub) -> Result<(), ApiError> {
+        let op = self.op(hub).await?;
+        hub.writer.write(op).await.map(|_| ())
+    }
+
+    /// The topic's network and type levels must match the device, then the service layer checks
+    /// and builds the insert (or update). A 503 is the database being away; any other error refuses
+    /// the publish.
+    async fn op(&self, hub: &Hub) -> Result<WriteOp, ApiError> {
         let t = &self.target;
         match hub.mqtt_topic_names_device(&t.device_id, t.network, t.device_type).await {
             Ok(true) => {}
@@ -318,16 +433,16 @@ impl DirectWrite {
         match t.kind {
             EventKind::Notification => {
                 name_from_topic(&mut body, "notification", &t.name);
-                hub.notification_insert(p, &t.device_id, &body).await.map(|_| ())
+                hub.notification_op(p, &t.device_id, &body).await
             }
             EventKind::CommandInsert => {
                 name_from_topic(&mut body, "command", &t.name);
-                hub.command_insert(p, &t.device_id, &body).await.map(|_| ())
+                hub.command_op(p, &t.device_id, &body).await
             }
             EventKind::CommandUpdate => {
                 let id = body.get("id").or_else(|| body.get("commandId")).and_then(crate::hub::fields::as_i64);
                 match id {
-                    Some(id) => hub.command_update(p, &t.device_id, id, &body).await.map(|_| ()),
+                    Some(id) => hub.command_update_op(p, &t.device_id, id, &body).await,
                     None => Err(ApiError::bad_request("Command id is wrong or empty")),
                 }
             }

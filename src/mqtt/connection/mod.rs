@@ -520,8 +520,15 @@ impl Conn {
         } else if p.topic == "dh/request" {
             self.on_request(&p).await?;
         } else {
-            self.on_direct_publish(&p).await?;
+            // Acknowledges them itself, in order, once committed.
+            return self.on_direct_publishes(p).await;
         }
+        self.acknowledge(&p);
+        Ok(())
+    }
+
+    /// Acknowledges a publish the hub has handled (for `dh/` topics: committed, or refused).
+    fn acknowledge(&mut self, p: &Publish) {
         match p.qos {
             1 => self.queue(&Packet::PubAck(p.pkid)),
             2 => {
@@ -531,7 +538,6 @@ impl Conn {
             }
             _ => {}
         }
-        Ok(())
     }
 
     async fn on_subscribe(&mut self, pkid: u16, filters: Vec<(String, u8)>) -> Result<(), End> {
