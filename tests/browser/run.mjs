@@ -26,7 +26,7 @@ const LOGIN = env('HIVEHUB_LOGIN');
 const PASSWORD = env('HIVEHUB_PASSWORD');
 const SHOTS = env('HIVEHUB_SCREENSHOTS');
 const XSS = '<img src=x onerror=alert(1)>';
-const TIMEOUT = 20_000;
+const TIMEOUT = 30_000;
 mkdirSync(SHOTS, { recursive: true });
 
 function assert(condition, message) {
@@ -34,7 +34,20 @@ function assert(condition, message) {
 }
 
 // --- REST helpers for setting up and checking state outside the browser -------------------------
+// `admin` stands for an admin access token, fetched again when it may be near its end (the test hub
+// gives access tokens a short lifetime, to see the console refresh its own).
+const admin = Symbol('admin');
+let adminToken = { value: null, at: 0 };
+async function adminAuth() {
+  if (Date.now() - adminToken.at > 20_000) {
+    const tokens = await rest('POST', '/token', null, { login: LOGIN, password: PASSWORD });
+    adminToken = { value: tokens.accessToken, at: Date.now() };
+  }
+  return adminToken.value;
+}
+
 async function rest(method, path, token, body) {
+  if (token === admin) token = await adminAuth();
   const response = await fetch(`${REST}${path}`, {
     method,
     headers: { 'Content-Type': 'application/json', ...(token ? { Authorization: `Bearer ${token}` } : {}) },
@@ -44,7 +57,6 @@ async function rest(method, path, token, body) {
   if (!response.ok) throw new Error(`${method} ${path}: ${response.status} ${text}`);
   return text ? JSON.parse(text) : null;
 }
-const admin = (await rest('POST', '/token', null, { login: LOGIN, password: PASSWORD })).accessToken;
 
 // --- Browser ---------------------------------------------------------------------------------------
 const browser = await chromium.launch({
@@ -295,7 +307,7 @@ try {
     await page.locator('dialog', { hasText: `doomed-${run}` }).waitFor();
     await page.click('dialog button.danger');
     await page.locator('td', { hasText: `Doomed ${run}` }).waitFor({ state: 'detached' });
-    const gone = await fetch(`${REST}/device/doomed-${run}`, { headers: { Authorization: `Bearer ${admin}` } });
+    const gone = await fetch(`${REST}/device/doomed-${run}`, { headers: { Authorization: `Bearer ${await adminAuth()}` } });
     assert(gone.status === 404, `the device went with the network (${gone.status})`);
   });
 
@@ -361,6 +373,21 @@ try {
     await phone.locator('#live-state', { hasText: 'live' }).waitFor();
     await shot(phone, 'device-light-phone');
     await phone.context().close();
+  });
+
+  await step('long lists page (devices of one network, 20 per page)', async () => {
+    await logIn(page, LOGIN, PASSWORD);
+    for (let i = 0; i < 21; i += 1) {
+      await rest('PUT', `/device/bulk-${run}-${String(i).padStart(2, '0')}`, admin, { name: `Bulk ${String(i).padStart(2, '0')}`, networkId: fieldId });
+    }
+    await page.goto(`${HUB}/admin/#/devices?networkId=${fieldId}`);
+    await page.locator('.pager span', { hasText: '1–20 of 22' }).waitFor();
+    assert((await page.locator('a.device-link').count()) === 20, 'a page of 20');
+    await page.getByRole('button', { name: 'Next' }).click();
+    await page.locator('.pager span', { hasText: '21–22 of 22' }).waitFor();
+    assert((await page.locator('a.device-link').count()) === 2, 'the rest on page 2');
+    await page.getByRole('button', { name: 'Previous' }).click();
+    await page.locator('.pager span', { hasText: '1–20 of 22' }).waitFor();
   });
 
   if (mqttDevice) mqttDevice.close();
