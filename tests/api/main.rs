@@ -38,7 +38,7 @@ mod postgres;
 mod sqlite;
 
 /// The test files compiled for both backends (`sqlite.rs` and `postgres.rs` declare the same list).
-const TEST_FILES: [(&str, &str); 12] = [
+const TEST_FILES: [(&str, &str); 13] = [
     ("admin.rs", include_str!("admin.rs")),
     ("binary.rs", include_str!("binary.rs")),
     ("config.rs", include_str!("config.rs")),
@@ -48,6 +48,7 @@ const TEST_FILES: [(&str, &str); 12] = [
     ("mqtt.rs", include_str!("mqtt.rs")),
     ("mqtt_sessions.rs", include_str!("mqtt_sessions.rs")),
     ("net.rs", include_str!("net.rs")),
+    ("openapi.rs", include_str!("openapi.rs")),
     ("retention.rs", include_str!("retention.rs")),
     ("security.rs", include_str!("security.rs")),
     ("ws.rs", include_str!("ws.rs")),
