@@ -6,6 +6,7 @@
 #     the document does not list and any response body that does not match its schema.
 # The tools are pinned in .ci/requirements-schemathesis.txt and installed into a venv under
 # $HOME/.cache/hivehub (rebuilt when the pins change). The whole step is bounded by `timeout`.
+# For a longer local hunt: SCHEMATHESIS_MAX_EXAMPLES=200 SCHEMATHESIS_TIMEOUT=1200 bash .ci/schemathesis.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -105,7 +106,7 @@ run_schemathesis() {
     timeout --kill-after=5 "${SCHEMATHESIS_TIMEOUT:-$1}" "$venv/bin/schemathesis" --config-file .ci/schemathesis.toml run "$base/openapi.json" \
         --header "Authorization: Bearer $token" \
         --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
-        --phases examples,coverage,fuzzing --max-examples 20 --workers 2 --request-timeout 10 \
+        --phases examples,coverage,fuzzing --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-20}" --workers 2 --request-timeout 10 \
         --generation-database none --no-color --warnings off "${@:2}" || { echo "schemathesis failed; hub log:"; tail -50 "$work/hub.log"; exit 1; }
 }
 echo "-- schemathesis (every operation but user updates and deletes)"
