@@ -12,7 +12,10 @@ cd "$(dirname "$0")/.."
 
 target="${CARGO_TARGET_DIR:-$HOME/.cache/hivehub/target}"
 hub_bin="$target/debug/hivehub"
-[ -x "$hub_bin" ] || cargo build --locked
+# `cargo test` has built it; build only when it is missing or older than the sources.
+if [ ! -x "$hub_bin" ] || [ -n "$(find src migrations -newer "$hub_bin" -print -quit)" ]; then
+    cargo build --locked
+fi
 venv="$HOME/.cache/hivehub/venv-schemathesis"
 requirements=.ci/requirements-schemathesis.txt
 if ! cmp -s "$requirements" "$venv/requirements.txt" 2> /dev/null; then
