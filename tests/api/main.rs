@@ -38,7 +38,7 @@ mod postgres;
 mod sqlite;
 
 /// The test files compiled for both backends (`sqlite.rs` and `postgres.rs` declare the same list).
-const TEST_FILES: [(&str, &str); 16] = [
+const TEST_FILES: [(&str, &str); 17] = [
     ("admin.rs", include_str!("admin.rs")),
     ("binary.rs", include_str!("binary.rs")),
     ("cli.rs", include_str!("cli.rs")),
@@ -52,6 +52,7 @@ const TEST_FILES: [(&str, &str); 16] = [
     ("mqtt_flow.rs", include_str!("mqtt_flow.rs")),
     ("mqtt_sessions.rs", include_str!("mqtt_sessions.rs")),
     ("net.rs", include_str!("net.rs")),
+    ("openapi.rs", include_str!("openapi.rs")),
     ("retention.rs", include_str!("retention.rs")),
     ("security.rs", include_str!("security.rs")),
     ("ws.rs", include_str!("ws.rs")),

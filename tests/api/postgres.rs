@@ -42,6 +42,8 @@ mod mqtt_flow;
 mod mqtt_sessions;
 #[path = "net.rs"]
 mod net;
+#[path = "openapi.rs"]
+mod openapi;
 #[path = "retention.rs"]
 mod retention;
 #[path = "security.rs"]
