@@ -141,15 +141,27 @@ impl Settings {
     /// `HIVEHUB__` variables (with the closest valid name), values of the wrong type, and values of
     /// enumerated keys outside their set.
     pub fn load(path: Option<&str>) -> Result<Settings, ConfigErrors> {
+        match Self::load_checked(path) {
+            (Some(settings), errors) if errors.is_empty() => Ok(settings),
+            (_, errors) => Err(ConfigErrors(errors)),
+        }
+    }
+
+    /// Like `load`, but returns every problem beside the settings built from what is valid (when the
+    /// rest still makes a configuration), so `hivehub check-config` can check those further.
+    pub fn load_checked(path: Option<&str>) -> (Option<Settings>, Vec<String>) {
         let file = match path {
-            Some(p) => Some(read_file(p)?),
+            Some(p) => match read_file(p) {
+                Ok(file) => Some(file),
+                Err(e) => return (None, e.0),
+            },
             None => match std::fs::read_to_string("broker.toml") {
                 Ok(text) => Some(("broker.toml".to_string(), text)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => return Err(ConfigErrors(vec![format!("cannot read broker.toml: {e}")])),
+                Err(e) => return (None, vec![format!("cannot read broker.toml: {e}")]),
             },
         };
-        Self::from_sources(file.as_ref().map(|(name, text)| (name.as_str(), text.as_str())), std::env::vars())
+        Self::build(file.as_ref().map(|(name, text)| (name.as_str(), text.as_str())), std::env::vars())
     }
 
     /// Defaults plus environment only: what tests start from before adjusting fields.
@@ -163,6 +175,18 @@ impl Settings {
         file: Option<(&str, &str)>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigErrors> {
+        match Self::build(file, env) {
+            (Some(settings), errors) if errors.is_empty() => Ok(settings),
+            (_, errors) => Err(ConfigErrors(errors)),
+        }
+    }
+
+    /// Every problem of the sources, and the settings made of the valid ones (`None` when even those
+    /// do not make a configuration, e.g. a value of the wrong type in the file).
+    fn build(
+        file: Option<(&str, &str)>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> (Option<Settings>, Vec<String>) {
         let schema = Schema::get();
         let mut errors = Vec::new();
         let mut builder =
@@ -180,17 +204,19 @@ impl Settings {
         let mut env: Vec<(String, String)> = env.into_iter().filter(|(name, _)| is_hivehub_var(name)).collect();
         env.sort();
         for (name, value) in env {
-            match check_env(&name, &value, schema) {
-                Ok((key, value)) => {
-                    builder = builder.set_override(key, value).map_err(|e| ConfigErrors(vec![e.to_string()]))?
-                }
+            match check_env(&name, &value, schema)
+                .and_then(|(key, value)| builder.clone().set_override(key, value).map_err(|e| format!("{name}: {e}")))
+            {
+                Ok(with) => builder = with,
                 Err(e) => errors.push(e),
             }
         }
-        if !errors.is_empty() {
-            return Err(ConfigErrors(errors));
+        match builder.build().and_then(|c| c.try_deserialize::<Settings>()) {
+            Ok(settings) => (Some(settings), errors),
+            // A value the checks above let through but the settings cannot take: said once.
+            Err(e) if errors.is_empty() => (None, vec![e.to_string()]),
+            Err(_) => (None, errors),
         }
-        builder.build().and_then(|c| c.try_deserialize()).map_err(|e| ConfigErrors(vec![e.to_string()]))
     }
 }
 

@@ -9,14 +9,15 @@ use crate::config::Settings;
 use crate::store::{redact, URL_FORMS};
 
 pub fn check_config(config: &ConfigArg) -> Result<(), CliError> {
-    let settings = match Settings::load(config.config.as_deref()) {
-        Ok(s) => s,
-        Err(errors) => return Err(report(&errors.0)),
-    };
-    let problems = problems(&settings);
-    if !problems.is_empty() {
-        return Err(report(&problems));
+    // Loading problems and the checks of whatever loaded, all in one report.
+    let (settings, mut found) = Settings::load_checked(config.config.as_deref());
+    if let Some(settings) = &settings {
+        found.extend(problems(settings));
     }
+    let settings = match settings {
+        Some(settings) if found.is_empty() => settings,
+        _ => return Err(report(&found)),
+    };
     let source = match config.config.as_deref() {
         Some(path) => path,
         None if std::path::Path::new("broker.toml").exists() => "broker.toml",

@@ -206,6 +206,13 @@ async fn check_config_reports_every_problem() {
     {
         assert!(run.stderr.contains(problem), "{problem}: {run:?}");
     }
+    // Both kinds at once: an unknown key and an address that is not one.
+    std::fs::write(&bad, "[http]\nlisen = \"x\"\nlisten = \"nowhere\"\n").unwrap();
+    let run = hivehub("sqlite://unused.db", &["check-config", "--config", bad.to_str().unwrap()], "").await;
+    assert_eq!(run.code, 1, "{run:?}");
+    for problem in ["2 configuration problems", "http.lisen", "http.listen = \"nowhere\""] {
+        assert!(run.stderr.contains(problem), "{problem}: {run:?}");
+    }
     let missing = hivehub("sqlite://unused.db", &["check-config", "--config", "/nonexistent/hub.toml"], "").await;
     assert!(missing.code == 1 && missing.stderr.contains("cannot read"), "{missing:?}");
 }
