@@ -23,6 +23,9 @@
 //!   time until a WebSocket subscriber (and an MQTT subscriber) has the push, and until the PUBACK.
 //! - `mqtt-ingest`: several device connections publish notifications as fast as they can, QoS0 then
 //!   QoS1; stored notifications per second, checked through the REST query API.
+//! - `mqtt-fleet`: 100 MQTT devices publish 1,000 QoS1 notifications each to their `dh/` topics, 64
+//!   unacknowledged per connection; acks/s and publish -> PUBACK latency of the hub (stored before the
+//!   PUBACK) and of Mosquitto (child process, not storing) under the same load, and their ratio.
 //! - `commands`: command round trip as a DeviceHive application sees it: REST `POST /device/{id}/command`,
 //!   then `GET .../command/{commandId}/poll` (wait) until an MQTT device, subscribed to its
 //!   `dh/command/...` topic, has published the update to `dh/command_update/...`; a one-at-a-time
@@ -77,6 +80,7 @@ const SCENARIOS: &[(&str, &str)] = &[
     ("ws", "REST insert -> WebSocket push: latency with 100 / 1,000 sessions, deliveries/s, none lost"),
     ("mqtt-latency", "MQTT device QoS1 publish -> stored -> WebSocket (and MQTT) push latency"),
     ("mqtt-ingest", "MQTT notification ingest/s over several device connections, QoS0 and QoS1, verified"),
+    ("mqtt-fleet", "100 MQTT devices x 1,000 QoS1 notifications: hub (stored) vs Mosquitto (not storing), acks/s"),
     ("commands", "REST command -> MQTT device -> command_update -> REST wait: round-trip latency and rate"),
     ("mqtt-connect", "hub child process: authenticated MQTT connects/s (JWT, login), RSS per idle connection"),
     ("mosquitto", "plain-topic MQTT: Mosquitto vs hub (child processes), side-by-side table"),
@@ -97,7 +101,7 @@ fn describe(name: &str) -> &'static str {
 #[derive(Parser, Debug, Clone)]
 #[command(about = "hivehub benchmarks (in-process hub, temporary SQLite or PostgreSQL database)")]
 struct Opts {
-    /// Scenarios to run: `inserts`, `longpoll`, `ws`, `mqtt-latency`, `mqtt-ingest`, `commands`,
+    /// Scenarios to run: `inserts`, `longpoll`, `ws`, `mqtt-latency`, `mqtt-ingest`, `mqtt-fleet`, `commands`,
     /// `mqtt-connect`, `mosquitto`, `ws-slow`, or `all` (default).
     scenarios: Vec<String>,
     /// Duration of the insert scenario in seconds [env BENCH_SECONDS, default 10].
@@ -149,6 +153,12 @@ struct Opts {
     /// Unacknowledged QoS1 publishes per publisher connection [env BENCH_MQTT_WINDOW, default 64].
     #[arg(long)]
     mqtt_window: Option<usize>,
+    /// Device connections of the mqtt-fleet scenario [env BENCH_FLEET_DEVICES, default 100].
+    #[arg(long)]
+    fleet_devices: Option<usize>,
+    /// QoS1 notifications each mqtt-fleet device publishes [env BENCH_FLEET_MESSAGES, default 1000].
+    #[arg(long)]
+    fleet_messages: Option<u64>,
     /// MQTT devices of the commands scenario, one connection each, one command in flight each
     /// [env BENCH_COMMAND_DEVICES, default 100].
     #[arg(long)]
@@ -215,6 +225,8 @@ struct Config {
     mqtt_seconds: u64,
     mqtt_publishers: usize,
     mqtt_window: usize,
+    fleet_devices: usize,
+    fleet_messages: u64,
     command_devices: usize,
     command_rounds: usize,
     connectors: usize,
@@ -262,6 +274,8 @@ impl Config {
             mqtt_seconds: pick(opts.mqtt_seconds, "BENCH_MQTT_SECONDS", 5)?,
             mqtt_publishers: pick(opts.mqtt_publishers, "BENCH_MQTT_PUBLISHERS", 8)?,
             mqtt_window: pick(opts.mqtt_window, "BENCH_MQTT_WINDOW", 64)?,
+            fleet_devices: pick(opts.fleet_devices, "BENCH_FLEET_DEVICES", 100)?,
+            fleet_messages: pick(opts.fleet_messages, "BENCH_FLEET_MESSAGES", 1000)?,
             command_devices: pick(opts.command_devices, "BENCH_COMMAND_DEVICES", 100)?,
             command_rounds: pick(opts.command_rounds, "BENCH_COMMAND_ROUNDS", 2000)?,
             connectors: pick(opts.connectors, "BENCH_CONNECTORS", 200)?,
@@ -292,6 +306,8 @@ impl Config {
             c.mqtt_seconds as usize,
             c.mqtt_publishers,
             c.mqtt_window,
+            c.fleet_devices,
+            c.fleet_messages as usize,
             c.command_devices,
             c.command_rounds,
             c.connectors,
@@ -407,6 +423,7 @@ async fn run_scenario(name: &str, hub: &BenchHub, config: &Config) -> BenchResul
         "ws" => scenario_ws(hub, config).await,
         "mqtt-latency" => scenario_mqtt_latency(hub, config).await,
         "mqtt-ingest" => scenario_mqtt_ingest(hub, config).await,
+        "mqtt-fleet" => scenario_mqtt_fleet(hub, config).await,
         "commands" => scenario_commands(hub, config).await,
         "mqtt-connect" => scenario_mqtt_connect(config).await,
         "mosquitto" => scenario_mosquitto(config).await,
@@ -1577,7 +1594,11 @@ async fn ws_request(ws: &mut WsStream, request: Value) -> BenchResult<Value> {
 
 /// A WebSocket session, authenticated and subscribed with `subscribe` (a notification/subscribe request).
 async fn ws_session(url: &str, token: &str, subscribe: &Value) -> BenchResult<WsStream> {
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
+    // tungstenite zero-fills its whole read buffer (128 KiB by default) before every socket read:
+    // with a thousand sessions reading one small push each, that memset was most of the bench's
+    // own CPU, taken from the hub under test.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4 * 1024);
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
     ws_request(&mut ws, json!({"action": "authenticate", "requestId": 1, "token": token})).await?;
     let answer = ws_request(&mut ws, subscribe.clone()).await?;
     if answer["subscriptionId"].as_i64().is_none() {
@@ -1649,18 +1670,34 @@ async fn scenario_ws(hub: &BenchHub, config: &Config) -> BenchResult<()> {
          its pushes and sums their ids; it must end with exactly the acknowledged ids (none lost, none extra).",
         config.ws_writers, config.ws_seconds
     );
+    println!(
+        "  peer: Mosquitto (child process) with as many MQTT subscribers (QoS0) of one plain topic, the same latency \
+         rounds (one QoS1 publish each) and {} publishers (QoS1, one unacknowledged each) for the rate phase.",
+        config.ws_writers
+    );
     let mut result = Ok(());
     for &n in &config.ws_sessions {
         println!("  -- {n} sessions --");
-        if let Err(e) = ws_run(hub, config, device, &subscribe, n).await {
-            println!("  {n} sessions: FAILED: {e}");
-            result = Err(e);
+        match ws_run(hub, config, device, &subscribe, n).await {
+            Ok(hub_rate) => match ws_peer_mosquitto(config, n).await {
+                Ok(peer_rate) => {
+                    println!(
+                        "  ratio hub / Mosquitto deliveries/s with {n} subscribers: {:.2}x",
+                        hub_rate / peer_rate.max(1.0)
+                    )
+                }
+                Err(e) => println!("  Mosquitto not run: {e}"),
+            },
+            Err(e) => {
+                println!("  {n} sessions: FAILED: {e}");
+                result = Err(e);
+            }
         }
     }
     result
 }
 
-async fn ws_run(hub: &BenchHub, config: &Config, device: &str, subscribe: &Value, n: usize) -> BenchResult<()> {
+async fn ws_run(hub: &BenchHub, config: &Config, device: &str, subscribe: &Value, n: usize) -> BenchResult<f64> {
     let opened = Instant::now();
     let sessions = ws_sessions(&hub.ws_url(), &hub.admin, subscribe, n, 32).await?;
     println!(
@@ -1717,7 +1754,7 @@ async fn ws_measure(
     t0: Instant,
     counters: &[Arc<WsCounters>],
     lat_rx: &mut mpsc::UnboundedReceiver<(usize, i64, Instant)>,
-) -> BenchResult<()> {
+) -> BenchResult<f64> {
     let writer = dedicated_client()?;
     let url = hub.url(&format!("/device/{device}/notification"));
 
@@ -1862,10 +1899,136 @@ async fn ws_measure(
         if ok { "OK (none lost)" } else { "MISMATCH" }
     );
     if ok {
-        Ok(())
+        Ok(per_sec(delivered, deliver_elapsed))
     } else {
         Err("WebSocket deliveries differ from the acknowledged inserts".into())
     }
+}
+
+/// The peer of the ws scenario: Mosquitto (child process) with `n` MQTT subscribers (QoS0) of one
+/// topic, and the same load as the hub got: latency rounds of one publish each, then `writers`
+/// publishers (QoS1, one unacknowledged each, as a REST writer waits for its 201) for the rate phase.
+/// Returns deliveries/s of the rate phase.
+async fn ws_peer_mosquitto(config: &Config, n: usize) -> BenchResult<f64> {
+    let broker = ChildBroker::mosquitto(&config.mosquitto).await?;
+    let label = broker.label.clone();
+    let result = ws_peer_run(broker.mqtt, config, n).await;
+    broker.stop().await;
+    let (rate, mut from_send) = result?;
+    println!("  {label}, {n} MQTT subscribers: latency from send: {}", tail_summary_us(&mut from_send));
+    println!("  {label}, {n} MQTT subscribers: deliveries/s {rate:.0}");
+    Ok(rate)
+}
+
+async fn ws_peer_run(addr: SocketAddr, config: &Config, n: usize) -> BenchResult<(f64, Vec<i64>)> {
+    const TOPIC: &str = "bench/ws-peer/fanout";
+    let t0 = Instant::now();
+    let (lat_tx, mut lat_rx) = mpsc::unbounded_channel::<(i64, Instant)>();
+    let counters: Vec<Arc<WsCounters>> = (0..n).map(|_| Arc::new(WsCounters::default())).collect();
+    let mut readers = Vec::with_capacity(n);
+    for (i, c) in counters.iter().enumerate() {
+        let (mut r, mut w) = mqtt_client(addr, &format!("bench-ws-peer-{i}"), &Creds::Anonymous).await?;
+        if mq::subscribe_one(&mut r, &mut w, TOPIC, 0).await? > 1 {
+            return Err("Mosquitto refused the subscription".into());
+        }
+        let (tx, c) = (lat_tx.clone(), c.clone());
+        readers.push(tokio::spawn(async move {
+            let _w = w;
+            while let Ok(p) = r.next().await {
+                let mq::Packet::Publish(p) = p else { continue };
+                let at = Instant::now();
+                let text = String::from_utf8_lossy(&p.payload);
+                if let Some(seq) = text.strip_prefix("lat ") {
+                    let _ = tx.send((seq.parse().unwrap_or(-1), at));
+                } else {
+                    c.last_ns.fetch_max(nanos_since(t0, at), Ordering::Relaxed);
+                    c.count.fetch_add(1, Ordering::Release);
+                }
+            }
+            c.closed.store(true, Ordering::Release);
+        }));
+    }
+    drop(lat_tx);
+    let outcome = async {
+        // Latency rounds: one QoS1 publish, then every subscriber must have it.
+        let (mut pr, mut pw) = mqtt_client(addr, "bench-ws-peer-pub", &Creds::Anonymous).await?;
+        let mut from_send = Vec::with_capacity(config.ws_rounds * n);
+        for round in 0..config.ws_rounds as i64 {
+            let sent = Instant::now();
+            mq::publish(&mut pw.buf, TOPIC, format!("lat {round}").as_bytes(), 1, 1);
+            pw.flush().await?;
+            let mut got = 0;
+            while got < n {
+                match tokio::time::timeout(Duration::from_secs(10), lat_rx.recv()).await {
+                    Ok(Some((seq, at))) if seq == round => {
+                        got += 1;
+                        from_send.push(signed_micros(at, sent));
+                    }
+                    Ok(Some(_)) => {}
+                    _ => return Err(format!("round {round}: {} of {n} subscribers got nothing in 10 s", n - got).into()),
+                }
+            }
+            while !matches!(pr.next().await?, mq::Packet::PubAck(_)) {}
+        }
+        // Rate phase.
+        let start = Instant::now();
+        let start_ns = nanos_since(t0, start);
+        let deadline = start + Duration::from_secs(config.ws_seconds);
+        let mut publishers = Vec::new();
+        for p in 0..config.ws_writers {
+            let (mut r, mut w) = mqtt_client(addr, &format!("bench-ws-peer-thr-{p}"), &Creds::Anonymous).await?;
+            publishers.push(tokio::spawn(async move {
+                let mut sent = 0u64;
+                while Instant::now() < deadline {
+                    mq::publish(&mut w.buf, TOPIC, format!("thr {p} {sent}").as_bytes(), 1, (sent % 65_535) as u16 + 1);
+                    if w.flush().await.is_err() {
+                        break;
+                    }
+                    sent += 1;
+                    loop {
+                        match r.next().await {
+                            Ok(mq::Packet::PubAck(_)) => break,
+                            Ok(_) => {}
+                            Err(_) => return sent,
+                        }
+                    }
+                }
+                sent
+            }));
+        }
+        let mut published = 0u64;
+        for p in publishers {
+            published += p.await?;
+        }
+        let expected = published * n as u64;
+        let (mut last_total, mut last_progress) = (u64::MAX, Instant::now());
+        let delivered = loop {
+            let total: u64 = counters.iter().map(|c| c.count.load(Ordering::Acquire)).sum();
+            if total >= expected {
+                break total;
+            }
+            if total != last_total {
+                (last_total, last_progress) = (total, Instant::now());
+            } else if last_progress.elapsed() > Duration::from_secs(5) {
+                break total;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let last_ns = counters.iter().map(|c| c.last_ns.load(Ordering::Relaxed)).max().unwrap_or(start_ns);
+        let elapsed = Duration::from_nanos(last_ns.saturating_sub(start_ns));
+        println!(
+            "  Mosquitto rate phase: {published} publishes acknowledged, {delivered} of {expected} deliveries in {:.2} s \
+             ({} not delivered)",
+            elapsed.as_secs_f64(),
+            expected.saturating_sub(delivered)
+        );
+        Ok((per_sec(delivered, elapsed), from_send))
+    }
+    .await;
+    for r in readers {
+        r.abort();
+    }
+    outcome
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -2246,6 +2409,166 @@ async fn scenario_mqtt_ingest(hub: &BenchHub, config: &Config) -> BenchResult<()
     } else {
         Ok(())
     }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Scenario: a fleet of devices sends a fixed number of QoS1 notifications each — the hub storing
+// them (PUBACK after commit) against Mosquitto forwarding nothing (PUBACK at once), same client code.
+
+/// What one fleet connection measured.
+#[derive(Default)]
+struct FleetOutcome {
+    acked: u64,
+    /// Publish written -> its PUBACK read, in microseconds.
+    ack_us: Vec<i64>,
+    /// When the last PUBACK came, since the phase's start.
+    done_ns: u64,
+    error: Option<String>,
+}
+
+/// Publishes `messages` QoS1 publishes to `topic` with at most `window` unacknowledged, timing each
+/// PUBACK (brokers acknowledge one connection's publishes in order, so the n-th PUBACK is the n-th
+/// publish's).
+async fn fleet_device(
+    (mut r, mut w): (mq::Reader, mq::Writer),
+    topic: String,
+    messages: u64,
+    window: usize,
+    t0: Instant,
+) -> FleetOutcome {
+    let mut out = FleetOutcome { ack_us: Vec::with_capacity(messages as usize), ..Default::default() };
+    let mut sent_at: std::collections::VecDeque<Instant> = std::collections::VecDeque::with_capacity(window);
+    let mut sent = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while out.acked < messages {
+        while sent < messages && sent_at.len() < window {
+            let payload = format!("{{\"notification\":\"fleet\",\"parameters\":{{\"seq\":{sent},\"value\":21.5}}}}");
+            mq::publish(&mut w.buf, &topic, payload.as_bytes(), 1, (sent % 65_535) as u16 + 1);
+            sent += 1;
+            sent_at.push_back(Instant::now());
+        }
+        if let Err(e) = w.flush().await {
+            out.error = Some(format!("write failed: {e}"));
+            break;
+        }
+        // Read every PUBACK already here before writing more (batches both ways).
+        loop {
+            match tokio::time::timeout_at(deadline.into(), r.next()).await {
+                Ok(Ok(mq::Packet::PubAck(_))) => {
+                    let at = Instant::now();
+                    if let Some(s) = sent_at.pop_front() {
+                        out.ack_us.push(micros(at - s));
+                    }
+                    out.acked += 1;
+                    out.done_ns = nanos_since(t0, at);
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    out.error = Some(format!("read failed: {e}"));
+                    return out;
+                }
+                Err(_) => {
+                    out.error = Some("PUBACKs still missing after 120 s".into());
+                    return out;
+                }
+            }
+            if !r.has_packet() {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// One broker's fleet run: every connection opened first, then all publish at once.
+async fn fleet_run(
+    addr: SocketAddr,
+    topics: &[(String, String)],
+    creds: &Creds,
+    messages: u64,
+    window: usize,
+) -> BenchResult<(Vec<FleetOutcome>, Duration)> {
+    let mut conns = Vec::with_capacity(topics.len());
+    for (client_id, topic) in topics {
+        conns.push((mqtt_client(addr, client_id, creds).await?, topic.clone()));
+    }
+    let t0 = Instant::now();
+    let tasks: Vec<_> =
+        conns.into_iter().map(|(c, topic)| tokio::spawn(fleet_device(c, topic, messages, window, t0))).collect();
+    let mut outcomes = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        outcomes.push(t.await?);
+    }
+    let end = Duration::from_nanos(outcomes.iter().map(|o| o.done_ns).max().unwrap_or(0));
+    Ok((outcomes, end))
+}
+
+/// Prints a fleet run; returns acknowledged publishes per second.
+fn print_fleet(label: &str, outcomes: &mut [FleetOutcome], end: Duration) -> f64 {
+    let acked: u64 = outcomes.iter().map(|o| o.acked).sum();
+    let mut lat: Vec<i64> = outcomes.iter_mut().flat_map(|o| std::mem::take(&mut o.ack_us)).collect();
+    let rate = per_sec(acked, end);
+    println!("  {label}: {acked} PUBACKs in {:.2} s = {rate:.0} acks/s", end.as_secs_f64());
+    println!("    publish -> PUBACK: {}", tail_summary_us(&mut lat));
+    for e in outcomes.iter().filter_map(|o| o.error.as_ref()) {
+        println!("    connection problem: {e}");
+    }
+    rate
+}
+
+async fn scenario_mqtt_fleet(hub: &BenchHub, config: &Config) -> BenchResult<()> {
+    println!("== mqtt-fleet: {}", describe("mqtt-fleet"));
+    let (n, m, window) = (config.fleet_devices, config.fleet_messages, config.mqtt_window);
+    println!(
+        "  {n} MQTT device connections each publish {m} QoS1 notifications (payload \
+         {{\"notification\":\"fleet\",\"parameters\":{{\"seq\":N,\"value\":21.5}}}}) to their own \
+         dh/notification/<net>/<type>/<device>/fleet topic, at most {window} unacknowledged per connection, all \
+         connections at once. The hub (in-process, admin JWT) stores every one before its PUBACK; Mosquitto \
+         (child process, anonymous, same topics) stores nothing. Rate = PUBACKs / (start -> last PUBACK)."
+    );
+    let devices: Vec<String> = (0..n).map(|i| format!("bench-fleet-{i:03}")).collect();
+    let mut topics = Vec::with_capacity(n);
+    for d in &devices {
+        hub.device(d).await?;
+        topics.push((format!("{d}-fleet"), hub.notification_topic(d, "fleet").await?));
+    }
+    let (mut outcomes, end) = fleet_run(hub.mqtt_addr()?, &topics, &Creds::Jwt(hub.admin.clone()), m, window).await?;
+    let hub_rate = print_fleet("hub (stored)", &mut outcomes, end);
+    let verify = Instant::now();
+    let mut mismatched = Vec::new();
+    let mut stored_total = 0u64;
+    for (d, o) in devices.iter().zip(&outcomes) {
+        let ids = hub.stored_notification_ids(d, "fleet").await?;
+        let distinct = ids.iter().collect::<BTreeSet<_>>().len();
+        stored_total += ids.len() as u64;
+        if ids.len() as u64 != o.acked || distinct != ids.len() {
+            mismatched.push(format!("{d}: acked {} stored {} ({distinct} distinct)", o.acked, ids.len()));
+        }
+    }
+    println!(
+        "    stored {stored_total} -> {} (REST check took {:.1} s)",
+        if mismatched.is_empty() { "stored == acknowledged" } else { "MISMATCH" },
+        verify.elapsed().as_secs_f64()
+    );
+    for m in mismatched.iter().take(10) {
+        println!("    {m}");
+    }
+    let errors = outcomes.iter().any(|o| o.error.is_some());
+    match ChildBroker::mosquitto(&config.mosquitto).await {
+        Ok(broker) => {
+            let label = broker.label.clone();
+            let run = fleet_run(broker.mqtt, &topics, &Creds::Anonymous, m, window).await;
+            broker.stop().await;
+            let (mut peer, peer_end) = run?;
+            let peer_rate = print_fleet(&format!("{label} (not storing)"), &mut peer, peer_end);
+            println!("  ratio hub / Mosquitto: {:.2}x", hub_rate / peer_rate.max(1.0));
+        }
+        Err(e) => println!("  Mosquitto not run: {e}"),
+    }
+    if errors || !mismatched.is_empty() {
+        return Err("the fleet's notifications were not all acknowledged and stored exactly once".into());
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------------

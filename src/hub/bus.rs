@@ -38,12 +38,17 @@ pub struct Event {
 }
 
 impl Event {
-    fn from_written(w: &Written) -> Event {
-        let (kind, message) = match w {
+    /// The kind and message of a committed row (cheap: `Arc` clones).
+    fn parts(w: &Written) -> (EventKind, Message) {
+        match w {
             Written::Notification(n) => (EventKind::Notification, Message::Notification(n.clone())),
             Written::Command(c) => (EventKind::CommandInsert, Message::Command(c.clone())),
             Written::CommandUpdated(c) => (EventKind::CommandUpdate, Message::Command(c.clone())),
-        };
+        }
+    }
+
+    /// The event with its JSON, serialised here once.
+    fn new(kind: EventKind, message: Message) -> Event {
         let json = match &message {
             Message::Notification(n) => serde_json::to_string(n.as_ref()),
             Message::Command(c) => serde_json::to_string(c.as_ref()),
@@ -77,8 +82,8 @@ impl Event {
         }
     }
 
-    fn keys(&self) -> (&str, Option<i64>, Option<i64>, &str) {
-        match &self.message {
+    fn keys_of(message: &Message) -> (&str, Option<i64>, Option<i64>, &str) {
+        match message {
             Message::Notification(n) => (&n.device_id, n.network_id, n.device_type_id, &n.notification),
             Message::Command(c) => (&c.device_id, c.network_id, c.device_type_id, &c.command),
         }
@@ -257,34 +262,39 @@ impl Bus {
 
     /// Routes one commit's rows. Called by the writer in commit order, after the commit.
     pub fn publish(&self, written: &[Written]) {
-        let events: Vec<Arc<Event>> = written.iter().map(|w| Arc::new(Event::from_written(w))).collect();
         let mut per_sub: HashMap<SubscriptionId, Vec<Arc<Event>>> = HashMap::new();
         let reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         if reg.subs.is_empty() {
             return;
         }
-        for ev in &events {
-            let (device, network, device_type, name) = ev.keys();
+        for w in written {
+            // Serialised once, and only when some subscription wants it: stored-only traffic (an
+            // ingest nobody watches) pays no JSON.
+            let mut event: Option<Arc<Event>> = None;
+            let (kind, message) = Event::parts(w);
+            let (device, network, device_type, name) = Event::keys_of(&message);
+            let ev_kind = kind;
             let mut candidates: Vec<SubscriptionId> = Vec::new();
-            let lookups = [IndexKey::Device(ev.kind, device.to_string()), IndexKey::Global(ev.kind)];
+            let lookups = [IndexKey::Device(ev_kind, device.to_string()), IndexKey::Global(ev_kind)];
             for key in lookups.iter() {
                 if let Some(set) = reg.index.get(key) {
                     candidates.extend(set.iter().copied());
                 }
             }
             if let Some(n) = network {
-                if let Some(set) = reg.index.get(&IndexKey::Network(ev.kind, n)) {
+                if let Some(set) = reg.index.get(&IndexKey::Network(ev_kind, n)) {
                     candidates.extend(set.iter().copied());
                 }
             }
             if let Some(t) = device_type {
-                if let Some(set) = reg.index.get(&IndexKey::DeviceType(ev.kind, t)) {
+                if let Some(set) = reg.index.get(&IndexKey::DeviceType(ev_kind, t)) {
                     candidates.extend(set.iter().copied());
                 }
             }
             for id in candidates {
                 let Some(sub) = reg.subs.get(&id) else { continue };
                 if sub.filter.matches(device, network, device_type, name) {
+                    let ev = event.get_or_insert_with(|| Arc::new(Event::new(kind, message.clone())));
                     per_sub.entry(id).or_default().push(ev.clone());
                 }
             }
