@@ -85,6 +85,9 @@ pub enum DropReason {
     MqttPublishRefused,
     /// A subscriber's delivery queue was full: the delivery is lost and the session is closed.
     SubscriberQueueFull,
+    /// A plain QoS 0 publish not delivered to an MQTT client whose socket stopped taking data
+    /// (`[mqtt] stall_ms`).
+    MqttSubscriberStalled,
 }
 
 impl DropReason {
@@ -92,6 +95,7 @@ impl DropReason {
         match self {
             DropReason::MqttPublishRefused => "mqtt_publish_refused",
             DropReason::SubscriberQueueFull => "subscriber_queue_full",
+            DropReason::MqttSubscriberStalled => "mqtt_subscriber_stalled",
         }
     }
 }

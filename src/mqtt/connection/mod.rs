@@ -145,7 +145,8 @@ pub async fn run_io(
     local: Option<String>,
 ) {
     let settings = shared.hub.settings.mqtt.clone();
-    let Some(accepted) = handshake::accept(&shared, &mut reader, &mut writer, peer).await else { return };
+    // Boxed, like the other one-off steps below: the task's future stays the size of the idle loop.
+    let Some(accepted) = Box::pin(handshake::accept(&shared, &mut reader, &mut writer, peer)).await else { return };
     let handshake::Accepted { connect, client_id, principal, revocations, number, kill, session_present, rbuf } =
         accepted;
     let clean = connect.clean_session;
@@ -201,19 +202,19 @@ pub async fn run_io(
     if !clean {
         // A persistent session may have plain-topic state in the router (its graveyard).
         if let Err(end) = conn.open_link().await {
-            conn.finish(end).await;
+            Box::pin(conn.finish(end)).await;
             forget_session(&shared, &client_id, number);
             return;
         }
     }
     let end = match conn.flush().await {
-        Ok(()) => match conn.restore().await {
+        Ok(()) => match Box::pin(conn.restore()).await {
             Ok(()) => conn.serve().await,
             Err(e) => e,
         },
         Err(e) => e,
     };
-    conn.finish(end).await;
+    Box::pin(conn.finish(end)).await;
     forget_session(&shared, &client_id, number);
 }
 
@@ -326,7 +327,7 @@ impl Conn {
         let anonymous_deadline = (!anonymous_limit.is_zero()).then(|| Instant::now() + anonymous_limit);
         // Packets the client sent right behind its CONNECT (read with it) come first.
         if !self.rbuf.is_empty() {
-            let handled = match self.read_packets().await {
+            let handled = match Box::pin(self.read_packets()).await {
                 Ok(()) => self.flush().await,
                 err => err,
             };
@@ -343,7 +344,7 @@ impl Conn {
                 read = self.reader.read_buf(&mut self.rbuf) => match read {
                     Ok(0) | Err(_) => Err(End::Network),
                     Ok(_) => {
-                        let handled = self.read_packets().await;
+                        let handled = Box::pin(self.read_packets()).await;
                         // After the packets: a publish waiting for the database may have taken long,
                         // the client pinging meanwhile.
                         deadline = self.keepalive.map(|k| Instant::now() + k);
@@ -351,12 +352,12 @@ impl Conn {
                     }
                 },
                 n = next_from_router(&mut self.link) => match n {
-                    Ok(Some(n)) => self.on_router_notification(n).await,
+                    Ok(Some(n)) => Box::pin(self.on_router_notification(n)).await,
                     Ok(None) => Ok(()),
                     Err(_) => Err(self.link_failed()),
                 },
-                Some(d) = self.deliveries.recv() => self.deliver(d).await,
-                _ = revocation_of(&mut self.revocations, me) => self.on_revocation().await,
+                Some(d) = self.deliveries.recv() => Box::pin(self.deliver(d)).await,
+                _ = revocation_of(&mut self.revocations, me) => Box::pin(self.on_revocation()).await,
                 _ = self.overflow.notified() => Err(End::NotReading),
                 _ = sleep_until_opt(deadline) => Err(End::KeepAlive),
                 _ = sleep_until_opt(anonymous_deadline) => Err(End::AnonymousTimeout),
@@ -365,7 +366,7 @@ impl Conn {
             };
             // Take whatever else is ready before writing, so a burst goes out in one write.
             let step = match step {
-                Ok(()) => self.drain_ready().await,
+                Ok(()) => Box::pin(self.drain_ready()).await,
                 err => err,
             };
             if let Err(end) = step {

@@ -198,6 +198,7 @@ impl Conn {
                 if self.stalled && p.qos == 0 {
                     self.dropped_deliveries += 1;
                     self.shared.hub.stats.mqtt_dropped_deliveries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    crate::metrics::dropped(crate::metrics::DropReason::MqttSubscriberStalled);
                     return Ok(());
                 }
                 if p.qos == 1 {
