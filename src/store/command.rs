@@ -3,7 +3,7 @@
 use super::notification::{bulk_failed, expire, params_need_escape, trim_to_whole_millis, MessageQuery};
 use super::scope::MessageFilter;
 use super::sql::needs_escape;
-use super::{json_column, json_text, row_chunks, Backend, Param, Row, Sql, Store, Tx};
+use super::{json_column, json_text, Backend, Param, Row, Sql, Store, Tx};
 use crate::error::Result;
 use crate::model::Command;
 
@@ -187,21 +187,16 @@ pub(crate) async fn insert_many(
 const INSERT_HEAD: &str = "INSERT INTO device_command (device_id, network_id, device_type_id, command, timestamp, \
      last_updated, user_id, parameters, lifetime, status, result, is_updated)";
 
-/// The SQLite bulk insert: a few multi-row `INSERT ... VALUES` (see `notification::insert_values`).
+/// The SQLite bulk insert: a few multi-row `INSERT ... VALUES` ([`super::sql::insert_values`]).
 async fn insert_values(tx: &mut Tx, rows: &[&NewCommand], server_ts: i64) -> Vec<Result<Command>> {
     let stamp = |c: &NewCommand| c.timestamp.unwrap_or(server_ts);
-    let mut out = Vec::with_capacity(rows.len());
-    let mut rest = rows;
-    for size in row_chunks(rows.len(), 12) {
-        let (chunk, after) = rest.split_at(size);
-        rest = after;
-        let mut sql = Sql::new(INSERT_HEAD);
-        sql.push(" VALUES ");
-        for (i, c) in chunk.iter().enumerate() {
-            if i > 0 {
-                sql.push(", ");
-            }
-            sql.push_list([
+    super::sql::insert_values(
+        tx,
+        INSERT_HEAD,
+        rows,
+        server_ts,
+        |c| {
+            [
                 Param::from(&c.device_id),
                 c.network_id.into(),
                 c.device_type_id.into(),
@@ -214,23 +209,12 @@ async fn insert_values(tx: &mut Tx, rows: &[&NewCommand], server_ts: i64) -> Vec
                 (&c.status).into(),
                 json_text(&c.result).into(),
                 false.into(),
-            ]);
-        }
-        sql.push(" RETURNING id");
-        match tx.fetch_all(sql, |r| r.i64(0)).await {
-            // AUTOINCREMENT ids follow the VALUES order; RETURNING's order is unspecified.
-            Ok(mut ids) if ids.len() == chunk.len() => {
-                ids.sort_unstable();
-                out.extend(chunk.iter().zip(ids).map(|(c, id)| Ok(stored(c, id, stamp(c)))));
-            }
-            _ => {
-                for c in chunk {
-                    out.push(insert(tx, c, server_ts).await);
-                }
-            }
-        }
-    }
-    out
+            ]
+        },
+        |c, id| stored(c, id, stamp(c)),
+        |tx, c, ts| Box::pin(insert(tx, c, ts)),
+    )
+    .await
 }
 
 async fn insert_unnest(

@@ -39,7 +39,7 @@ pub use seed::SeedOutcome;
 pub use sql::Backend;
 pub use user::{UserListQuery, UserUpdate};
 
-pub(crate) use sql::{row_chunks, Db, Param, Row, Sql, Tx};
+pub(crate) use sql::{Db, Param, Row, Sql, Tx};
 
 use crate::config::DatabaseSettings;
 use crate::error::StartupError;

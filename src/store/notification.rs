@@ -2,7 +2,7 @@
 
 use super::scope::MessageFilter;
 use super::sql::needs_escape;
-use super::{json_column, json_text, row_chunks, Backend, Db, Param, Row, Sql, Store, Tx};
+use super::{json_column, json_text, Backend, Db, Param, Row, Sql, Store, Tx};
 use crate::error::Result;
 use crate::model::Notification;
 
@@ -217,47 +217,28 @@ pub(crate) async fn insert_many(
 const INSERT_HEAD: &str =
     "INSERT INTO device_notification (device_id, network_id, device_type_id, notification, timestamp, parameters)";
 
-/// The SQLite bulk insert: multi-row `INSERT ... VALUES` statements of a few fixed sizes
-/// ([`row_chunks`]), each prepared once per connection. Every statement is a hop to sqlx's SQLite
-/// worker thread and back, so one per row was most of a batch's cost. A statement that fails (a
-/// device deleted meanwhile) is undone alone by SQLite, and its rows go in one by one, so only the
-/// failing row fails.
+/// The SQLite bulk insert: a few multi-row `INSERT ... VALUES` ([`super::sql::insert_values`]).
 async fn insert_values(tx: &mut Tx, rows: &[&NewNotification], server_ts: i64) -> Vec<Result<Notification>> {
-    let mut out = Vec::with_capacity(rows.len());
-    let mut rest = rows;
-    for size in row_chunks(rows.len(), 6) {
-        let (chunk, after) = rest.split_at(size);
-        rest = after;
-        let mut sql = Sql::new(INSERT_HEAD);
-        sql.push(" VALUES ");
-        for (i, n) in chunk.iter().enumerate() {
-            if i > 0 {
-                sql.push(", ");
-            }
-            sql.push_list([
+    let stamp = |n: &NewNotification| n.timestamp.unwrap_or(server_ts);
+    super::sql::insert_values(
+        tx,
+        INSERT_HEAD,
+        rows,
+        server_ts,
+        |n| {
+            [
                 Param::from(&n.device_id),
                 n.network_id.into(),
                 n.device_type_id.into(),
                 (&n.notification).into(),
-                n.timestamp.unwrap_or(server_ts).into(),
+                stamp(n).into(),
                 json_text(&n.parameters).into(),
-            ]);
-        }
-        sql.push(" RETURNING id");
-        match tx.fetch_all(sql, |r| r.i64(0)).await {
-            // AUTOINCREMENT ids follow the VALUES order; RETURNING's order is unspecified.
-            Ok(mut ids) if ids.len() == chunk.len() => {
-                ids.sort_unstable();
-                out.extend(chunk.iter().zip(ids).map(|(n, id)| Ok(stored(n, id, n.timestamp.unwrap_or(server_ts)))));
-            }
-            _ => {
-                for n in chunk {
-                    out.push(insert(tx, n, server_ts).await);
-                }
-            }
-        }
-    }
-    out
+            ]
+        },
+        |n, id| stored(n, id, stamp(n)),
+        |tx, n, ts| Box::pin(insert(tx, n, ts)),
+    )
+    .await
 }
 
 /// The PostgreSQL bulk insert; `None` when the statement failed (the transaction is rolled back to

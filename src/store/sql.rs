@@ -209,6 +209,57 @@ pub(crate) fn row_chunks(rows: usize, columns: usize) -> Vec<usize> {
     out
 }
 
+/// One row inserted by [`insert_values`]' fallback.
+pub(crate) type OneRow<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send + 'a>>;
+
+/// The SQLite bulk insert of the writer's rows: multi-row `INSERT ... VALUES` statements of a few
+/// fixed sizes ([`row_chunks`]), each prepared once per connection. Every statement is a hop to
+/// sqlx's SQLite worker thread and back, so one per row was most of a batch's cost. A statement that
+/// fails (a device deleted meanwhile) is undone alone by SQLite, and its rows go in `one_by_one`, in
+/// order, so only the failing row fails and ids keep the rows' order.
+///
+/// `head` is `INSERT INTO table (columns)`; `values` gives a row's parameters in that order;
+/// `stored` builds the stored row from the input and its id; `one_by_one` inserts one row stamped
+/// `server_ts` (a plain function: the fallback is rare, so its future is boxed).
+pub(crate) async fn insert_values<R, T, const N: usize>(
+    tx: &mut Tx,
+    head: &str,
+    rows: &[&R],
+    server_ts: i64,
+    values: impl Fn(&R) -> [Param; N],
+    stored: impl Fn(&R, i64) -> T,
+    one_by_one: for<'a> fn(&'a mut Tx, &'a R, i64) -> OneRow<'a, T>,
+) -> Vec<Result<T>> {
+    let mut out = Vec::with_capacity(rows.len());
+    let mut rest = rows;
+    for size in row_chunks(rows.len(), N) {
+        let (chunk, after) = rest.split_at(size);
+        rest = after;
+        let mut sql = Sql::new(head);
+        sql.push(" VALUES ");
+        for (i, row) in chunk.iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.push_list(values(row));
+        }
+        sql.push(" RETURNING id");
+        match tx.fetch_all(sql, |r| r.i64(0)).await {
+            // AUTOINCREMENT ids follow the VALUES order; RETURNING's order is unspecified.
+            Ok(mut ids) if ids.len() == chunk.len() => {
+                ids.sort_unstable();
+                out.extend(chunk.iter().zip(ids).map(|(row, id)| Ok(stored(row, id))));
+            }
+            _ => {
+                for row in chunk {
+                    out.push(one_by_one(tx, row, server_ts).await);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Binds `sql`'s parameters to a query of either backend (the same code, monomorphised twice).
 macro_rules! bound {
     ($sql:expr) => {{
