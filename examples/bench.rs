@@ -581,6 +581,31 @@ impl BenchHub {
         Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// The writer's totals from `/metrics`: commits, rows committed, seconds spent committing.
+    async fn writer_totals(&self) -> BenchResult<WriterTotals> {
+        let text = self
+            .client
+            .get(format!("{}/metrics", self.root))
+            .bearer_auth(&self.admin)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())
+                })
+                .unwrap_or(0.0)
+        };
+        Ok(WriterTotals {
+            commits: value("hivehub_writer_commits_total"),
+            rows: value("hivehub_writer_commit_rows_sum"),
+            seconds: value("hivehub_writer_commit_seconds_sum"),
+        })
+    }
+
     /// Registers a device in the bench network.
     async fn device(&self, id: &str) -> BenchResult<()> {
         let body = json!({"name": id, "networkId": self.network_id});
@@ -606,6 +631,30 @@ impl BenchHub {
                 return Ok(ids);
             }
         }
+    }
+}
+
+/// The writer's totals at one moment (see [`BenchHub::writer_totals`]).
+#[derive(Clone, Copy, Default)]
+struct WriterTotals {
+    commits: f64,
+    rows: f64,
+    seconds: f64,
+}
+
+impl WriterTotals {
+    /// What the writer did between `self` and `later` during `wall`: commits, rows per commit, time
+    /// per commit and the share of the wall time spent inside commits.
+    fn describe_until(&self, later: &WriterTotals, wall: Duration) -> String {
+        let commits = later.commits - self.commits;
+        let rows = later.rows - self.rows;
+        let seconds = later.seconds - self.seconds;
+        format!(
+            "writer: {commits:.0} commits, {:.1} rows/commit, {:.2} ms/commit, committing {:.0} % of the time",
+            rows / commits.max(1.0),
+            seconds * 1000.0 / commits.max(1.0),
+            seconds * 100.0 / wall.as_secs_f64().max(1e-9)
+        )
     }
 }
 
@@ -717,6 +766,7 @@ async fn scenario_inserts(hub: &BenchHub, config: &Config) -> BenchResult<()> {
         hub.device(d).await?;
     }
 
+    let writer_before = hub.writer_totals().await?;
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks = Vec::with_capacity(config.clients);
@@ -779,6 +829,7 @@ async fn scenario_inserts(hub: &BenchHub, config: &Config) -> BenchResult<()> {
     );
     failures.print("    ");
     println!("  latency (all requests): {}", summary_us(&mut latencies));
+    println!("  {}", writer_before.describe_until(&hub.writer_totals().await?, elapsed));
 
     // Verification through the REST query API.
     let verify_started = Instant::now();
@@ -2532,8 +2583,10 @@ async fn scenario_mqtt_fleet(hub: &BenchHub, config: &Config) -> BenchResult<()>
         hub.device(d).await?;
         topics.push((format!("{d}-fleet"), hub.notification_topic(d, "fleet").await?));
     }
+    let before = hub.writer_totals().await?;
     let (mut outcomes, end) = fleet_run(hub.mqtt_addr()?, &topics, &Creds::Jwt(hub.admin.clone()), m, window).await?;
     let hub_rate = print_fleet("hub (stored)", &mut outcomes, end);
+    println!("    {}", before.describe_until(&hub.writer_totals().await?, end));
     let verify = Instant::now();
     let mut mismatched = Vec::new();
     let mut stored_total = 0u64;

@@ -111,6 +111,30 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+/// The writer's own SQLite connection (`store/sqlite_batch.rs`): the same answers as through sqlx.
+impl From<rusqlite::Error> for ApiError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ffi;
+        if let rusqlite::Error::SqliteFailure(f, _) = &e {
+            match f.extended_code {
+                ffi::SQLITE_CONSTRAINT_FOREIGNKEY
+                | ffi::SQLITE_CONSTRAINT_UNIQUE
+                | ffi::SQLITE_CONSTRAINT_PRIMARYKEY => {
+                    return ApiError::conflict("Posted data conflicts with internal state.");
+                }
+                // SQLITE_BUSY / SQLITE_LOCKED past the busy timeout, as for the pool's connections.
+                c if matches!(c & 0xff, ffi::SQLITE_BUSY | ffi::SQLITE_LOCKED) => {
+                    tracing::warn!(error = %e, "database unavailable");
+                    return ApiError::database_unavailable();
+                }
+                _ => {}
+            }
+        }
+        tracing::error!(error = %e, "database error");
+        ApiError::internal()
+    }
+}
+
 /// Whether an error means the database cannot be reached or cannot serve now (restarting, down, out
 /// of connections, locked): the request may succeed later, so the client gets 503 rather than 500.
 fn database_unavailable(e: &sqlx::Error) -> bool {

@@ -3,14 +3,14 @@
 use super::notification::{bulk_failed, expire, params_need_escape, trim_to_whole_millis, MessageQuery};
 use super::scope::MessageFilter;
 use super::sql::needs_escape;
-use super::{json_column, json_text, Backend, Param, Row, Sql, Store, Tx};
+use super::{json_column, json_text, Backend, Row, Sql, Store, Tx};
 use crate::error::Result;
 use crate::model::Command;
 
 const COLUMNS: &str = "id, device_id, network_id, device_type_id, command, timestamp, last_updated, user_id, \
                        parameters, lifetime, status, result, is_updated";
 
-fn command_from_row(r: &Row) -> Command {
+pub(super) fn command_from_row(r: &Row) -> Command {
     Command {
         id: r.i64("id"),
         command: r.text("command"),
@@ -170,9 +170,6 @@ pub(crate) async fn insert_many(
             return done;
         }
     }
-    if tx.backend() == Backend::Sqlite {
-        return insert_values(tx, rows, server_ts).await;
-    }
     let mut out = Vec::with_capacity(rows.len());
     for c in rows {
         let r = match tx.savepoint(guarded).await {
@@ -182,39 +179,6 @@ pub(crate) async fn insert_many(
         out.push(tx.end_savepoint(guarded, r).await);
     }
     out
-}
-
-const INSERT_HEAD: &str = "INSERT INTO device_command (device_id, network_id, device_type_id, command, timestamp, \
-     last_updated, user_id, parameters, lifetime, status, result, is_updated)";
-
-/// The SQLite bulk insert: a few multi-row `INSERT ... VALUES` ([`super::sql::insert_values`]).
-async fn insert_values(tx: &mut Tx, rows: &[&NewCommand], server_ts: i64) -> Vec<Result<Command>> {
-    let stamp = |c: &NewCommand| c.timestamp.unwrap_or(server_ts);
-    super::sql::insert_values(
-        tx,
-        INSERT_HEAD,
-        rows,
-        server_ts,
-        |c| {
-            [
-                Param::from(&c.device_id),
-                c.network_id.into(),
-                c.device_type_id.into(),
-                (&c.command).into(),
-                stamp(c).into(),
-                stamp(c).into(),
-                c.user_id.into(),
-                json_text(&c.parameters).into(),
-                c.lifetime.into(),
-                (&c.status).into(),
-                json_text(&c.result).into(),
-                false.into(),
-            ]
-        },
-        |c, id| stored(c, id, stamp(c)),
-        |tx, c, ts| Box::pin(insert(tx, c, ts)),
-    )
-    .await
 }
 
 async fn insert_unnest(
@@ -277,7 +241,7 @@ async fn insert_unnest(
     Some(rows.iter().zip(ids).map(|(c, id)| Ok(stored(c, id, stamp(c)))).collect())
 }
 
-fn stored(c: &NewCommand, id: i64, timestamp: i64) -> Command {
+pub(super) fn stored(c: &NewCommand, id: i64, timestamp: i64) -> Command {
     Command {
         id,
         command: c.command.clone(),
@@ -295,24 +259,34 @@ fn stored(c: &NewCommand, id: i64, timestamp: i64) -> Command {
     }
 }
 
+/// One command, stamped: the writer's statement (`RETURNING id` added on the sqlx path).
+pub(super) const INSERT_ONE: &str = "INSERT INTO device_command (device_id, network_id, device_type_id, command, \
+     timestamp, last_updated, user_id, parameters, lifetime, status, result, is_updated) \
+     VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9, $10, FALSE)";
+
+/// A device's update of a command, stamped `$1`: the writer's statement on both paths.
+pub(super) static UPDATE_ONE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "UPDATE device_command SET is_updated = TRUE, last_updated = $1, \
+         status = CASE WHEN $2 THEN $3 ELSE status END, result = CASE WHEN $4 THEN $5 ELSE result END \
+         WHERE id = $6 AND device_id = $7 RETURNING {COLUMNS}"
+    )
+});
+
 /// Inserts one command inside the writer's transaction.
 async fn insert(tx: &mut Tx, c: &NewCommand, server_ts: i64) -> Result<Command> {
     let timestamp = c.timestamp.unwrap_or(server_ts);
-    let sql = Sql::new(
-        "INSERT INTO device_command (device_id, network_id, device_type_id, command, timestamp, last_updated, \
-         user_id, parameters, lifetime, status, result, is_updated) \
-         VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9, $10, FALSE) RETURNING id",
-    )
-    .bind(&c.device_id)
-    .bind(c.network_id)
-    .bind(c.device_type_id)
-    .bind(&c.command)
-    .bind(timestamp)
-    .bind(c.user_id)
-    .bind(json_text(&c.parameters))
-    .bind(c.lifetime)
-    .bind(&c.status)
-    .bind(json_text(&c.result));
+    let sql = Sql::new(format!("{INSERT_ONE} RETURNING id"))
+        .bind(&c.device_id)
+        .bind(c.network_id)
+        .bind(c.device_type_id)
+        .bind(&c.command)
+        .bind(timestamp)
+        .bind(c.user_id)
+        .bind(json_text(&c.parameters))
+        .bind(c.lifetime)
+        .bind(&c.status)
+        .bind(json_text(&c.result));
     let id = tx.fetch_one(sql, |r| r.i64(0)).await?;
     Ok(stored(c, id, timestamp))
 }
@@ -321,18 +295,14 @@ async fn insert(tx: &mut Tx, c: &NewCommand, server_ts: i64) -> Result<Command> 
 /// `guarded`); `None` when no such command.
 pub(crate) async fn update(tx: &mut Tx, u: &CommandUpdate, server_ts: i64, guarded: bool) -> Result<Option<Command>> {
     tx.savepoint(guarded).await?;
-    let sql = Sql::new(format!(
-        "UPDATE device_command SET is_updated = TRUE, last_updated = $1, \
-         status = CASE WHEN $2 THEN $3 ELSE status END, result = CASE WHEN $4 THEN $5 ELSE result END \
-         WHERE id = $6 AND device_id = $7 RETURNING {COLUMNS}"
-    ))
-    .bind(server_ts)
-    .bind(u.status.is_some())
-    .bind(&u.status)
-    .bind(u.result.is_some())
-    .bind(json_text(&u.result))
-    .bind(u.command_id)
-    .bind(&u.device_id);
+    let sql = Sql::new(UPDATE_ONE.as_str())
+        .bind(server_ts)
+        .bind(u.status.is_some())
+        .bind(&u.status)
+        .bind(u.result.is_some())
+        .bind(json_text(&u.result))
+        .bind(u.command_id)
+        .bind(&u.device_id);
     let r = tx.fetch_optional(sql, command_from_row).await;
     tx.end_savepoint(guarded, r).await
 }

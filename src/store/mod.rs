@@ -18,6 +18,7 @@ pub mod retained;
 mod scope;
 mod seed;
 mod sql;
+mod sqlite_batch;
 pub mod tail;
 mod user;
 pub mod writer;
@@ -39,7 +40,7 @@ pub use seed::SeedOutcome;
 pub use sql::Backend;
 pub use user::{UserListQuery, UserUpdate};
 
-pub(crate) use sql::{Db, Param, Row, Sql, Tx};
+pub(crate) use sql::{Db, Row, Sql, Tx};
 
 use crate::config::DatabaseSettings;
 use crate::error::StartupError;

@@ -2,7 +2,7 @@
 
 use super::scope::MessageFilter;
 use super::sql::needs_escape;
-use super::{json_column, json_text, Backend, Db, Param, Row, Sql, Store, Tx};
+use super::{json_column, json_text, Backend, Db, Row, Sql, Store, Tx};
 use crate::error::Result;
 use crate::model::Notification;
 
@@ -188,7 +188,7 @@ pub(crate) async fn expire(db: &Db, table: &str, col: &str, before: i64) -> Resu
 /// Inserts a batch of notifications inside the writer's transaction, in order. One result per row:
 /// a row that fails fails alone. On PostgreSQL the batch is one `INSERT ... SELECT FROM UNNEST` (one
 /// round trip for the lot); should it fail, a savepoint per row finds the failing rows and keeps the
-/// rest. On SQLite a few multi-row `INSERT ... VALUES` (see [`insert_values`]).
+/// rest. (SQLite batches go through `sqlite_batch.rs` instead, unless its connection failed to open.)
 pub(crate) async fn insert_many(
     tx: &mut Tx,
     rows: &[&NewNotification],
@@ -199,9 +199,6 @@ pub(crate) async fn insert_many(
         if let Some(done) = insert_unnest(tx, rows, server_ts, guarded).await {
             return done;
         }
-    }
-    if tx.backend() == Backend::Sqlite {
-        return insert_values(tx, rows, server_ts).await;
     }
     let mut out = Vec::with_capacity(rows.len());
     for n in rows {
@@ -214,32 +211,9 @@ pub(crate) async fn insert_many(
     out
 }
 
-const INSERT_HEAD: &str =
-    "INSERT INTO device_notification (device_id, network_id, device_type_id, notification, timestamp, parameters)";
-
-/// The SQLite bulk insert: a few multi-row `INSERT ... VALUES` ([`super::sql::insert_values`]).
-async fn insert_values(tx: &mut Tx, rows: &[&NewNotification], server_ts: i64) -> Vec<Result<Notification>> {
-    let stamp = |n: &NewNotification| n.timestamp.unwrap_or(server_ts);
-    super::sql::insert_values(
-        tx,
-        INSERT_HEAD,
-        rows,
-        server_ts,
-        |n| {
-            [
-                Param::from(&n.device_id),
-                n.network_id.into(),
-                n.device_type_id.into(),
-                (&n.notification).into(),
-                stamp(n).into(),
-                json_text(&n.parameters).into(),
-            ]
-        },
-        |n, id| stored(n, id, stamp(n)),
-        |tx, n, ts| Box::pin(insert(tx, n, ts)),
-    )
-    .await
-}
+/// One notification, stamped: the writer's statement (`RETURNING id` added on the sqlx path).
+pub(super) const INSERT_ONE: &str = "INSERT INTO device_notification (device_id, network_id, device_type_id, \
+     notification, timestamp, parameters) VALUES ($1, $2, $3, $4, $5, $6)";
 
 /// The PostgreSQL bulk insert; `None` when the statement failed (the transaction is rolled back to
 /// before it).
@@ -321,7 +295,7 @@ pub(crate) fn params_need_escape(v: &Option<serde_json::Value>) -> bool {
     v.as_ref().is_some_and(walk)
 }
 
-fn stored(n: &NewNotification, id: i64, timestamp: i64) -> Notification {
+pub(super) fn stored(n: &NewNotification, id: i64, timestamp: i64) -> Notification {
     Notification {
         id,
         notification: n.notification.clone(),
@@ -336,7 +310,7 @@ fn stored(n: &NewNotification, id: i64, timestamp: i64) -> Notification {
 /// Inserts one notification inside the writer's transaction.
 async fn insert(tx: &mut Tx, n: &NewNotification, server_ts: i64) -> Result<Notification> {
     let timestamp = n.timestamp.unwrap_or(server_ts);
-    let sql = Sql::new(format!("{INSERT_HEAD} VALUES ($1, $2, $3, $4, $5, $6) RETURNING id"))
+    let sql = Sql::new(format!("{INSERT_ONE} RETURNING id"))
         .bind(&n.device_id)
         .bind(n.network_id)
         .bind(n.device_type_id)

@@ -188,78 +188,6 @@ impl Sql {
     }
 }
 
-/// How a batch of `rows` rows goes into multi-row statements (`INSERT ... VALUES (..), (..)`) of
-/// `columns` parameters a row: pieces whose sizes are powers of two, largest first, so that only a
-/// handful of distinct statements exist and each stays prepared in the connection's statement cache
-/// (one size per batch length would fill it). A piece never binds more than 999 parameters, SQLite's
-/// smallest compiled-in limit.
-pub(crate) fn row_chunks(rows: usize, columns: usize) -> Vec<usize> {
-    let most = (999 / columns.max(1)).clamp(1, 128);
-    let most = 1usize << (usize::BITS - 1 - most.leading_zeros());
-    let mut left = rows;
-    let mut out = Vec::new();
-    let mut size = most;
-    while left > 0 {
-        while size > left {
-            size /= 2;
-        }
-        out.push(size);
-        left -= size;
-    }
-    out
-}
-
-/// One row inserted by [`insert_values`]' fallback.
-pub(crate) type OneRow<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send + 'a>>;
-
-/// The SQLite bulk insert of the writer's rows: multi-row `INSERT ... VALUES` statements of a few
-/// fixed sizes ([`row_chunks`]), each prepared once per connection. Every statement is a hop to
-/// sqlx's SQLite worker thread and back, so one per row was most of a batch's cost. A statement that
-/// fails (a device deleted meanwhile) is undone alone by SQLite, and its rows go in `one_by_one`, in
-/// order, so only the failing row fails and ids keep the rows' order.
-///
-/// `head` is `INSERT INTO table (columns)`; `values` gives a row's parameters in that order;
-/// `stored` builds the stored row from the input and its id; `one_by_one` inserts one row stamped
-/// `server_ts` (a plain function: the fallback is rare, so its future is boxed).
-pub(crate) async fn insert_values<R, T, const N: usize>(
-    tx: &mut Tx,
-    head: &str,
-    rows: &[&R],
-    server_ts: i64,
-    values: impl Fn(&R) -> [Param; N],
-    stored: impl Fn(&R, i64) -> T,
-    one_by_one: for<'a> fn(&'a mut Tx, &'a R, i64) -> OneRow<'a, T>,
-) -> Vec<Result<T>> {
-    let mut out = Vec::with_capacity(rows.len());
-    let mut rest = rows;
-    for size in row_chunks(rows.len(), N) {
-        let (chunk, after) = rest.split_at(size);
-        rest = after;
-        let mut sql = Sql::new(head);
-        sql.push(" VALUES ");
-        for (i, row) in chunk.iter().enumerate() {
-            if i > 0 {
-                sql.push(", ");
-            }
-            sql.push_list(values(row));
-        }
-        sql.push(" RETURNING id");
-        match tx.fetch_all(sql, |r| r.i64(0)).await {
-            // AUTOINCREMENT ids follow the VALUES order; RETURNING's order is unspecified.
-            Ok(mut ids) if ids.len() == chunk.len() => {
-                ids.sort_unstable();
-                out.extend(chunk.iter().zip(ids).map(|(row, id)| Ok(stored(row, id))));
-            }
-            _ => {
-                for row in chunk {
-                    out.push(one_by_one(tx, row, server_ts).await);
-                }
-            }
-        }
-    }
-    out
-}
-
 /// Binds `sql`'s parameters to a query of either backend (the same code, monomorphised twice).
 macro_rules! bound {
     ($sql:expr) => {{
@@ -279,6 +207,8 @@ macro_rules! bound {
 pub(crate) enum Row<'r> {
     Sqlite(&'r SqliteRow),
     Postgres(&'r PgRow),
+    /// The writer's own SQLite connection (`sqlite_batch.rs`).
+    Rusqlite(&'r rusqlite::Row<'r>),
 }
 
 macro_rules! get {
@@ -286,12 +216,17 @@ macro_rules! get {
         match $row {
             Row::Sqlite(r) => r.get::<$t, _>($col),
             Row::Postgres(r) => r.get::<$t, _>($col),
+            // The hub's own schema: a column of another type is a bug, read as the default.
+            Row::Rusqlite(r) => r.get::<_, $t>($col).unwrap_or_default(),
         }
     };
 }
 
 /// Column index: by name or position.
-pub(crate) trait Col: sqlx::ColumnIndex<SqliteRow> + sqlx::ColumnIndex<PgRow> + Copy {}
+pub(crate) trait Col:
+    sqlx::ColumnIndex<SqliteRow> + sqlx::ColumnIndex<PgRow> + rusqlite::RowIndex + Copy
+{
+}
 impl Col for &str {}
 impl Col for usize {}
 
@@ -306,12 +241,14 @@ impl Row<'_> {
         match self {
             Row::Sqlite(r) => r.get(col),
             Row::Postgres(r) => pg_unescape(r.get(col)),
+            Row::Rusqlite(r) => r.get(col).unwrap_or_default(),
         }
     }
     pub fn opt_text(&self, col: impl Col) -> Option<String> {
         match self {
             Row::Sqlite(r) => r.get(col),
             Row::Postgres(r) => r.get::<Option<String>, _>(col).map(pg_unescape),
+            Row::Rusqlite(r) => r.get(col).unwrap_or_default(),
         }
     }
     pub fn bool(&self, col: impl Col) -> bool {
@@ -494,21 +431,6 @@ mod tests {
         q.push(" AND b IN ").push_list(["x", "y"]).push(" AND c = ").push_bind(true);
         assert_eq!(q.text(), "SELECT 1 FROM t WHERE a = $1 AND b IN ($2, $3) AND c = $4");
         assert_eq!(q.params.len(), 4);
-    }
-
-    #[test]
-    fn batches_are_cut_into_a_few_statement_sizes() {
-        assert_eq!(row_chunks(0, 6), Vec::<usize>::new());
-        assert_eq!(row_chunks(1, 6), vec![1]);
-        assert_eq!(row_chunks(100, 6), vec![64, 32, 4]);
-        assert_eq!(row_chunks(300, 6), vec![128, 128, 32, 8, 4]);
-        assert_eq!(row_chunks(100, 11), vec![64, 32, 4]);
-        assert_eq!(row_chunks(200, 11), vec![64, 64, 64, 8]);
-        for n in 0..600 {
-            let chunks = row_chunks(n, 11);
-            assert_eq!(chunks.iter().sum::<usize>(), n);
-            assert!(chunks.iter().all(|c| c.is_power_of_two() && c * 11 <= 999));
-        }
     }
 
     #[test]

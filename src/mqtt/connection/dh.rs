@@ -116,8 +116,11 @@ impl Conn {
                     Err(e) => Queued::Failed(write, e),
                 },
             };
+            // A check that failed (the database away, most likely) ends the burst: the checks of
+            // the publishes after it would wait for the database too, answering no PINGREQ meanwhile.
+            let failed = matches!(q, Queued::Failed(..));
             queued.push_back((p, q));
-            if queued.len() < PIPELINED_PUBLISHES && self.revocations.is_empty() {
+            if !failed && queued.len() < PIPELINED_PUBLISHES && self.revocations.is_empty() {
                 next = self.next_direct_publish(&mut bad_packet);
             }
         }
@@ -154,18 +157,34 @@ impl Conn {
             };
         }
         let max_packet = self.settings().max_packet_bytes;
-        match codec::decode(&mut self.rbuf, max_packet) {
-            Ok(Some(Packet::Publish(p))) if is_direct_publish(&p) => Some(p),
-            Ok(Some(other)) => {
-                self.held.push_back(other);
-                None
-            }
-            Ok(None) => None,
-            Err(e) => {
-                *bad_packet = Some(e);
-                None
-            }
+        loop {
+            return match codec::decode(&mut self.rbuf, max_packet) {
+                Ok(Some(Packet::Publish(p))) if is_direct_publish(&p) => Some(p),
+                Ok(Some(other)) => {
+                    self.held.push_back(other);
+                    None
+                }
+                Ok(None) if self.read_ready() => continue,
+                Ok(None) => None,
+                Err(e) => {
+                    *bad_packet = Some(e);
+                    None
+                }
+            };
         }
+    }
+
+    /// Reads what the socket already holds, without waiting; whether it read anything. The
+    /// connection loop reads into a small buffer (idle connections stay small), so a client's
+    /// window of publishes arrives a packet or two per read; without this a burst was one publish
+    /// long and each connection stored one publish per commit (mqtt-fleet bench: 11k/s). An end of
+    /// stream or an error is left for the connection loop's next read, which sees it again.
+    fn read_ready(&mut self) -> bool {
+        use futures_util::FutureExt;
+        if self.rbuf.capacity() - self.rbuf.len() < READ_AHEAD / 2 {
+            self.rbuf.reserve(READ_AHEAD);
+        }
+        matches!(self.reader.read_buf(&mut self.rbuf).now_or_never(), Some(Ok(n)) if n > 0)
     }
 
     /// What becomes of a direct publish after its first try: while the database is away a QoS 1/2
@@ -389,6 +408,9 @@ fn is_unavailable(response: &Value) -> bool {
 
 /// Direct publishes one connection queues for the writer before waiting for the first commit.
 const PIPELINED_PUBLISHES: usize = 256;
+
+/// Room made in the read buffer for a burst's read-ahead (`read_ready`).
+const READ_AHEAD: usize = 8 * 1024;
 
 /// A `dh/` publish that is an insert or update (not `dh/request`).
 pub(super) fn is_direct_publish(p: &Publish) -> bool {

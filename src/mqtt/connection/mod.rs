@@ -377,8 +377,9 @@ impl Conn {
             if let Err(end) = self.flush().await {
                 return end;
             }
-            // Large reads leave a large buffer behind; idle connections should stay small.
-            if self.rbuf.is_empty() && self.rbuf.capacity() > 16 * 1024 {
+            // Large reads (and a burst's read-ahead) leave a large buffer behind; idle connections
+            // should stay small.
+            if self.rbuf.is_empty() && self.rbuf.capacity() > 4 * 1024 {
                 self.rbuf = BytesMut::with_capacity(256);
             }
         }
