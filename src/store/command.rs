@@ -241,20 +241,25 @@ async fn insert_unnest(
     Some(rows.iter().zip(ids).map(|(c, id)| Ok(stored(c, id, stamp(c)))).collect())
 }
 
-pub(super) fn stored(c: &NewCommand, id: i64, timestamp: i64) -> Command {
+fn stored(c: &NewCommand, id: i64, timestamp: i64) -> Command {
+    into_stored(c.clone(), id, timestamp)
+}
+
+/// The stored command, made of the insert's own fields (the SQLite writer's rows).
+pub(super) fn into_stored(c: NewCommand, id: i64, timestamp: i64) -> Command {
     Command {
         id,
-        command: c.command.clone(),
+        command: c.command,
         timestamp,
         last_updated: timestamp,
         user_id: c.user_id,
-        device_id: c.device_id.clone(),
+        device_id: c.device_id,
         network_id: c.network_id,
         device_type_id: c.device_type_id,
-        parameters: c.parameters.clone(),
+        parameters: c.parameters,
         lifetime: c.lifetime,
-        status: c.status.clone(),
-        result: c.result.clone(),
+        status: c.status,
+        result: c.result,
         is_updated: false,
     }
 }

@@ -295,15 +295,20 @@ pub(crate) fn params_need_escape(v: &Option<serde_json::Value>) -> bool {
     v.as_ref().is_some_and(walk)
 }
 
-pub(super) fn stored(n: &NewNotification, id: i64, timestamp: i64) -> Notification {
+fn stored(n: &NewNotification, id: i64, timestamp: i64) -> Notification {
+    into_stored(n.clone(), id, timestamp)
+}
+
+/// The stored notification, made of the insert's own fields (the SQLite writer's rows).
+pub(super) fn into_stored(n: NewNotification, id: i64, timestamp: i64) -> Notification {
     Notification {
         id,
-        notification: n.notification.clone(),
-        device_id: n.device_id.clone(),
+        notification: n.notification,
+        device_id: n.device_id,
         network_id: n.network_id,
         device_type_id: n.device_type_id,
         timestamp,
-        parameters: n.parameters.clone(),
+        parameters: n.parameters,
     }
 }
 

@@ -55,17 +55,13 @@ impl SqliteBatch {
 
     /// Commits `ops` in one transaction stamped `ts`, in order (ids follow it). A row that fails
     /// fails alone (SQLite undoes just its statement); if the commit fails, every row fails.
-    pub(crate) fn commit<'a>(
-        &mut self,
-        ops: impl ExactSizeIterator<Item = &'a WriteOp>,
-        ts: i64,
-    ) -> Vec<Result<Written>> {
+    pub(crate) fn commit(&mut self, ops: Vec<WriteOp>, ts: i64) -> Vec<Result<Written>> {
         let n = ops.len();
         let fail_all = |e: ApiError| (0..n).map(|_| Err(e.clone())).collect();
         if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
             return fail_all(e.into());
         }
-        let results: Vec<Result<Written>> = ops.map(|op| self.apply(op, ts)).collect();
+        let results: Vec<Result<Written>> = ops.into_iter().map(|op| self.apply(op, ts)).collect();
         if let Err(e) = self.conn.execute_batch("COMMIT") {
             // A failed COMMIT may leave the transaction open (SQLITE_BUSY); nothing of it is kept.
             let _ = self.conn.execute_batch("ROLLBACK");
@@ -74,15 +70,15 @@ impl SqliteBatch {
         results
     }
 
-    fn apply(&self, op: &WriteOp, ts: i64) -> Result<Written> {
+    fn apply(&self, op: WriteOp, ts: i64) -> Result<Written> {
         match op {
             WriteOp::Notification(n) => self.insert_notification(n, ts),
             WriteOp::Command(c) => self.insert_command(c, ts),
-            WriteOp::CommandUpdate(u) => self.update_command(u, ts),
+            WriteOp::CommandUpdate(u) => self.update_command(&u, ts),
         }
     }
 
-    fn insert_notification(&self, n: &NewNotification, ts: i64) -> Result<Written> {
+    fn insert_notification(&self, n: NewNotification, ts: i64) -> Result<Written> {
         let timestamp = n.timestamp.unwrap_or(ts);
         let mut insert = self.conn.prepare_cached(notification::INSERT_ONE)?;
         insert.execute(params![
@@ -94,10 +90,10 @@ impl SqliteBatch {
             json_text(&n.parameters)
         ])?;
         let id = self.conn.last_insert_rowid();
-        Ok(Written::Notification(Arc::new(notification::stored(n, id, timestamp))))
+        Ok(Written::Notification(Arc::new(notification::into_stored(n, id, timestamp))))
     }
 
-    fn insert_command(&self, c: &NewCommand, ts: i64) -> Result<Written> {
+    fn insert_command(&self, c: NewCommand, ts: i64) -> Result<Written> {
         let timestamp = c.timestamp.unwrap_or(ts);
         let mut insert = self.conn.prepare_cached(command::INSERT_ONE)?;
         insert.execute(params![
@@ -113,7 +109,7 @@ impl SqliteBatch {
             json_text(&c.result)
         ])?;
         let id = self.conn.last_insert_rowid();
-        Ok(Written::Command(Arc::new(command::stored(c, id, timestamp))))
+        Ok(Written::Command(Arc::new(command::into_stored(c, id, timestamp))))
     }
 
     fn update_command(&self, u: &CommandUpdate, ts: i64) -> Result<Written> {

@@ -199,16 +199,24 @@ async fn write_batches(
         }
         let proposed = next_stamp(last_ts, rested, rx, &mut jobs, max_batch);
         let commit_started = std::time::Instant::now();
-        let (results, ts) = match direct.as_mut() {
-            Some(direct) => (direct.commit(jobs.iter().map(|j| &j.op), proposed), proposed),
-            None => commit_batch(store, &jobs, proposed).await,
+        let rows = jobs.len();
+        let (answers, ts): (Vec<Answer>, i64) = match direct.as_mut() {
+            Some(direct) => {
+                // The rows move into the committed messages instead of being copied.
+                let (ops, replies): (Vec<WriteOp>, Vec<_>) = jobs.drain(..).map(|j| (j.op, j.reply)).unzip();
+                let results = direct.commit(ops, proposed);
+                (replies.into_iter().zip(results).collect(), proposed)
+            }
+            None => {
+                let (results, ts) = commit_batch(store, &jobs, proposed).await;
+                (jobs.drain(..).map(|j| j.reply).zip(results).collect(), ts)
+            }
         };
         let took = commit_started.elapsed();
         rested = std::time::Instant::now() + took.min(MAX_REST);
-        crate::metrics::writer_commit(jobs.len(), took);
-        written.fetch_add(results.iter().filter(|r| r.is_ok()).count() as u64, Ordering::Relaxed);
+        crate::metrics::writer_commit(rows, took);
+        written.fetch_add(answers.iter().filter(|(_, r)| r.is_ok()).count() as u64, Ordering::Relaxed);
         last_ts = last_ts.max(ts);
-        let answers: Vec<Answer> = jobs.drain(..).map(|j| j.reply).zip(results).collect();
         if let Some(queue) = queue {
             // Every batch goes through the queue, failed ones too, so that callers are answered in
             // commit order (an MQTT connection acknowledges its publishes in order).

@@ -450,21 +450,21 @@ impl DirectWrite {
             Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => return Err(e),
             _ => return Err(ApiError::bad_request("topic does not match the device")),
         }
-        let mut body = self.body.clone();
+        let body = &self.body;
         let p = &self.principal;
         match t.kind {
             EventKind::Notification => {
-                name_from_topic(&mut body, "notification", &t.name);
+                let body = name_from_topic(body, "notification", &t.name);
                 hub.notification_op(p, &t.device_id, &body).await
             }
             EventKind::CommandInsert => {
-                name_from_topic(&mut body, "command", &t.name);
+                let body = name_from_topic(body, "command", &t.name);
                 hub.command_op(p, &t.device_id, &body).await
             }
             EventKind::CommandUpdate => {
                 let id = body.get("id").or_else(|| body.get("commandId")).and_then(crate::hub::fields::as_i64);
                 match id {
-                    Some(id) => hub.command_update_op(p, &t.device_id, id, &body).await,
+                    Some(id) => hub.command_update_op(p, &t.device_id, id, body).await,
                     None => Err(ApiError::bad_request("Command id is wrong or empty")),
                 }
             }
@@ -472,10 +472,16 @@ impl DirectWrite {
     }
 }
 
-/// The topic's last level names the notification or command when the body does not.
-fn name_from_topic(body: &mut Value, field: &str, name: &Option<String>) {
-    if let (true, Some(n)) = (body.get(field).is_none_or(Value::is_null), name) {
-        body[field] = json!(n);
+/// The topic's last level names the notification or command when the body does not (the body is
+/// kept for a retry, so a copy gets the name; a body that names it is used as it is).
+fn name_from_topic<'a>(body: &'a Value, field: &str, name: &Option<String>) -> std::borrow::Cow<'a, Value> {
+    match (body.get(field).is_none_or(Value::is_null), name) {
+        (true, Some(n)) => {
+            let mut named = body.clone();
+            named[field] = json!(n);
+            std::borrow::Cow::Owned(named)
+        }
+        _ => std::borrow::Cow::Borrowed(body),
     }
 }
 
