@@ -18,8 +18,8 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::command::{self, CommandUpdate, NewCommand};
 use super::notification::{self, NewNotification};
-use super::writer::{WriteOp, Written};
-use super::{json_text, Db, Row, Store};
+use super::writer::{JsonColumns, WriteOp, Written};
+use super::{Db, Row, Store};
 use crate::error::{ApiError, Result};
 
 /// As long as the pool's connections wait for a lock (`store/mod.rs`).
@@ -55,13 +55,13 @@ impl SqliteBatch {
 
     /// Commits `ops` in one transaction stamped `ts`, in order (ids follow it). A row that fails
     /// fails alone (SQLite undoes just its statement); if the commit fails, every row fails.
-    pub(crate) fn commit(&mut self, ops: Vec<WriteOp>, ts: i64) -> Vec<Result<Written>> {
+    pub(crate) fn commit(&mut self, ops: Vec<(WriteOp, JsonColumns)>, ts: i64) -> Vec<Result<Written>> {
         let n = ops.len();
         let fail_all = |e: ApiError| (0..n).map(|_| Err(e.clone())).collect();
         if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
             return fail_all(e.into());
         }
-        let results: Vec<Result<Written>> = ops.into_iter().map(|op| self.apply(op, ts)).collect();
+        let results: Vec<Result<Written>> = ops.into_iter().map(|(op, json)| self.apply(op, json, ts)).collect();
         if let Err(e) = self.conn.execute_batch("COMMIT") {
             // A failed COMMIT may leave the transaction open (SQLITE_BUSY); nothing of it is kept.
             let _ = self.conn.execute_batch("ROLLBACK");
@@ -70,15 +70,15 @@ impl SqliteBatch {
         results
     }
 
-    fn apply(&self, op: WriteOp, ts: i64) -> Result<Written> {
+    fn apply(&self, op: WriteOp, json: JsonColumns, ts: i64) -> Result<Written> {
         match op {
-            WriteOp::Notification(n) => self.insert_notification(n, ts),
-            WriteOp::Command(c) => self.insert_command(c, ts),
-            WriteOp::CommandUpdate(u) => self.update_command(&u, ts),
+            WriteOp::Notification(n) => self.insert_notification(n, json, ts),
+            WriteOp::Command(c) => self.insert_command(c, json, ts),
+            WriteOp::CommandUpdate(u) => self.update_command(&u, json, ts),
         }
     }
 
-    fn insert_notification(&self, n: NewNotification, ts: i64) -> Result<Written> {
+    fn insert_notification(&self, n: NewNotification, json: JsonColumns, ts: i64) -> Result<Written> {
         let timestamp = n.timestamp.unwrap_or(ts);
         let mut insert = self.conn.prepare_cached(notification::INSERT_ONE)?;
         insert.execute(params![
@@ -87,13 +87,13 @@ impl SqliteBatch {
             n.device_type_id,
             n.notification,
             timestamp,
-            json_text(&n.parameters)
+            json.parameters
         ])?;
         let id = self.conn.last_insert_rowid();
         Ok(Written::Notification(Arc::new(notification::into_stored(n, id, timestamp))))
     }
 
-    fn insert_command(&self, c: NewCommand, ts: i64) -> Result<Written> {
+    fn insert_command(&self, c: NewCommand, json: JsonColumns, ts: i64) -> Result<Written> {
         let timestamp = c.timestamp.unwrap_or(ts);
         let mut insert = self.conn.prepare_cached(command::INSERT_ONE)?;
         insert.execute(params![
@@ -103,28 +103,20 @@ impl SqliteBatch {
             c.command,
             timestamp,
             c.user_id,
-            json_text(&c.parameters),
+            json.parameters,
             c.lifetime,
             c.status,
-            json_text(&c.result)
+            json.result
         ])?;
         let id = self.conn.last_insert_rowid();
         Ok(Written::Command(Arc::new(command::into_stored(c, id, timestamp))))
     }
 
-    fn update_command(&self, u: &CommandUpdate, ts: i64) -> Result<Written> {
+    fn update_command(&self, u: &CommandUpdate, json: JsonColumns, ts: i64) -> Result<Written> {
         let mut update = self.conn.prepare_cached(&command::UPDATE_ONE)?;
         let updated = update
             .query_row(
-                params![
-                    ts,
-                    u.status.is_some(),
-                    u.status,
-                    u.result.is_some(),
-                    json_text(&u.result),
-                    u.command_id,
-                    u.device_id
-                ],
+                params![ts, u.status.is_some(), u.status, u.result.is_some(), json.result, u.command_id, u.device_id],
                 |r| Ok(command::command_from_row(&Row::Rusqlite(r))),
             )
             .optional()?;
