@@ -1,5 +1,5 @@
-//! The group-commit writer: the one task that inserts notifications and commands and applies command
-//! updates. It gathers whatever requests are waiting (up to `batch_max_rows`) into one transaction,
+//! The group-commit writer: the one task (run on a thread of its own, see `Writer::spawn`) that inserts
+//! notifications and commands and applies command updates (on SQLite through `sqlite_batch.rs`). It gathers whatever requests are waiting (up to `batch_max_rows`) into one transaction,
 //! stamps them all with one server timestamp that is strictly later than the previous commit's and
 //! never later than the clock (when the next millisecond has not begun it waits for it), commits,
 //! hands the committed rows to `on_commit` (the bus) in commit order, and only then answers each caller.
