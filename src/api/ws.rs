@@ -13,11 +13,12 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
+use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::{SendTimeoutError, TrySendError};
-use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use crate::hub::dispatch::{self as actions, revocation_of, Session};
+use crate::hub::signal::Signal;
 use crate::hub::Hub;
 use crate::net::http::Peer;
 
@@ -55,8 +56,8 @@ struct Outbox<'a> {
     queued: &'a AtomicUsize,
     /// The most bytes that may be queued before the client counts as not reading.
     max_queued: usize,
-    /// Notified by the bus when the session's delivery queue overflowed (deliveries were dropped).
-    overflow: &'a Notify,
+    /// Raised by the bus when the session's delivery queue overflowed (deliveries were dropped).
+    overflow: &'a Signal,
     hub: &'a Hub,
     /// How long a full queue may stay full before the client counts as not reading.
     grace: Duration,
@@ -87,7 +88,7 @@ impl Outbox<'_> {
                     Err(SendTimeoutError::Timeout(_)) => return Err(End::NotReading),
                     Err(SendTimeoutError::Closed(_)) => return Err(End::ClientClosed),
                 },
-                _ = self.overflow.notified() => return Err(End::NotReading),
+                _ = self.overflow.wait() => return Err(End::NotReading),
                 _ = self.hub.shutting_down() => return Err(End::Shutdown),
             }
         }
@@ -108,7 +109,7 @@ impl Outbox<'_> {
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(5)) => {}
-                _ = self.overflow.notified() => return Err(End::NotReading),
+                _ = self.overflow.wait() => return Err(End::NotReading),
                 _ = self.hub.shutting_down() => return Err(End::Shutdown),
             }
         }
@@ -246,7 +247,8 @@ async fn run_session(hub: Arc<Hub>, socket: WebSocket, host: String, peer: Optio
     let queued = Arc::new(AtomicUsize::new(0));
     let mut writer = tokio::spawn(write_loop(ws_tx, out_rx, close_rx, queued.clone(), ping_every));
 
-    let (mut session, mut deliveries, overflow) = Session::new(hub.clone(), host, settings.queue_capacity);
+    let overflow = Arc::new(Signal::new());
+    let mut session = Session::new(hub.clone(), host, settings.queue_capacity, overflow.clone());
     session.peer = peer;
     let _open = crate::metrics::connection_opened(crate::metrics::Transport::WebSocket);
     let mut revocations = hub.revocations();
@@ -262,6 +264,7 @@ async fn run_session(hub: Arc<Hub>, socket: WebSocket, host: String, peer: Optio
     };
 
     let end = loop {
+        let me = session.principal.user_id();
         tokio::select! {
             frame = ws_rx.next() => {
                 last_heard = Instant::now();
@@ -282,18 +285,18 @@ async fn run_session(hub: Arc<Hub>, socket: WebSocket, host: String, peer: Optio
                     break end;
                 }
             }
-            Some(delivery) = deliveries.recv() => {
+            delivery = session.next_delivery() => {
                 session.refresh_visibility().await;
                 if let Err(end) = out.send_all(session.pushes(&delivery)).await {
                     break end;
                 }
             }
-            _ = revocation_of(&mut revocations, session.principal.user_id()) => {
+            _ = revocation_of(&mut revocations, me) => {
                 if !session.recheck().await {
                     break End::Revoked;
                 }
             }
-            _ = overflow.notified() => break End::NotReading,
+            _ = overflow.wait() => break End::NotReading,
             _ = liveness.tick() => {
                 if last_heard.elapsed() > ping_every * 2 {
                     break End::Silent;
@@ -313,7 +316,6 @@ async fn run_session(hub: Arc<Hub>, socket: WebSocket, host: String, peer: Optio
         End::ClientClosed | End::Shutdown => {}
     }
     drop(session);
-    drop(deliveries);
     // What was answered before a close the client or the hub chose still goes out; a client that
     // does not read, or may no longer read, gets only the close frame.
     let drain = matches!(end, End::ClientClosed | End::Shutdown);

@@ -7,7 +7,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
+
+use crate::hub::signal::Signal;
 
 use crate::auth::IdSet;
 use crate::model::{Command, Notification};
@@ -113,7 +115,7 @@ pub struct Delivery {
 #[derive(Clone)]
 pub struct Sink {
     pub tx: mpsc::Sender<Delivery>,
-    pub overflow: Option<Arc<Notify>>,
+    pub overflow: Option<Arc<Signal>>,
 }
 
 impl Sink {
@@ -306,7 +308,7 @@ impl Bus {
                 crate::metrics::dropped(crate::metrics::DropReason::SubscriberQueueFull);
                 // Long polls need only their first delivery; sessions are told to disconnect.
                 if let Some(overflow) = &sink.overflow {
-                    overflow.notify_one();
+                    overflow.raise(Signal::OVERFLOW);
                 }
             }
         }

@@ -12,6 +12,7 @@ mod message;
 mod mqtt_session;
 mod poll;
 mod retained;
+pub mod signal;
 mod token;
 mod user;
 
@@ -196,6 +197,11 @@ impl Hub {
     /// The database pool's use (metrics).
     pub fn pool_stats(&self) -> crate::store::PoolStats {
         self.store.pool_stats()
+    }
+
+    /// Whether the hub has started shutting down.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
     }
 
     /// Completes when the hub starts shutting down.

@@ -12,6 +12,7 @@ mod connection;
 mod flow;
 mod presence;
 mod relay;
+mod sweep;
 mod takeover;
 mod tls;
 pub mod topics;
@@ -25,10 +26,10 @@ use std::sync::{Arc, Mutex};
 use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
 use rumqttd::{Notification, Router};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::error::StartupError;
+use crate::hub::signal::Signal;
 use crate::hub::Hub;
 use crate::net;
 use crate::net::accept::{Cap, Slot};
@@ -40,8 +41,8 @@ type LinkFactory = Arc<dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notificatio
 struct LiveSession {
     /// Which connection (a takeover leaves a newer one in the map).
     number: u64,
-    /// Closes it on takeover.
-    kill: Arc<Notify>,
+    /// Wakes it: taken over, shutdown, its deadline (`sweep`).
+    signal: Arc<Signal>,
     /// The user it acts as (`None`: anonymous); only that user may take it over.
     owner: Option<i64>,
     /// When it claimed the client id (epoch ms): of two connections on different instances, the
@@ -181,6 +182,7 @@ pub async fn start(hub: Arc<Hub>, http_addr: SocketAddr) -> Result<Broker, Start
         flow,
     });
     takeover::spawn(shared.clone());
+    sweep::spawn(shared.clone());
     tracing::info!(%addr, max_connections = settings.max_connections, plain_lag_bytes = shared.flow.cap(), "MQTT broker listening");
     let ws_addr = match settings.ws_listen.is_empty() {
         true => None,
@@ -195,11 +197,10 @@ pub async fn start(hub: Arc<Hub>, http_addr: SocketAddr) -> Result<Broker, Start
             hub.shutting_down(),
             |stream, peer, slot| {
                 let slot = MqttSlot::new(slot, &accept_shared.hub);
-                let shared = accept_shared.clone();
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    connection::run(shared, stream, peer).await;
-                });
+                let connection = connection::run(accept_shared.clone(), stream, peer);
+                // The slot rides along in `map`'s closure (released when the task ends or panics);
+                // an `async` block holding it would store the connection's future twice.
+                tokio::spawn(futures_util::FutureExt::map(connection, move |()| drop(slot)));
             },
             |stream, _peer, refusal| {
                 tokio::spawn(async move {

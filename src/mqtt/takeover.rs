@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use super::MqttShared;
 use crate::cluster::MqttSignal;
+use crate::hub::signal::Signal;
 
 pub fn spawn(shared: Arc<MqttShared>) -> JoinHandle<()> {
     let mut signals = shared.hub.cluster.mqtt_signals();
@@ -27,7 +28,7 @@ pub fn spawn(shared: Arc<MqttShared>) -> JoinHandle<()> {
                     if let Some(live) = sessions.get(&client_id) {
                         if (live.since, me) < (at, node.as_str()) {
                             tracing::debug!(client_id, node, "MQTT client id taken over by another instance");
-                            live.kill.notify_one();
+                            live.signal.raise(Signal::TAKEN_OVER);
                         }
                     }
                 }
@@ -44,6 +45,6 @@ pub fn spawn(shared: Arc<MqttShared>) -> JoinHandle<()> {
 fn close_all(shared: &MqttShared) {
     let sessions = shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
     for live in sessions.values() {
-        live.kill.notify_one();
+        live.signal.raise(Signal::TAKEN_OVER);
     }
 }

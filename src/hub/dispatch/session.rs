@@ -2,16 +2,17 @@
 //! authenticated as, its subscriptions, and the formatting of the pushes it receives. The transport
 //! owns the socket; the session owns the state the action table needs.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 
 use crate::auth::{Action, Principal};
 use crate::error::{ApiError, Result};
 use crate::hub::bus::{Delivery, EventKind, Sink, SubscriptionId};
 use crate::hub::fields::Fields;
+use crate::hub::signal::Signal;
 use crate::hub::Hub;
 
 /// Per-subscription state.
@@ -33,8 +34,15 @@ pub struct Session {
     pub peer: Option<std::net::IpAddr>,
     /// The transport it runs on (metrics labels); WebSocket unless the transport says otherwise.
     pub transport: crate::metrics::Transport,
-    subs: HashMap<SubscriptionId, SubState>,
-    sink: Sink,
+    subs: BTreeMap<SubscriptionId, SubState>,
+    /// Where the bus sends this session's deliveries, and where the transport takes them: made on
+    /// the first subscription, so a session that never subscribes (most device connections) holds
+    /// no queue.
+    queue: Option<(Sink, mpsc::Receiver<Delivery>)>,
+    /// The queue's capacity once made.
+    queue_capacity: usize,
+    /// Raised (`Signal::OVERFLOW`) by the bus when the queue overflowed.
+    overflow: Arc<Signal>,
     /// Pushes to send after the current response (history replay).
     pending: Vec<String>,
     /// For a non-admin user: the networks assigned to it now, and the assignment epoch they were
@@ -43,24 +51,51 @@ pub struct Session {
 }
 
 impl Session {
-    /// A new anonymous session. Deliveries for its subscriptions arrive on the returned receiver;
-    /// `overflow` is notified when that queue is full.
-    pub fn new(hub: Arc<Hub>, host: String, queue: usize) -> (Session, mpsc::Receiver<Delivery>, Arc<Notify>) {
-        let (tx, rx) = mpsc::channel(queue.max(1));
-        let overflow = Arc::new(Notify::new());
-        let sink = Sink { tx, overflow: Some(overflow.clone()) };
-        let session = Session {
+    /// A new anonymous session. Deliveries for its subscriptions are taken with `next_delivery`
+    /// (at most `queue` waiting); `overflow` is raised when they overflowed.
+    pub fn new(hub: Arc<Hub>, host: String, queue: usize, overflow: Arc<Signal>) -> Session {
+        Session {
             hub,
             principal: Principal::anonymous(),
             host,
             peer: None,
             transport: crate::metrics::Transport::WebSocket,
-            subs: HashMap::new(),
-            sink,
+            subs: BTreeMap::new(),
+            queue: None,
+            queue_capacity: queue.max(1),
+            overflow,
             pending: Vec::new(),
             assigned: None,
-        };
-        (session, rx, overflow)
+        }
+    }
+
+    /// The next delivery for this session's subscriptions; never completes while there is none to
+    /// come (no subscription yet).
+    pub async fn next_delivery(&mut self) -> Delivery {
+        match &mut self.queue {
+            // The session holds a sender itself, so the queue never closes.
+            Some((_, rx)) => match rx.recv().await {
+                Some(d) => d,
+                None => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
+    }
+
+    /// A delivery that is ready now.
+    pub fn try_next_delivery(&mut self) -> Option<Delivery> {
+        self.queue.as_mut().and_then(|(_, rx)| rx.try_recv().ok())
+    }
+
+    /// Where the bus sends this session's deliveries (the queue is made on first use).
+    fn sink(&mut self) -> Sink {
+        let capacity = self.queue_capacity;
+        let overflow = &self.overflow;
+        let (sink, _) = self.queue.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(capacity);
+            (Sink { tx, overflow: Some(overflow.clone()) }, rx)
+        });
+        sink.clone()
     }
 
     pub fn hub(&self) -> &Arc<Hub> {
@@ -122,7 +157,7 @@ impl Session {
             .ok_or_else(|| ApiError::forbidden("No access to any device type or network"))?;
 
         // Live first, then history: nothing committed in between is lost; duplicates are skipped.
-        let id = hub.bus.subscribe(poll.kind, filter.clone(), self.sink.clone());
+        let id = hub.bus.subscribe(poll.kind, filter.clone(), self.sink());
         let info = json!({
             "subscriptionId": id.0,
             "type": if kind == EventKind::Notification { "notification" } else { "command" },

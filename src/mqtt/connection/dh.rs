@@ -15,14 +15,14 @@ use axum::http::StatusCode;
 use bytes::{Bytes, BytesMut};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{Conn, End, Reader, Writer};
+use super::{ended, Conn, End, Reader, Writer};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::hub::bus::{Delivery, EventKind, SubscriptionId};
 use crate::hub::dispatch::{self as actions, push_text};
+use crate::hub::signal::Signal;
 use crate::hub::Hub;
 use crate::mqtt::codec::{self, Packet, Publish, SUBACK_FAILURE};
 use crate::mqtt::topics::{self, DhFilter, DirectPublish};
@@ -72,7 +72,7 @@ impl Conn {
         self.follow_owner().await;
         let action = request.get("action").and_then(Value::as_str).unwrap_or("error");
         let topic = format!("dh/response/{action}@{}", self.client_id);
-        if let Some(sub_qos) = self.response_topics.get(&topic).copied() {
+        if let Some(sub_qos) = self.rare.as_ref().and_then(|r| r.response_topics.get(&topic)).copied() {
             let payload = Bytes::from(response.to_string());
             if !self.publish_from_hub(topic, payload, p.qos.min(sub_qos)) {
                 tracing::debug!(client_id = %self.client_id, "response dropped: too many unacknowledged publishes");
@@ -247,8 +247,8 @@ impl Conn {
     /// Waits `pause` before the next try to store, answering PINGREQs meanwhile; a takeover or the
     /// hub's shutdown ends the wait (and the connection) at once.
     async fn pause(&mut self, pause: Duration) -> Result<(), End> {
-        let (kill, hub) = (self.kill.clone(), self.shared.hub.clone());
-        waiting!(self).until(pause_unless_ended(pause, kill, hub)).await?
+        let (signal, hub) = (self.signal.clone(), self.shared.hub.clone());
+        waiting!(self).until(pause_unless_ended(pause, signal, hub)).await?
     }
 
     /// One `dh/` filter: its SUBACK code.
@@ -260,21 +260,22 @@ impl Conn {
                 if client_id != self.client_id || !(authenticated || anonymous_ok) {
                     return SUBACK_FAILURE;
                 }
-                self.response_topics.insert(filter.to_string(), qos);
+                self.rare().response_topics.insert(filter.to_string(), qos);
                 qos
             }
             DhFilter::Events { kind, request, private_to } => {
                 if !authenticated || private_to.as_ref().is_some_and(|c| *c != self.client_id) {
                     return SUBACK_FAILURE;
                 }
-                if let Some(old) = self.dh_subs.remove(filter) {
+                if let Some(old) = self.rare().dh_subs.remove(filter) {
                     self.drop_engine_subscription(&old);
                 }
                 let wire_kind = if kind == EventKind::CommandUpdate { EventKind::CommandInsert } else { kind };
                 match self.session.subscribe(wire_kind, &request).await {
                     Ok(id) => {
-                        self.dh_by_id.insert(id, filter.to_string());
-                        self.dh_subs.insert(filter.to_string(), DhSub { id, qos, private: private_to.is_some() });
+                        let rare = self.rare();
+                        rare.dh_by_id.insert(id, filter.to_string());
+                        rare.dh_subs.insert(filter.to_string(), DhSub { id, qos, private: private_to.is_some() });
                         if self.persistent && !restoring {
                             let now = crate::time::now_ms();
                             let stored = self.shared.hub.mqtt_subscription_put(&self.client_id, filter, qos, now);
@@ -282,7 +283,7 @@ impl Conn {
                                 // A persistent subscription that is not stored would silently miss
                                 // the commands owed while offline: refuse it instead, live and stored.
                                 tracing::warn!(client_id = %self.client_id, error = %e, "cannot store MQTT subscription");
-                                if let Some(sub) = self.dh_subs.remove(filter) {
+                                if let Some(sub) = self.rare().dh_subs.remove(filter) {
                                     self.drop_engine_subscription(&sub);
                                 }
                                 let _ = self.shared.hub.mqtt_subscription_delete(&self.client_id, filter).await;
@@ -302,7 +303,7 @@ impl Conn {
     }
 
     pub(super) fn drop_engine_subscription(&mut self, sub: &DhSub) {
-        self.dh_by_id.remove(&sub.id);
+        self.rare().dh_by_id.remove(&sub.id);
         self.session.end_subscription(sub.id);
     }
 
@@ -325,12 +326,12 @@ impl Conn {
             else {
                 continue;
             };
-            let Some(engine_id) = self.dh_subs.get(&sub.filter).map(|s| s.id) else { continue };
+            let Some(engine_id) = self.rare().dh_subs.get(&sub.filter).map(|s| s.id) else { continue };
             let Ok(owed) = hub.mqtt_owed_commands(&self.session.principal, &request, sub.since).await else {
                 continue;
             };
             for c in owed {
-                if !self.replayed.insert(c.id) {
+                if !self.rare().replayed.insert(c.id) {
                     continue;
                 }
                 let json = serde_json::to_string(&c).unwrap_or_default();
@@ -352,10 +353,11 @@ impl Conn {
 
     /// Pushes one commit's matching messages, each once even when several filters match it.
     pub(super) fn push(&mut self, d: Delivery) -> Result<(), End> {
-        let Some(filter) = self.dh_by_id.get(&d.subscription_id) else {
+        let Some(rare) = self.rare.as_deref() else { return Ok(()) };
+        let Some(filter) = rare.dh_by_id.get(&d.subscription_id) else {
             return Ok(());
         };
-        let Some(sub) = self.dh_subs.get(filter) else {
+        let Some(sub) = rare.dh_subs.get(filter) else {
             return Ok(());
         };
         let (qos, private) = (sub.qos, sub.private);
@@ -364,16 +366,17 @@ impl Conn {
                 continue;
             }
             let key = (ev.kind, ev.id(), ev.cursor());
-            if ev.kind == EventKind::CommandInsert && self.replayed.contains(&ev.id()) {
+            let rare = self.rare();
+            if ev.kind == EventKind::CommandInsert && rare.replayed.contains(&ev.id()) {
                 continue;
             }
-            if !self.recent_set.insert(key) {
+            if !rare.recent_set.insert(key) {
                 continue;
             }
-            self.recent.push_back(key);
-            if self.recent.len() > RECENT_EVENTS {
-                if let Some(old) = self.recent.pop_front() {
-                    self.recent_set.remove(&old);
+            rare.recent.push_back(key);
+            if rare.recent.len() > RECENT_EVENTS {
+                if let Some(old) = rare.recent.pop_front() {
+                    rare.recent_set.remove(&old);
                 }
             }
             let mut topic = topics::event_topic(ev);
@@ -517,10 +520,10 @@ impl Grace {
     }
 }
 
-async fn pause_unless_ended(pause: Duration, kill: Arc<Notify>, hub: Arc<Hub>) -> Result<(), End> {
+async fn pause_unless_ended(pause: Duration, signal: Arc<Signal>, hub: Arc<Hub>) -> Result<(), End> {
     tokio::select! {
         _ = tokio::time::sleep(pause) => Ok(()),
-        _ = kill.notified() => Err(End::TakenOver),
+        end = ended(&signal) => Err(end),
         _ = hub.shutting_down() => Err(End::Shutdown),
     }
 }

@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::broadcast;
 
 use super::{Conn, Reader, Writer};
 use crate::auth::jwt::TokenError;
 use crate::auth::Principal;
+use crate::hub::signal::Signal;
 use crate::model::StoredSession;
 use crate::mqtt::codec::{self, connack, Connect, DecodeError, Packet};
 use crate::mqtt::{LiveSession, MqttShared};
@@ -54,8 +55,8 @@ pub(super) struct Accepted {
     pub revocations: broadcast::Receiver<i64>,
     /// This connection's number in `shared.sessions`.
     pub number: u64,
-    /// Closes this connection on takeover.
-    pub kill: Arc<Notify>,
+    /// Wakes this connection: taken over, shutdown, its deadline.
+    pub signal: Arc<Signal>,
     pub session_present: bool,
     /// What was read after CONNECT.
     pub rbuf: BytesMut,
@@ -118,10 +119,10 @@ pub(super) async fn accept(
     };
 
     let number = shared.next_connection.fetch_add(1, Ordering::Relaxed);
-    let kill = Arc::new(Notify::new());
+    let signal = Arc::new(Signal::new());
     let clean = connect.clean_session;
     let owner = principal.user_id();
-    let stored = match claim_session(shared, &client_id, owner, clean, number, kill.clone()).await {
+    let stored = match claim_session(shared, &client_id, owner, clean, number, signal.clone()).await {
         Ok(stored) => stored,
         Err(code) => {
             tracing::debug!(client_id = %client_id, code, "MQTT connection refused: client id held by another user");
@@ -135,7 +136,7 @@ pub(super) async fn accept(
         // A clean session replaces a persistent one: nothing is owed any more.
         let _ = shared.hub.mqtt_subscriptions_clear(&client_id).await;
     }
-    Some(Accepted { connect, client_id, principal, revocations, number, kill, session_present, rbuf })
+    Some(Accepted { connect, client_id, principal, revocations, number, signal, session_present, rbuf })
 }
 
 /// Whether a session owned by `owner` (`None`: anonymous) may be used by `by`.
@@ -153,7 +154,7 @@ async fn claim_session(
     owner: Option<i64>,
     clean: bool,
     number: u64,
-    kill: Arc<Notify>,
+    signal: Arc<Signal>,
 ) -> Result<Option<StoredSession>, u8> {
     let hub = &shared.hub;
     let stored = hub.mqtt_session(client_id).await.map_err(|_| connack::SERVER_UNAVAILABLE)?;
@@ -173,7 +174,7 @@ async fn claim_session(
         if sessions.get(client_id).is_some_and(|live| live.owner != owner) {
             return Err(connack::NOT_AUTHORIZED);
         }
-        sessions.insert(client_id.to_string(), LiveSession { number, kill, owner, since })
+        sessions.insert(client_id.to_string(), LiveSession { number, signal, owner, since })
     };
     // The record changes hands where ownership matters: a persistent session is made, or a clean one
     // replaces a persistent one. The claim is one conditional statement, so a connection of another
@@ -193,7 +194,7 @@ async fn claim_session(
         }
     }
     if let Some(old) = previous {
-        old.kill.notify_one();
+        old.signal.raise(Signal::TAKEN_OVER);
     }
     // A live connection with this client id on another instance is taken over too.
     hub.cluster.announce(crate::cluster::Control::MqttClaim { client_id: client_id.to_string(), at: since });

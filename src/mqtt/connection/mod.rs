@@ -21,7 +21,7 @@ use rumqttd::protocol as rq;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{broadcast, mpsc, Notify};
+use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use super::codec::{self, connack, Packet, Publish, SUBACK_FAILURE};
@@ -31,12 +31,28 @@ use super::MqttShared;
 use crate::config::PlainTopics;
 use crate::hub::bus::{Delivery, EventKind, SubscriptionId};
 use crate::hub::dispatch::{revocation_of, revocation_pending, Session};
+use crate::hub::signal::{clock_ms, Signal};
 use crate::model::SessionRecord;
 
 use dh::DhSub;
 pub use handshake::refuse_busy;
 pub(super) use router::to_router;
-use router::{broker_filter, next_from_router, Origin};
+use router::{broker_filter, next_from_router, wait_for_router, Origin};
+
+/// What woke the connection loop (`Conn::wake`). Moved straight into its handling, never kept
+/// across a wait, so its size costs nothing while the connection is idle.
+#[allow(clippy::large_enum_variant)]
+enum Wake {
+    /// Bytes read into `rbuf` (0: the client closed).
+    Read(Result<usize, ()>),
+    Router(Result<Option<rumqttd::Notification>, ()>),
+    Delivery(Delivery),
+    /// A revocation concerning the session's user was announced.
+    Revocation,
+    /// The connection's signal was raised, with these reasons.
+    Signal(u32),
+    End(End),
+}
 
 /// Why the loop ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -77,47 +93,56 @@ struct Conn {
     wbuf: BytesMut,
     /// The rumqttd router link, opened on first use of a plain topic: sessions that only speak `dh/`
     /// never cost router memory.
-    link: Option<(LinkTx, LinkRx)>,
+    link: Option<Box<(LinkTx, LinkRx)>>,
     session: Session,
-    deliveries: mpsc::Receiver<Delivery>,
-    overflow: Arc<Notify>,
-    kill: Arc<Notify>,
+    /// Raised when the connection must end (taken over, shutdown, its delivery queue overflowed)
+    /// or check its deadline (`Signal`, `sweep`).
+    signal: Arc<Signal>,
+    next_pkid: u16,
+    /// The client's socket has taken nothing for `[mqtt] stall_ms`: plain QoS 0 publishes for it are
+    /// dropped (and counted) instead of holding up their publishers.
+    stalled: bool,
+    keepalive: Option<Duration>,
+    will: Option<Box<codec::Will>>,
+    /// Clean session off: `dh/` subscriptions are stored, and owed commands replayed on reconnect.
+    persistent: bool,
+    /// Packets read while a publish waited for the database (`dh::Grace`), handled after it in
+    /// order; PINGREQs among them were answered at once.
+    held: VecDeque<Packet>,
+    /// State most connections never need (`Conn::rare`), made on first use so an idle device
+    /// connection stays small.
+    rare: Option<Box<Rare>>,
+}
+
+/// The part of a connection's state that subscriptions, plain topics and QoS 2 need.
+#[derive(Default)]
+struct Rare {
+    /// Outgoing QoS1 publishes awaiting PUBACK.
+    inflight: HashMap<u16, Origin>,
     /// Filter text → engine subscription.
     dh_subs: HashMap<String, DhSub>,
     /// Engine subscription id → filter text.
     dh_by_id: HashMap<SubscriptionId, String>,
     /// Exact response topics subscribed, with their QoS.
     response_topics: HashMap<String, u8>,
-    /// Outgoing QoS1 publishes awaiting PUBACK.
-    inflight: HashMap<u16, Origin>,
-    next_pkid: u16,
+    /// Recently pushed events, so overlapping filters deliver a message once.
+    recent: VecDeque<(EventKind, i64, i64)>,
+    recent_set: HashSet<(EventKind, i64, i64)>,
+    /// Commands sent by the reconnect replay (live copies are skipped).
+    replayed: HashSet<i64>,
     /// SUBSCRIBEs partly forwarded to the router: our codes, with `None` where the router answers,
     /// and the plain filters sent to it.
     pending_subacks: HashMap<u16, (Vec<Option<u8>>, Vec<String>)>,
     /// Plain subscriptions the router accepted, with what this client still has to take from their
     /// logs (`flow`).
     plain_subs: Vec<(String, Arc<Lag>)>,
-    /// The client's socket has taken nothing for `[mqtt] stall_ms`: plain QoS 0 publishes for it are
-    /// dropped (and counted) instead of holding up their publishers.
-    stalled: bool,
+    /// Plain QoS 0 publishes dropped while the client's socket was stalled.
     dropped_deliveries: u64,
-    /// Recently pushed events, so overlapping filters deliver a message once.
-    recent: VecDeque<(EventKind, i64, i64)>,
-    recent_set: HashSet<(EventKind, i64, i64)>,
-    keepalive: Option<Duration>,
-    will: Option<codec::Will>,
-    /// Clean session off: `dh/` subscriptions are stored, and owed commands replayed on reconnect.
-    persistent: bool,
-    /// Commands sent by the reconnect replay (live copies are skipped).
-    replayed: HashSet<i64>,
     /// QoS 2 `dh/` publishes handled by the hub, awaiting the client's PUBREL.
     own_qos2: HashSet<u16>,
     /// QoS 2 plain publishes handed to the router, awaiting the client's PUBREL. The router drops a
     /// link that releases an id it does not know, so only these go to it.
     router_qos2: HashSet<u16>,
-    /// Packets read while a publish waited for the database (`dh::Grace`), handled after it in
-    /// order; PINGREQs among them were answered at once.
-    held: VecDeque<Packet>,
 }
 
 /// Ready router notifications or hub deliveries handled before one write to the socket.
@@ -127,27 +152,56 @@ pub type Reader = Box<dyn AsyncRead + Unpin + Send + Sync>;
 pub type Writer = Box<dyn AsyncWrite + Unpin + Send + Sync>;
 
 /// Serves a plain TCP connection.
-pub async fn run(shared: Arc<MqttShared>, stream: TcpStream, peer: std::net::SocketAddr) {
+pub fn run(
+    shared: Arc<MqttShared>,
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+) -> impl std::future::Future<Output = ()> + Send {
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().ok().map(|a| super::url_host(a.ip()));
     let (reader, writer) = stream.into_split();
-    run_io(shared, Box::new(reader), Box::new(writer), Some(peer.ip()), local).await;
+    run_io(shared, Box::new(reader), Box::new(writer), Some(peer.ip()), local)
 }
 
 /// Serves one MQTT connection over any byte stream (TCP, TLS, WebSocket); `peer` is the client's
 /// address when known (login throttling), `local` the host (no port) the client reached the broker
 /// at, when known (the REST URL `server/info` reports).
-pub async fn run_io(
+///
+/// The connection's task keeps only what an idle connection waits with: the steps that run once
+/// (handshake, start, finish) and each wake-up's handling are boxed while they run (see `serve`).
+/// Not an `async fn`: its arguments go into the boxed handshake, not into the task's state.
+pub fn run_io(
+    shared: Arc<MqttShared>,
+    reader: Reader,
+    writer: Writer,
+    peer: Option<std::net::IpAddr>,
+    local: Option<String>,
+) -> impl std::future::Future<Output = ()> + Send {
+    let opening = Box::pin(open(shared.clone(), reader, writer, peer, local));
+    async move {
+        let Some(mut conn) = opening.await else { return };
+        let end = match Box::pin(conn.start()).await {
+            Ok(()) => conn.serve().await,
+            Err(end) => end,
+        };
+        let number = conn.number;
+        let client_id = conn.client_id.clone();
+        Box::pin(conn.finish(end)).await;
+        forget_session(&shared, &client_id, number);
+    }
+}
+
+/// The handshake, then the session recorded and its state made; `None` when the connection was
+/// refused or closed.
+async fn open(
     shared: Arc<MqttShared>,
     mut reader: Reader,
     mut writer: Writer,
     peer: Option<std::net::IpAddr>,
     local: Option<String>,
-) {
-    let settings = shared.hub.settings.mqtt.clone();
-    // Boxed, like the other one-off steps below: the task's future stays the size of the idle loop.
-    let Some(accepted) = Box::pin(handshake::accept(&shared, &mut reader, &mut writer, peer)).await else { return };
-    let handshake::Accepted { connect, client_id, principal, revocations, number, kill, session_present, rbuf } =
+) -> Option<Conn> {
+    let accepted = handshake::accept(&shared, &mut reader, &mut writer, peer).await?;
+    let handshake::Accepted { connect, client_id, principal, revocations, number, signal, session_present, rbuf } =
         accepted;
     let clean = connect.clean_session;
     let user_id = principal.user_id();
@@ -160,62 +214,35 @@ pub async fn run_io(
     });
     let _ = recorded.await;
     let host = shared.http_host(local.as_deref());
-    let (mut session, deliveries, overflow) = Session::new(shared.hub.clone(), host, settings.queue_capacity);
+    let queue = shared.hub.settings.mqtt.queue_capacity;
+    let mut session = Session::new(shared.hub.clone(), host, queue, signal.clone());
     session.peer = peer;
     session.transport = crate::metrics::Transport::Mqtt;
     session.principal = principal;
     let mut conn = Conn {
-        shared: shared.clone(),
-        client_id: client_id.clone(),
+        shared,
+        client_id,
         number,
         owner: user_id,
         revocations,
         reader,
         writer,
-        rbuf,
+        // The handshake's buffer is not kept for nothing (see `on_wake`).
+        rbuf: if rbuf.is_empty() { BytesMut::new() } else { rbuf },
         wbuf: BytesMut::new(),
         link: None,
         session,
-        deliveries,
-        overflow,
-        kill,
-        dh_subs: HashMap::new(),
-        dh_by_id: HashMap::new(),
-        response_topics: HashMap::new(),
-        inflight: HashMap::new(),
+        signal,
         next_pkid: 0,
-        pending_subacks: HashMap::new(),
-        plain_subs: Vec::new(),
         stalled: false,
-        dropped_deliveries: 0,
-        recent: VecDeque::new(),
-        recent_set: HashSet::new(),
         keepalive: (connect.keep_alive > 0).then(|| Duration::from_millis(connect.keep_alive as u64 * 1500)),
-        will: connect.will.clone(),
-        persistent: !connect.clean_session,
-        replayed: HashSet::new(),
-        own_qos2: HashSet::new(),
-        router_qos2: HashSet::new(),
+        will: connect.will.map(Box::new),
+        persistent: !clean,
         held: VecDeque::new(),
+        rare: None,
     };
     conn.queue(&Packet::ConnAck { session_present, code: connack::ACCEPTED });
-    if !clean {
-        // A persistent session may have plain-topic state in the router (its graveyard).
-        if let Err(end) = conn.open_link().await {
-            Box::pin(conn.finish(end)).await;
-            forget_session(&shared, &client_id, number);
-            return;
-        }
-    }
-    let end = match conn.flush().await {
-        Ok(()) => match Box::pin(conn.restore()).await {
-            Ok(()) => conn.serve().await,
-            Err(e) => e,
-        },
-        Err(e) => e,
-    };
-    Box::pin(conn.finish(end)).await;
-    forget_session(&shared, &client_id, number);
+    Some(conn)
 }
 
 fn forget_session(shared: &MqttShared, client_id: &str, number: u64) {
@@ -228,6 +255,11 @@ fn forget_session(shared: &MqttShared, client_id: &str, number: u64) {
 impl Conn {
     fn settings(&self) -> &crate::config::MqttSettings {
         &self.shared.hub.settings.mqtt
+    }
+
+    /// The rarely used state, made on first use.
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Default::default)
     }
 
     fn queue(&mut self, p: &Packet) {
@@ -281,7 +313,7 @@ impl Conn {
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => break Err(End::NotReading),
-                _ = self.kill.notified() => break Err(End::TakenOver),
+                end = ended(&self.signal) => break Err(end),
                 _ = self.shared.hub.shutting_down() => break Err(End::Shutdown),
             }
         };
@@ -290,13 +322,17 @@ impl Conn {
     }
 
     fn allocate_pkid(&mut self) -> Option<u16> {
-        if self.inflight.len() >= self.settings().max_inflight {
+        let max = self.settings().max_inflight;
+        let mut next = self.next_pkid;
+        let inflight = &self.rare().inflight;
+        if inflight.len() >= max {
             return None;
         }
         loop {
-            self.next_pkid = self.next_pkid.wrapping_add(1);
-            if self.next_pkid != 0 && !self.inflight.contains_key(&self.next_pkid) {
-                return Some(self.next_pkid);
+            next = next.wrapping_add(1);
+            if next != 0 && !inflight.contains_key(&next) {
+                self.next_pkid = next;
+                return Some(next);
             }
         }
     }
@@ -308,7 +344,7 @@ impl Conn {
         let pkid = if qos == 1 {
             match self.allocate_pkid() {
                 Some(id) => {
-                    self.inflight.insert(id, Origin::Hub);
+                    self.rare().inflight.insert(id, Origin::Hub);
                     id
                 }
                 None => return false,
@@ -320,69 +356,129 @@ impl Conn {
         true
     }
 
-    /// The connection loop; returns why it ended.
+    /// CONNACK, then for a persistent session its router link (it may have plain-topic state in the
+    /// router's graveyard), its stored `dh/` subscriptions and the commands it is owed.
+    async fn start(&mut self) -> Result<(), End> {
+        if self.persistent {
+            self.open_link().await?;
+        }
+        self.flush().await?;
+        self.restore().await
+    }
+
+    /// The connection loop; returns why it ended. It waits in `wake` — a few small futures — and
+    /// handles each wake-up in a boxed `on_wake`, so the state an idle connection keeps is small.
+    /// Its deadlines (keepalive, and for a session still anonymous the time it has to authenticate)
+    /// are watched by `sweep` while it waits, not by a timer of its own.
     async fn serve(&mut self) -> End {
-        let mut deadline = self.keepalive.map(|k| Instant::now() + k);
-        let anonymous_limit = Duration::from_secs(self.settings().anonymous_timeout_secs);
-        let anonymous_deadline = (!anonymous_limit.is_zero()).then(|| Instant::now() + anonymous_limit);
+        let keepalive_ms = self.keepalive.map(|k| k.as_millis() as u64);
+        let mut keepalive = keepalive_ms.map(|k| clock_ms() + k);
+        let anonymous_secs = self.settings().anonymous_timeout_secs;
+        let anonymous_deadline = (anonymous_secs > 0).then(|| clock_ms() + anonymous_secs * 1000);
+        // `sweep` raised the shutdown for the connections it knew of; this one may have claimed its
+        // client id after.
+        if self.shared.hub.is_shutting_down() {
+            return End::Shutdown;
+        }
         // Packets the client sent right behind its CONNECT (read with it) come first.
         if !self.rbuf.is_empty() {
-            let handled = match Box::pin(self.read_packets()).await {
-                Ok(()) => self.flush().await,
-                err => err,
-            };
-            if let Err(end) = handled {
-                let _ = self.flush().await;
+            if let Err(end) = Box::pin(self.on_wake(Wake::Read(Ok(self.rbuf.len())))).await {
                 return end;
             }
         }
         loop {
             // Only a session still anonymous has a deadline to authenticate.
-            let anonymous_deadline = anonymous_deadline.filter(|_| !self.session.principal.is_authenticated());
-            let me = self.session.principal.user_id();
-            let step = tokio::select! {
-                read = self.reader.read_buf(&mut self.rbuf) => match read {
-                    Ok(0) | Err(_) => Err(End::Network),
-                    Ok(_) => {
-                        let handled = Box::pin(self.read_packets()).await;
-                        // After the packets: a publish waiting for the database may have taken long,
-                        // the client pinging meanwhile.
-                        deadline = self.keepalive.map(|k| Instant::now() + k);
-                        handled
-                    }
-                },
-                n = next_from_router(&mut self.link) => match n {
-                    Ok(Some(n)) => Box::pin(self.on_router_notification(n)).await,
-                    Ok(None) => Ok(()),
-                    Err(_) => Err(self.link_failed()),
-                },
-                Some(d) = self.deliveries.recv() => Box::pin(self.deliver(d)).await,
-                _ = revocation_of(&mut self.revocations, me) => Box::pin(self.on_revocation()).await,
-                _ = self.overflow.notified() => Err(End::NotReading),
-                _ = sleep_until_opt(deadline) => Err(End::KeepAlive),
-                _ = sleep_until_opt(anonymous_deadline) => Err(End::AnonymousTimeout),
-                _ = self.kill.notified() => Err(End::TakenOver),
-                _ = self.shared.hub.shutting_down() => Err(End::Shutdown),
+            let anonymous = anonymous_deadline.filter(|_| !self.session.principal.is_authenticated());
+            let deadline = match (keepalive, anonymous) {
+                (Some(k), Some(a)) => Some(k.min(a)),
+                (k, a) => k.or(a),
             };
-            // Take whatever else is ready before writing, so a burst goes out in one write.
-            let step = match step {
-                Ok(()) => Box::pin(self.drain_ready()).await,
-                err => err,
+            self.signal.set_deadline(deadline);
+            // In a block of its own, so the wake-up is not part of the state kept while it is handled.
+            let (read, handling) = {
+                let wake = self.wake().await;
+                // Deadlines count while the connection waits for its client, not while it serves it
+                // (a publish may wait for the database).
+                self.signal.set_deadline(None);
+                let wake = match wake {
+                    Wake::Signal(reasons) => match self.signalled(reasons, keepalive, anonymous) {
+                        Some(end) => Wake::End(end),
+                        None => continue,
+                    },
+                    other => other,
+                };
+                (matches!(wake, Wake::Read(_)), Box::pin(self.on_wake(wake)))
             };
-            if let Err(end) = step {
-                // Answer what was already decided (e.g. a PUBACK) before closing, if the client reads.
-                let _ = self.flush().await;
+            if let Err(end) = handling.await {
                 return end;
             }
-            if let Err(end) = self.flush().await {
-                return end;
-            }
-            // Large reads (and a burst's read-ahead) leave a large buffer behind; idle connections
-            // should stay small.
-            if self.rbuf.is_empty() && self.rbuf.capacity() > 4 * 1024 {
-                self.rbuf = BytesMut::with_capacity(256);
+            if read {
+                // After the packets: a publish waiting for the database may have taken long, the
+                // client pinging meanwhile.
+                keepalive = keepalive_ms.map(|k| clock_ms() + k);
             }
         }
+    }
+
+    /// Waits for the next thing to do.
+    async fn wake(&mut self) -> Wake {
+        let me = self.session.principal.user_id();
+        tokio::select! {
+            read = self.reader.read_buf(&mut self.rbuf) => Wake::Read(read.map_err(|_| ())),
+            n = wait_for_router(&mut self.link) => Wake::Router(n.map_err(|_| ())),
+            d = self.session.next_delivery() => Wake::Delivery(d),
+            _ = revocation_of(&mut self.revocations, me) => Wake::Revocation,
+            reasons = self.signal.wait() => Wake::Signal(reasons),
+        }
+    }
+
+    /// Why the connection ends after its signal was raised, if it does: a raised deadline is
+    /// checked against the deadlines it has now (they move when the client sends something).
+    fn signalled(&self, reasons: u32, keepalive: Option<u64>, anonymous: Option<u64>) -> Option<End> {
+        if let Some(end) = end_of(reasons) {
+            return Some(end);
+        }
+        let now = clock_ms();
+        if anonymous.is_some_and(|a| a <= now) {
+            return Some(End::AnonymousTimeout);
+        }
+        if keepalive.is_some_and(|k| k <= now) {
+            return Some(End::KeepAlive);
+        }
+        self.signal.clear(Signal::DEADLINE);
+        None
+    }
+
+    /// Handles a wake-up, then whatever else is ready, and writes the result in one go.
+    async fn on_wake(&mut self, wake: Wake) -> Result<(), End> {
+        let step = match wake {
+            Wake::Read(Ok(0) | Err(())) => Err(End::Network),
+            Wake::Read(Ok(_)) => self.read_packets().await,
+            Wake::Router(Ok(Some(n))) => self.on_router_notification(n).await,
+            Wake::Router(Ok(None)) => Ok(()),
+            Wake::Router(Err(())) => Err(self.link_failed()),
+            Wake::Delivery(d) => self.deliver(d).await,
+            Wake::Revocation => self.on_revocation().await,
+            Wake::Signal(reasons) => end_of(reasons).map_or(Ok(()), Err),
+            Wake::End(end) => Err(end),
+        };
+        // Take whatever else is ready before writing, so a burst goes out in one write.
+        let step = match step {
+            Ok(()) => self.drain_ready().await,
+            err => err,
+        };
+        if let Err(end) = step {
+            // Answer what was already decided (e.g. a PUBACK) before closing, if the client reads.
+            let _ = self.flush().await;
+            return Err(end);
+        }
+        self.flush().await?;
+        // An idle connection keeps no read buffer of its own: the next read takes a small one
+        // (`read_buf` reserves 64 bytes) and a packet larger than that reserves its whole size.
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 64 {
+            self.rbuf = BytesMut::new();
+        }
+        Ok(())
     }
 
     /// Handles router notifications and hub deliveries that are ready now, without waiting.
@@ -399,9 +495,9 @@ impl Conn {
         self.apply_revocations().await?;
         self.session.refresh_visibility().await;
         for _ in 0..DRAIN_BATCH {
-            match self.deliveries.try_recv() {
-                Ok(d) => self.push(d)?,
-                Err(_) => break,
+            match self.session.try_next_delivery() {
+                Some(d) => self.push(d)?,
+                None => break,
             }
         }
         Ok(())
@@ -455,7 +551,7 @@ impl Conn {
         match packet {
             Packet::Publish(p) => self.on_publish(p).await,
             Packet::PubAck(pkid) => {
-                match self.inflight.remove(&pkid) {
+                match self.rare.as_mut().and_then(|r| r.inflight.remove(&pkid)) {
                     Some(Origin::Router(router_pkid)) => {
                         let ack = rq::PubAck { pkid: router_pkid, reason: rq::PubAckReason::Success };
                         self.send_to_router(rq::Packet::PubAck(ack, None)).await?;
@@ -465,13 +561,15 @@ impl Conn {
                 Ok(())
             }
             Packet::PubRel(pkid) => {
-                if self.router_qos2.remove(&pkid) {
+                if self.rare.as_mut().is_some_and(|r| r.router_qos2.remove(&pkid)) {
                     let rel = rq::PubRel { pkid, reason: rq::PubRelReason::Success };
                     return self.send_to_router(rq::Packet::PubRel(rel, None)).await;
                 }
                 // Ours, or an id nobody knows (e.g. resent after a reconnect, when the publish was
                 // already released): either way it is complete (3.1.1 §4.3.3).
-                self.own_qos2.remove(&pkid);
+                if let Some(r) = self.rare.as_mut() {
+                    r.own_qos2.remove(&pkid);
+                }
                 self.queue(&Packet::PubComp(pkid));
                 Ok(())
             }
@@ -514,7 +612,7 @@ impl Conn {
             if self.plain_allowed() && !p.topic.is_empty() && !p.topic.contains(['+', '#']) {
                 // The router acknowledges plain publishes itself (PUBACK, or PUBREC for QoS 2).
                 if p.qos == 2 {
-                    self.router_qos2.insert(p.pkid);
+                    self.rare().router_qos2.insert(p.pkid);
                 }
                 return self.route_plain(&p).await;
             }
@@ -535,7 +633,7 @@ impl Conn {
             1 => self.queue(&Packet::PubAck(p.pkid)),
             2 => {
                 // Handled exactly once, now; PUBREL is answered with PUBCOMP.
-                self.own_qos2.insert(p.pkid);
+                self.rare().own_qos2.insert(p.pkid);
                 self.queue(&Packet::PubRec(p.pkid));
             }
             _ => {}
@@ -570,7 +668,7 @@ impl Conn {
             return Ok(());
         }
         let names = plain.iter().map(|f| f.path.clone()).collect();
-        self.pending_subacks.insert(pkid, (codes, names));
+        self.rare().pending_subacks.insert(pkid, (codes, names));
         self.send_to_router(rq::Packet::Subscribe(rq::Subscribe { pkid, filters: plain }, None)).await
     }
 
@@ -578,8 +676,11 @@ impl Conn {
         let mut plain = Vec::new();
         for f in filters {
             if f.starts_with("dh/") {
-                self.response_topics.remove(&f);
-                if let Some(sub) = self.dh_subs.remove(&f) {
+                let sub = self.rare.as_mut().and_then(|r| {
+                    r.response_topics.remove(&f);
+                    r.dh_subs.remove(&f)
+                });
+                if let Some(sub) = sub {
                     self.drop_engine_subscription(&sub);
                     if self.persistent {
                         let _ = self.shared.hub.mqtt_subscription_delete(&self.client_id, &f).await;
@@ -610,6 +711,7 @@ impl Conn {
         let will = !matches!(end, End::Clean | End::Revoked) && self.will.is_some();
         if will {
             if let Some(will) = self.will.take() {
+                let will = *will;
                 let p = Publish {
                     dup: false,
                     qos: will.qos.min(1),
@@ -647,8 +749,9 @@ impl Conn {
                 }),
             );
         }
-        if self.dropped_deliveries > 0 {
-            tracing::info!(client_id = %self.client_id, dropped = self.dropped_deliveries, "plain QoS 0 publishes dropped for a stalled MQTT client");
+        let dropped = self.rare.as_ref().map_or(0, |r| r.dropped_deliveries);
+        if dropped > 0 {
+            tracing::info!(client_id = %self.client_id, dropped, "plain QoS 0 publishes dropped for a stalled MQTT client");
         }
         if self.link.is_some() {
             let bye = rq::Disconnect { reason_code: rq::DisconnectReasonCode::NormalDisconnection };
@@ -686,11 +789,50 @@ impl End {
     }
 }
 
-/// Waits for a revocation of user `me` (`Ok`) or for missed ones (`Err(Lagged)`); others' are
-/// skipped here, so they cost no wake-up of the connection loop. Never completes when closed.
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
+/// The end a signal's reasons call for; `None` when only a deadline was raised.
+fn end_of(reasons: u32) -> Option<End> {
+    if reasons & Signal::TAKEN_OVER != 0 {
+        Some(End::TakenOver)
+    } else if reasons & Signal::SHUTDOWN != 0 {
+        Some(End::Shutdown)
+    } else if reasons & Signal::OVERFLOW != 0 {
+        Some(End::NotReading)
+    } else {
+        None
+    }
+}
+
+/// Waits, outside the connection loop's own wait, for a reason that ends the connection. A
+/// deadline raised meanwhile is stale (deadlines count only while the loop waits): it is cleared.
+async fn ended(signal: &Signal) -> End {
+    loop {
+        if let Some(end) = end_of(signal.wait().await) {
+            return end;
+        }
+        signal.clear(Signal::DEADLINE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of what `f` returns, without calling it.
+    fn size_of_output<A, R>(_f: impl FnOnce(A) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// An idle connection's memory is mostly its task's state: what `run` returns, which holds the
+    /// `Conn` and the loop's wait (`serve` awaiting `wake`); everything else is boxed while it runs.
+    /// The bounds leave room for compiler differences (this build: `run` 1,016 bytes, `Conn` 544);
+    /// failing them means something large moved into the idle state.
+    #[test]
+    fn an_idle_connection_waits_in_a_small_state() {
+        let run = size_of_output(|(s, t, p): (Arc<MqttShared>, TcpStream, _)| run(s, t, p));
+        let conn = std::mem::size_of::<Conn>();
+        let wake = size_of_output(|c: &mut Conn| c.wake());
+        assert!(conn <= 700, "Conn is {conn} bytes");
+        assert!(wake <= 512, "the loop's wait is {wake} bytes");
+        assert!(run <= 1_400, "the connection task's state is {run} bytes");
     }
 }

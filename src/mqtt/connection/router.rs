@@ -11,7 +11,7 @@ use rumqttd::Notification;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
-use super::{Conn, End};
+use super::{ended, Conn, End};
 use crate::mqtt::codec::{Packet, Publish, SUBACK_FAILURE};
 use crate::mqtt::flow::{log_size, Admitted};
 
@@ -86,7 +86,7 @@ impl Conn {
 
     pub(super) async fn send_to_router(&mut self, p: rq::Packet) -> Result<(), End> {
         self.open_link().await?;
-        let Some((tx, _)) = self.link.as_mut() else { return Err(self.link_failed()) };
+        let Some((tx, _)) = self.link.as_deref_mut() else { return Err(self.link_failed()) };
         match tx.send(p).await {
             Ok(_) => Ok(()),
             Err(_) => Err(self.link_failed()),
@@ -148,7 +148,7 @@ impl Conn {
                     }
                 },
                 _ = tokio::time::sleep_until(next_check) => Ok(()),
-                _ = self.kill.notified() => Err(End::TakenOver),
+                end = ended(&self.signal) => Err(end),
                 _ = self.shared.hub.shutting_down() => Err(End::Shutdown),
             };
             if let Err(end) = step {
@@ -166,7 +166,8 @@ impl Conn {
         }
         let Ok(topic) = std::str::from_utf8(&f.publish.topic) else { return };
         let size = log_size(f.publish.topic.len(), f.publish.payload.len());
-        let mut matching = self.plain_subs.iter().filter(|(filter, _)| rq::matches(topic, filter));
+        let Some(rare) = self.rare.as_deref() else { return };
+        let mut matching = rare.plain_subs.iter().filter(|(filter, _)| rq::matches(topic, filter));
         let Some((_, first)) = matching.next() else { return };
         // With overlapping filters each copy comes from one of their logs: take it off one that
         // still owes it.
@@ -184,7 +185,7 @@ impl Conn {
             Some(p) => p,
             None => {
                 // Unschedule: the router waits for us to ask for more.
-                if let Some((_, rx)) = &self.link {
+                if let Some((_, rx)) = self.link.as_deref() {
                     if rx.wake().await.is_err() {
                         return Err(self.link_failed());
                     }
@@ -196,7 +197,7 @@ impl Conn {
             rq::Packet::Publish(p, _) => {
                 let mut p = from_router(&p);
                 if self.stalled && p.qos == 0 {
-                    self.dropped_deliveries += 1;
+                    self.rare().dropped_deliveries += 1;
                     self.shared.hub.stats.mqtt_dropped_deliveries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     crate::metrics::dropped(crate::metrics::DropReason::MqttSubscriberStalled);
                     return Ok(());
@@ -205,7 +206,7 @@ impl Conn {
                     let Some(id) = self.allocate_pkid() else {
                         return Err(End::NotReading);
                     };
-                    self.inflight.insert(id, Origin::Router(p.pkid));
+                    self.rare().inflight.insert(id, Origin::Router(p.pkid));
                     p.pkid = id;
                 }
                 self.queue(&Packet::Publish(p));
@@ -215,12 +216,12 @@ impl Conn {
             rq::Packet::PubComp(a, _) => self.queue(&Packet::PubComp(a.pkid)),
             rq::Packet::SubAck(a, _) => {
                 let router_codes: Vec<u8> = a.return_codes.iter().map(suback_code).collect();
-                let (ours, plain) = self.pending_subacks.remove(&a.pkid).unwrap_or_default();
+                let (ours, plain) = self.rare().pending_subacks.remove(&a.pkid).unwrap_or_default();
                 // Counted from now on: the router has placed the subscriptions' cursors.
                 for (filter, code) in plain.into_iter().zip(&router_codes) {
-                    if *code != SUBACK_FAILURE && !self.plain_subs.iter().any(|(f, _)| *f == filter) {
+                    if *code != SUBACK_FAILURE && !self.rare().plain_subs.iter().any(|(f, _)| *f == filter) {
                         let lag = self.shared.flow.subscribe(&filter);
-                        self.plain_subs.push((filter, lag));
+                        self.rare().plain_subs.push((filter, lag));
                     }
                 }
                 let mut router_codes = router_codes.into_iter();
@@ -242,8 +243,9 @@ impl Conn {
 
     /// Withdraws plain subscriptions from flow control (all of them when `filters` is `None`).
     pub(super) fn withdraw_plain(&mut self, filters: Option<&[String]>) {
+        let Some(rare) = self.rare.as_deref_mut() else { return };
         let flow = &self.shared.flow;
-        self.plain_subs.retain(|(filter, lag)| {
+        rare.plain_subs.retain(|(filter, lag)| {
             let withdraw = filters.is_none_or(|fs| fs.contains(filter));
             if withdraw {
                 flow.unsubscribe(filter, lag);
@@ -264,7 +266,7 @@ impl Conn {
             .unwrap_or_else(|e| Err(e.to_string()));
         match opened {
             Ok((tx, rx, _connack)) => {
-                self.link = Some((tx, rx));
+                self.link = Some(Box::new((tx, rx)));
                 Ok(())
             }
             Err(e) => {
@@ -286,10 +288,21 @@ fn link_end(taken_over: bool) -> End {
 
 /// The router's next notification, or never when no link is open.
 pub(super) async fn next_from_router(
-    link: &mut Option<(LinkTx, LinkRx)>,
+    link: &mut Option<Box<(LinkTx, LinkRx)>>,
 ) -> Result<Option<Notification>, rumqttd::local::LinkError> {
-    match link {
+    match link.as_deref_mut() {
         Some((_, rx)) => rx.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `next_from_router` for the connection loop's wait: the router's future is boxed, so the state an
+/// idle connection keeps does not grow by it (most connections have no link).
+pub(super) async fn wait_for_router(
+    link: &mut Option<Box<(LinkTx, LinkRx)>>,
+) -> Result<Option<Notification>, rumqttd::local::LinkError> {
+    match link.as_deref_mut() {
+        Some((_, rx)) => Box::pin(rx.next()).await,
         None => std::future::pending().await,
     }
 }
