@@ -181,9 +181,7 @@ impl Conn {
     /// stream or an error is left for the connection loop's next read, which sees it again.
     fn read_ready(&mut self) -> bool {
         use futures_util::FutureExt;
-        if self.rbuf.capacity() - self.rbuf.len() < READ_AHEAD / 2 {
-            self.rbuf.reserve(READ_AHEAD);
-        }
+        self.make_read_room();
         matches!(self.reader.read_buf(&mut self.rbuf).now_or_never(), Some(Ok(n)) if n > 0)
     }
 
@@ -411,9 +409,6 @@ fn is_unavailable(response: &Value) -> bool {
 
 /// Direct publishes one connection queues for the writer before waiting for the first commit.
 const PIPELINED_PUBLISHES: usize = 256;
-
-/// Room made in the read buffer for a burst's read-ahead (`read_ready`).
-const READ_AHEAD: usize = 8 * 1024;
 
 /// A `dh/` publish that is an insert or update (not `dh/request`).
 pub(super) fn is_direct_publish(p: &Publish) -> bool {

@@ -102,6 +102,9 @@ struct Conn {
     /// The client's socket has taken nothing for `[mqtt] stall_ms`: plain QoS 0 publishes for it are
     /// dropped (and counted) instead of holding up their publishers.
     stalled: bool,
+    /// The last read filled the read buffer: the client keeps sending, and the next read gets
+    /// `READ_ROOM`. Otherwise the buffer is let go once empty, and an idle connection keeps none.
+    streaming: bool,
     keepalive: Option<Duration>,
     will: Option<Box<codec::Will>>,
     /// Clean session off: `dh/` subscriptions are stored, and owed commands replayed on reconnect.
@@ -147,6 +150,10 @@ struct Rare {
 
 /// Ready router notifications or hub deliveries handled before one write to the socket.
 const DRAIN_BATCH: usize = 256;
+
+/// Room made in the read buffer for a client that keeps sending (`Conn::streaming`) and for a
+/// burst's read-ahead (`dh`).
+const READ_ROOM: usize = 8 * 1024;
 
 pub type Reader = Box<dyn AsyncRead + Unpin + Send + Sync>;
 pub type Writer = Box<dyn AsyncWrite + Unpin + Send + Sync>;
@@ -235,6 +242,7 @@ async fn open(
         signal,
         next_pkid: 0,
         stalled: false,
+        streaming: false,
         keepalive: (connect.keep_alive > 0).then(|| Duration::from_millis(connect.keep_alive as u64 * 1500)),
         will: connect.will.map(Box::new),
         persistent: !clean,
@@ -260,6 +268,13 @@ impl Conn {
     /// The rarely used state, made on first use.
     fn rare(&mut self) -> &mut Rare {
         self.rare.get_or_insert_with(Default::default)
+    }
+
+    /// At least half of `READ_ROOM` free in the read buffer.
+    fn make_read_room(&mut self) {
+        if self.rbuf.capacity() - self.rbuf.len() < READ_ROOM / 2 {
+            self.rbuf.reserve(READ_ROOM);
+        }
     }
 
     fn queue(&mut self, p: &Packet) {
@@ -422,6 +437,9 @@ impl Conn {
 
     /// Waits for the next thing to do.
     async fn wake(&mut self) -> Wake {
+        if self.streaming {
+            self.make_read_room();
+        }
         let me = self.session.principal.user_id();
         tokio::select! {
             read = self.reader.read_buf(&mut self.rbuf) => Wake::Read(read.map_err(|_| ())),
@@ -453,7 +471,10 @@ impl Conn {
     async fn on_wake(&mut self, wake: Wake) -> Result<(), End> {
         let step = match wake {
             Wake::Read(Ok(0) | Err(())) => Err(End::Network),
-            Wake::Read(Ok(_)) => self.read_packets().await,
+            Wake::Read(Ok(_)) => {
+                self.streaming = self.rbuf.len() == self.rbuf.capacity();
+                self.read_packets().await
+            }
             Wake::Router(Ok(Some(n))) => self.on_router_notification(n).await,
             Wake::Router(Ok(None)) => Ok(()),
             Wake::Router(Err(())) => Err(self.link_failed()),
@@ -473,9 +494,11 @@ impl Conn {
             return Err(end);
         }
         self.flush().await?;
-        // An idle connection keeps no read buffer of its own: the next read takes a small one
-        // (`read_buf` reserves 64 bytes) and a packet larger than that reserves its whole size.
-        if self.rbuf.is_empty() && self.rbuf.capacity() > 64 {
+        // Unless the client keeps sending, the read buffer goes once empty: an idle connection keeps
+        // none, its next read takes a small one (`read_buf` reserves 64 bytes) and a packet larger
+        // than that reserves its whole size. A large packet's buffer goes in any case.
+        let capacity = self.rbuf.capacity();
+        if self.rbuf.is_empty() && (!self.streaming && capacity > 64 || capacity > 4 * READ_ROOM) {
             self.rbuf = BytesMut::new();
         }
         Ok(())
