@@ -18,8 +18,21 @@ pub fn format_ms(ms: i64) -> String {
     }
 }
 
-/// Parses every accepted input form; `None` when the text is not a timestamp.
+/// The earliest and latest instants the wire format writes (years 0000 to 9999): a timestamp outside
+/// them is refused as unparseable, not stored to come back as `+39975-09-29T...`.
+const EARLIEST_MS: i64 = -62_167_219_200_000;
+const LATEST_MS: i64 = 253_402_300_799_999;
+
+fn writable(ms: i64) -> Option<i64> {
+    (EARLIEST_MS..=LATEST_MS).contains(&ms).then_some(ms)
+}
+
+/// Parses every accepted input form; `None` when the text is not a timestamp the hub can write back.
 pub fn parse(text: &str) -> Option<i64> {
+    parse_any(text).and_then(writable)
+}
+
+fn parse_any(text: &str) -> Option<i64> {
     let s = text.trim();
     if s.is_empty() {
         return None;
@@ -64,7 +77,7 @@ pub fn parse_json(value: &serde_json::Value) -> Result<Option<i64>, ApiError> {
         serde_json::Value::Null => Ok(None),
         serde_json::Value::String(s) => parse_input(s).map(Some),
         serde_json::Value::Number(n) => {
-            n.as_i64().map(Some).ok_or_else(|| ApiError::bad_request("Unparseable timestamp"))
+            n.as_i64().and_then(writable).map(Some).ok_or_else(|| ApiError::bad_request("Unparseable timestamp"))
         }
         _ => Err(ApiError::bad_request("Unparseable timestamp")),
     }
@@ -93,5 +106,19 @@ mod tests {
         assert_eq!(parse("1521126265123"), Some(base));
         assert_eq!(parse("nonsense"), None);
         assert_eq!(parse(""), None);
+    }
+
+    #[test]
+    fn only_timestamps_the_wire_format_can_write_are_accepted() {
+        assert_eq!(format_ms(LATEST_MS), "9999-12-31T23:59:59.999");
+        assert_eq!(format_ms(EARLIEST_MS), "0000-01-01T00:00:00.000");
+        assert_eq!(parse("9999-12-31T23:59:59.999"), Some(LATEST_MS));
+        assert_eq!(parse(&LATEST_MS.to_string()), Some(LATEST_MS));
+        assert_eq!(parse(&(LATEST_MS + 1).to_string()), None);
+        assert_eq!(parse(&(EARLIEST_MS - 1).to_string()), None);
+        assert_eq!(parse("1199345373621439"), None);
+        assert!(parse_json(&serde_json::json!(1_199_345_373_621_439_i64)).is_err());
+        assert!(parse_json(&serde_json::json!(i64::MIN)).is_err());
+        assert_eq!(parse_json(&serde_json::json!(1_521_126_265_123_i64)).unwrap(), Some(1_521_126_265_123));
     }
 }

@@ -159,6 +159,10 @@ async fn notifications_insert_get_and_query() {
     hub.post(a, "/device/d1/notification", json!({"notification": "x", "timestamp": "soon"}))
         .await
         .expect_error(400, "Unparseable timestamp");
+    // Epoch milliseconds of the year 39975: not writable as `yyyy-MM-dd...`, so not accepted.
+    hub.post(a, "/device/d1/notification", json!({"notification": "x", "timestamp": 1_199_345_373_621_439_i64}))
+        .await
+        .expect_error(400, "Unparseable timestamp");
     hub.post(a, "/device/d1/notification", json!({"notification": "$device-add"}))
         .await
         .expect_error(403, "It's forbidden to insert these special notifications: $device-update, $device-add.");
