@@ -49,8 +49,6 @@ enum Wake {
     Delivery(Delivery),
     /// A revocation concerning the session's user was announced.
     Revocation,
-    /// The connection's signal was raised, with these reasons.
-    Signal(u32),
     End(End),
 }
 
@@ -105,7 +103,8 @@ struct Conn {
     /// The last read filled the read buffer: the client keeps sending, and the next read gets
     /// `READ_ROOM`. Otherwise the buffer is let go once empty, and an idle connection keeps none.
     streaming: bool,
-    keepalive: Option<Duration>,
+    /// 1.5 × the CONNECT keep alive, in milliseconds; `None` when the client set none.
+    keepalive_ms: Option<u64>,
     will: Option<Box<codec::Will>>,
     /// Clean session off: `dh/` subscriptions are stored, and owed commands replayed on reconnect.
     persistent: bool,
@@ -243,7 +242,7 @@ async fn open(
         next_pkid: 0,
         stalled: false,
         streaming: false,
-        keepalive: (connect.keep_alive > 0).then(|| Duration::from_millis(connect.keep_alive as u64 * 1500)),
+        keepalive_ms: (connect.keep_alive > 0).then(|| connect.keep_alive as u64 * 1500),
         will: connect.will.map(Box::new),
         persistent: !clean,
         held: VecDeque::new(),
@@ -386,7 +385,7 @@ impl Conn {
     /// Its deadlines (keepalive, and for a session still anonymous the time it has to authenticate)
     /// are watched by `sweep` while it waits, not by a timer of its own.
     async fn serve(&mut self) -> End {
-        let keepalive_ms = self.keepalive.map(|k| k.as_millis() as u64);
+        let keepalive_ms = self.keepalive_ms;
         let mut keepalive = keepalive_ms.map(|k| clock_ms() + k);
         let anonymous_secs = self.settings().anonymous_timeout_secs;
         let anonymous_deadline = (anonymous_secs > 0).then(|| clock_ms() + anonymous_secs * 1000);
@@ -411,17 +410,10 @@ impl Conn {
             self.signal.set_deadline(deadline);
             // In a block of its own, so the wake-up is not part of the state kept while it is handled.
             let (read, handling) = {
-                let wake = self.wake().await;
+                let wake = self.wake(keepalive, anonymous).await;
                 // Deadlines count while the connection waits for its client, not while it serves it
                 // (a publish may wait for the database).
                 self.signal.set_deadline(None);
-                let wake = match wake {
-                    Wake::Signal(reasons) => match self.signalled(reasons, keepalive, anonymous) {
-                        Some(end) => Wake::End(end),
-                        None => continue,
-                    },
-                    other => other,
-                };
                 (matches!(wake, Wake::Read(_)), Box::pin(self.on_wake(wake)))
             };
             if let Err(end) = handling.await {
@@ -435,18 +427,24 @@ impl Conn {
         }
     }
 
-    /// Waits for the next thing to do.
-    async fn wake(&mut self) -> Wake {
+    /// Waits for the next thing to do; a raised signal is a wake-up only when it ends the connection
+    /// (a raised deadline that has moved is waited past).
+    async fn wake(&mut self, keepalive: Option<u64>, anonymous: Option<u64>) -> Wake {
         if self.streaming {
             self.make_read_room();
         }
         let me = self.session.principal.user_id();
-        tokio::select! {
-            read = self.reader.read_buf(&mut self.rbuf) => Wake::Read(read.map_err(|_| ())),
-            n = wait_for_router(&mut self.link) => Wake::Router(n.map_err(|_| ())),
-            d = self.session.next_delivery() => Wake::Delivery(d),
-            _ = revocation_of(&mut self.revocations, me) => Wake::Revocation,
-            reasons = self.signal.wait() => Wake::Signal(reasons),
+        loop {
+            return tokio::select! {
+                read = self.reader.read_buf(&mut self.rbuf) => Wake::Read(read.map_err(|_| ())),
+                n = wait_for_router(&mut self.link) => Wake::Router(n.map_err(|_| ())),
+                d = self.session.next_delivery() => Wake::Delivery(d),
+                _ = revocation_of(&mut self.revocations, me) => Wake::Revocation,
+                reasons = self.signal.wait() => match self.signalled(reasons, keepalive, anonymous) {
+                    Some(end) => Wake::End(end),
+                    None => continue,
+                },
+            };
         }
     }
 
@@ -480,7 +478,6 @@ impl Conn {
             Wake::Router(Err(())) => Err(self.link_failed()),
             Wake::Delivery(d) => self.deliver(d).await,
             Wake::Revocation => self.on_revocation().await,
-            Wake::Signal(reasons) => end_of(reasons).map_or(Ok(()), Err),
             Wake::End(end) => Err(end),
         };
         // Take whatever else is ready before writing, so a burst goes out in one write.
@@ -856,7 +853,7 @@ mod tests {
     fn an_idle_connection_waits_in_a_small_state() {
         let run = size_of_output(|(s, t, p): (Arc<MqttShared>, TcpStream, _)| run(s, t, p));
         let conn = std::mem::size_of::<Conn>();
-        let wake = size_of_output(|c: &mut Conn| c.wake());
+        let wake = size_of_output(|c: &mut Conn| c.wake(None, None));
         assert!(conn <= 700, "Conn is {conn} bytes");
         assert!(wake <= 512, "the loop's wait is {wake} bytes");
         assert!(run <= 1_400, "the connection task's state is {run} bytes");
