@@ -18,6 +18,12 @@ impl Hub {
         self.store.mqtt_session_get(client_id).await
     }
 
+    /// Whether `client_id` may have a persistent session stored (`false`: certainly not; see
+    /// `Store::mqtt_session_may_be_persistent`).
+    pub fn mqtt_session_may_be_persistent(&self, client_id: &str) -> bool {
+        self.store.mqtt_session_may_be_persistent(client_id)
+    }
+
     /// Makes `owner` the owner of `client_id`'s session, unless another owner holds it persistent
     /// (one conditional statement: of two racing claims only one wins). `false`: refused.
     pub async fn mqtt_session_claim(&self, client_id: &str, owner: Option<i64>, clean: bool) -> Result<bool> {

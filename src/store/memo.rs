@@ -18,7 +18,7 @@
 //!   statement ran — the statement may still commit on sqlx's worker thread — so changes run in a
 //!   task of their own ([`Store::changing`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::Mutex;
@@ -96,11 +96,20 @@ pub(crate) struct Memos {
     /// User id → the networks assigned to it.
     pub user_networks: Memo<i64, Vec<i64>>,
     pub devices: Memo<String, Device>,
+    /// The client ids that may have a persistent MQTT session stored: every one that has, and some
+    /// that had (see `Store::mqtt_session_may_be_persistent`).
+    pub persistent_sessions: Mutex<HashSet<String>>,
 }
 
 impl Memos {
-    pub fn new() -> Memos {
-        Memos { users: Memo::new(), user_networks: Memo::new(), devices: Memo::new() }
+    /// `persistent_sessions`: the client ids of the persistent sessions stored when the hub starts.
+    pub fn new(persistent_sessions: HashSet<String>) -> Memos {
+        Memos {
+            users: Memo::new(),
+            user_networks: Memo::new(),
+            devices: Memo::new(),
+            persistent_sessions: Mutex::new(persistent_sessions),
+        }
     }
 
     fn forget(&self, what: Changes) {

@@ -115,7 +115,11 @@ impl Store {
             .run(&pool)
             .await
             .map_err(|e| StartupError(format!("migration failed: {e}")))?;
-        Ok(Store { db: Db::Sqlite(pool), memos: Some(std::sync::Arc::new(memo::Memos::new())) })
+        let persistent = mqtt_session::persistent_client_ids(&pool)
+            .await
+            .map_err(|e| StartupError(format!("cannot read the stored MQTT sessions: {e}")))?;
+        let memos = memo::Memos::new(persistent);
+        Ok(Store { db: Db::Sqlite(pool), memos: Some(std::sync::Arc::new(memos)) })
     }
 
     async fn open_postgres(url: &str, settings: &DatabaseSettings) -> Result<Store, StartupError> {

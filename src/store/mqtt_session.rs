@@ -1,5 +1,7 @@
 //! MQTT session records: presence per client id and the stored subscriptions of persistent sessions.
 
+use std::collections::HashSet;
+
 use super::{Sql, Store};
 use crate::error::Result;
 use crate::model::{SessionRecord, StoredSession, StoredSubscription};
@@ -18,7 +20,38 @@ fn owner_of(text: Option<String>) -> Option<Option<i64>> {
     }
 }
 
+/// The client ids of the persistent sessions stored in a SQLite database (read once, at start).
+pub(super) async fn persistent_client_ids(pool: &sqlx::SqlitePool) -> sqlx::Result<HashSet<String>> {
+    let ids: Vec<String> =
+        sqlx::query_scalar("SELECT client_id FROM mqtt_session WHERE clean = FALSE").fetch_all(pool).await?;
+    Ok(ids.into_iter().collect())
+}
+
 impl Store {
+    /// Whether `client_id` may have a persistent session stored; `false` means it has none, so a
+    /// clean session connecting with it need not read its record (a connect storm of clean
+    /// sessions reads nothing).
+    ///
+    /// On SQLite this hub is the only writer of the database, and it knows every client id it ever
+    /// stored persistent: the ones stored at start and the ones it makes persistent since, noted
+    /// before the statement that does it, so a connection that checks meanwhile reads the record.
+    /// A client id that turns clean again stays noted (it costs a read, never a wrong answer). On
+    /// PostgreSQL other instances store sessions too: always `true`.
+    pub fn mqtt_session_may_be_persistent(&self, client_id: &str) -> bool {
+        let Some(memos) = &self.memos else { return true };
+        memos.persistent_sessions.lock().unwrap_or_else(|e| e.into_inner()).contains(client_id)
+    }
+
+    /// Notes `client_id` as possibly persistent (before a statement that may make it so).
+    fn note_persistent(&self, client_id: &str) {
+        if let Some(memos) = &self.memos {
+            let mut ids = memos.persistent_sessions.lock().unwrap_or_else(|e| e.into_inner());
+            if !ids.contains(client_id) {
+                ids.insert(client_id.to_string());
+            }
+        }
+    }
+
     /// The stored session of `client_id`, if any.
     pub async fn mqtt_session_get(&self, client_id: &str) -> Result<Option<StoredSession>> {
         let sql = Sql::new("SELECT clean, owner, connected, user_id, node_id FROM mqtt_session WHERE client_id = $1")
@@ -35,6 +68,9 @@ impl Store {
     /// Makes `owner` the owner of `client_id`'s session, unless another owner holds it persistent.
     /// One statement, so two connections racing for a client id cannot both win. `false`: refused.
     pub async fn mqtt_session_claim(&self, client_id: &str, owner: Option<i64>, clean: bool) -> Result<bool> {
+        if !clean {
+            self.note_persistent(client_id);
+        }
         let sql = Sql::new(
             "INSERT INTO mqtt_session (client_id, user_id, clean, owner) VALUES ($1, $2, $3, $4) \
              ON CONFLICT(client_id) DO UPDATE SET owner = excluded.owner, clean = excluded.clean \
@@ -71,6 +107,9 @@ impl Store {
         for r in records {
             match r {
                 SessionRecord::Connected { client_id, user_id, clean, at } => {
+                    if !clean {
+                        self.note_persistent(client_id);
+                    }
                     let sql = Sql::new(
                         "INSERT INTO mqtt_session (client_id, user_id, clean, connected, connected_at, node_id) \
                          VALUES ($1, $2, $3, TRUE, $4, $5) ON CONFLICT(client_id) DO UPDATE SET \

@@ -490,6 +490,14 @@ async fn another_user_or_anonymous_cannot_take_over_a_session() {
     got.extend(again.commands(Duration::from_millis(800)).await);
     assert_eq!(got, ["owed", "after-takeover"]);
     again.disconnect().await;
+
+    // After a restart the stored session is still the owner's: a hub that starts knows which client
+    // ids are stored persistent, so a clean session of another user is not let in unread.
+    let hub = hub.restart().await;
+    intruders_are_refused(&hub, "dev-own").await;
+    let (d, present) = connect(opts_as(&hub, "dev-own", false, OWNER)).await;
+    assert!(present, "the owner's session survives the restart and the refusals");
+    d.disconnect().await;
 }
 
 /// The presence notifications of one device, with what it published, ordered by (timestamp, id) —

@@ -147,7 +147,8 @@ fn may_use(owner: Option<Option<i64>>, by: Option<i64>) -> bool {
 /// Takes the client id for this connection, taking over a live connection of the same user (MQTT
 /// 3.1.1 §3.1.4). A session belongs to the user who created it: when another user (or anonymous, or
 /// a user when anonymous owns it) holds it live or stored persistent, the CONNECT is refused with
-/// the CONNACK code returned and nothing changes. Otherwise returns the stored record as it was.
+/// the CONNACK code returned and nothing changes. Otherwise returns the stored record as it was
+/// (`None` for a clean session whose client id cannot have a persistent one: it is not read).
 async fn claim_session(
     shared: &MqttShared,
     client_id: &str,
@@ -157,7 +158,13 @@ async fn claim_session(
     signal: Arc<Signal>,
 ) -> Result<Option<StoredSession>, u8> {
     let hub = &shared.hub;
-    let stored = hub.mqtt_session(client_id).await.map_err(|_| connack::SERVER_UNAVAILABLE)?;
+    // A clean session only needs the record when a persistent one may stand in its way; a client
+    // id that never had one is not read (the common case, and a connect storm's).
+    let stored = if clean && !hub.mqtt_session_may_be_persistent(client_id) {
+        None
+    } else {
+        hub.mqtt_session(client_id).await.map_err(|_| connack::SERVER_UNAVAILABLE)?
+    };
     if stored.as_ref().is_some_and(|s| !s.clean && !may_use(s.owner, owner)) {
         return Err(connack::NOT_AUTHORIZED);
     }
