@@ -37,7 +37,7 @@ impl Hub {
 
     /// Writes presence changes of many sessions of this instance in one transaction, in order; per
     /// record, whether it applied (see `Store::mqtt_session_records`).
-    pub async fn mqtt_session_records(&self, records: &[SessionRecord]) -> Result<Vec<bool>> {
+    pub async fn mqtt_session_records(&self, records: Vec<SessionRecord>) -> Result<Vec<bool>> {
         self.store.mqtt_session_records(&self.cluster.node_id, records).await
     }
 

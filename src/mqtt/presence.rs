@@ -69,11 +69,12 @@ async fn run(hub: Arc<Hub>, mut rx: mpsc::UnboundedReceiver<Job>) {
         let records: Vec<SessionRecord> = batch.iter().map(|(e, _)| e.record.clone()).collect();
         // A disconnect that did not apply — the client id connected on another instance since, or the
         // session was marked lost — is not announced: the device is not disconnected.
-        let applied = match hub.mqtt_session_records(&records).await {
+        let count = records.len();
+        let applied = match hub.mqtt_session_records(records).await {
             Ok(applied) => applied,
             Err(e) => {
-                tracing::warn!(error = %e, sessions = records.len(), "cannot record MQTT presence");
-                vec![true; records.len()]
+                tracing::warn!(error = %e, sessions = count, "cannot record MQTT presence");
+                vec![true; count]
             }
         };
         // Per client in order (connected before disconnected); different clients side by side, so the

@@ -50,6 +50,9 @@ pub struct Store {
     pub(crate) db: Db,
     /// Memos of user and device lookups (SQLite only; see `memo.rs`).
     memos: Option<std::sync::Arc<memo::Memos>>,
+    /// The connection that writes MQTT presence records (SQLite only; see
+    /// `Store::mqtt_session_records`).
+    presence: Option<std::sync::Arc<std::sync::Mutex<sqlite_batch::SqliteBatch>>>,
 }
 
 /// The accepted database URL forms, for error messages.
@@ -119,7 +122,11 @@ impl Store {
             .await
             .map_err(|e| StartupError(format!("cannot read the stored MQTT sessions: {e}")))?;
         let memos = memo::Memos::new(persistent);
-        Ok(Store { db: Db::Sqlite(pool), memos: Some(std::sync::Arc::new(memos)) })
+        let presence = sqlite_batch::SqliteBatch::open_sqlite(&pool)
+            .await
+            .map_err(|e| StartupError(format!("cannot open {path}: {e}")))?;
+        let presence = Some(std::sync::Arc::new(std::sync::Mutex::new(presence)));
+        Ok(Store { db: Db::Sqlite(pool), memos: Some(std::sync::Arc::new(memos)), presence })
     }
 
     async fn open_postgres(url: &str, settings: &DatabaseSettings) -> Result<Store, StartupError> {
@@ -144,7 +151,7 @@ impl Store {
             .run(&pool)
             .await
             .map_err(|e| StartupError(format!("migration failed: {e}")))?;
-        Ok(Store { db: Db::Postgres(breaker::Pg::new(pool)), memos: None })
+        Ok(Store { db: Db::Postgres(breaker::Pg::new(pool)), memos: None, presence: None })
     }
 
     pub fn backend(&self) -> Backend {

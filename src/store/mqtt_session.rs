@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use super::{Sql, Store};
-use crate::error::Result;
+use crate::error::{ApiError, Result};
 use crate::model::{SessionRecord, StoredSession, StoredSubscription};
 
 /// The `owner` column: the user id, or `anonymous`.
@@ -19,6 +19,19 @@ fn owner_of(text: Option<String>) -> Option<Option<i64>> {
         Some(other) => Some(Some(other.parse().unwrap_or(i64::MIN))),
     }
 }
+
+/// A session connected on node `$5` (parameters: client id, user id, clean, at, node id).
+pub(super) const RECORD_CONNECTED: &str =
+    "INSERT INTO mqtt_session (client_id, user_id, clean, connected, connected_at, node_id) \
+     VALUES ($1, $2, $3, TRUE, $4, $5) ON CONFLICT(client_id) DO UPDATE SET \
+     user_id = excluded.user_id, clean = excluded.clean, connected = TRUE, \
+     connected_at = excluded.connected_at, node_id = excluded.node_id";
+
+/// A session of node `$4` disconnected, unless it connected elsewhere since (parameters: at, reason,
+/// client id, node id).
+pub(super) const RECORD_DISCONNECTED: &str =
+    "UPDATE mqtt_session SET connected = FALSE, disconnected_at = $1, disconnect_reason = $2 \
+     WHERE client_id = $3 AND connected = TRUE AND node_id = $4";
 
 /// The client ids of the persistent sessions stored in a SQLite database (read once, at start).
 pub(super) async fn persistent_client_ids(pool: &sqlx::SqlitePool) -> sqlx::Result<HashSet<String>> {
@@ -101,40 +114,37 @@ impl Store {
     /// The transaction starts with a write, so it takes the write lock up front instead of failing to
     /// upgrade a read. Returns, per record, whether it changed the record: a disconnect does not when
     /// the session has meanwhile connected on another instance (or was marked lost).
-    pub async fn mqtt_session_records(&self, node_id: &str, records: &[SessionRecord]) -> Result<Vec<bool>> {
+    ///
+    /// On SQLite the batch runs on a connection of its own in one blocking step (`sqlite_batch.rs`):
+    /// through sqlx every statement of it was a hand-off to sqlx's worker thread and back, most of the
+    /// database's share of a connect storm.
+    pub async fn mqtt_session_records(&self, node_id: &str, records: Vec<SessionRecord>) -> Result<Vec<bool>> {
+        for r in &records {
+            if let SessionRecord::Connected { client_id, clean: false, .. } = r {
+                self.note_persistent(client_id);
+            }
+        }
+        if let Some(direct) = &self.presence {
+            let direct = direct.clone();
+            let node_id = node_id.to_string();
+            let write = move || direct.lock().unwrap_or_else(|e| e.into_inner()).session_records(&node_id, &records);
+            return tokio::task::spawn_blocking(write).await.unwrap_or_else(|_| Err(ApiError::internal()));
+        }
         let mut tx = self.db.begin().await?;
         let mut applied = Vec::with_capacity(records.len());
-        for r in records {
-            match r {
-                SessionRecord::Connected { client_id, user_id, clean, at } => {
-                    if !clean {
-                        self.note_persistent(client_id);
-                    }
-                    let sql = Sql::new(
-                        "INSERT INTO mqtt_session (client_id, user_id, clean, connected, connected_at, node_id) \
-                         VALUES ($1, $2, $3, TRUE, $4, $5) ON CONFLICT(client_id) DO UPDATE SET \
-                         user_id = excluded.user_id, clean = excluded.clean, connected = TRUE, \
-                         connected_at = excluded.connected_at, node_id = excluded.node_id",
-                    )
+        for r in &records {
+            let sql = match r {
+                SessionRecord::Connected { client_id, user_id, clean, at } => Sql::new(RECORD_CONNECTED)
                     .bind(client_id.as_str())
                     .bind(*user_id)
                     .bind(*clean)
                     .bind(*at)
-                    .bind(node_id);
-                    applied.push(tx.execute(sql).await? > 0);
-                }
+                    .bind(node_id),
                 SessionRecord::Disconnected { client_id, at, reason } => {
-                    let sql = Sql::new(
-                        "UPDATE mqtt_session SET connected = FALSE, disconnected_at = $1, disconnect_reason = $2 \
-                         WHERE client_id = $3 AND connected = TRUE AND node_id = $4",
-                    )
-                    .bind(*at)
-                    .bind(*reason)
-                    .bind(client_id.as_str())
-                    .bind(node_id);
-                    applied.push(tx.execute(sql).await? > 0);
+                    Sql::new(RECORD_DISCONNECTED).bind(*at).bind(*reason).bind(client_id.as_str()).bind(node_id)
                 }
-            }
+            };
+            applied.push(tx.execute(sql).await? > 0);
         }
         tx.commit().await?;
         Ok(applied)

@@ -8,7 +8,8 @@
 //! the writer spent 97 % of its time committing (mqtt-fleet bench), while SQLite itself inserts a row
 //! in a few microseconds. Here a batch is a few hundred microseconds of SQLite work and nothing else.
 //!
-//! Every other statement still goes through sqlx's pool; SQLite serialises the writers of its file
+//! The presence records of MQTT sessions (`Store::mqtt_session_records`) take the same path on a
+//! connection of their own, for the same reason. Every other statement still goes through sqlx's pool; SQLite serialises the writers of its file
 //! (`busy_timeout` on both sides), and WAL lets readers go on meanwhile.
 
 use std::sync::Arc;
@@ -17,10 +18,12 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::command::{self, CommandUpdate, NewCommand};
+use super::mqtt_session;
 use super::notification::{self, NewNotification};
 use super::writer::{JsonColumns, WriteOp, Written};
 use super::{Db, Row, Store};
 use crate::error::{ApiError, Result};
+use crate::model::SessionRecord;
 
 /// As long as the pool's connections wait for a lock (`store/mod.rs`).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -38,7 +41,7 @@ impl SqliteBatch {
         Some(Self::open_sqlite(pool).await)
     }
 
-    async fn open_sqlite(pool: &sqlx::SqlitePool) -> Result<SqliteBatch> {
+    pub(crate) async fn open_sqlite(pool: &sqlx::SqlitePool) -> Result<SqliteBatch> {
         // The pool's connections were opened with `[database] synchronous`; the writer's commits are
         // the ones it is about, so the writer copies it from them.
         let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous").fetch_one(pool).await?;
@@ -68,6 +71,26 @@ impl SqliteBatch {
             return fail_all(e.into());
         }
         results
+    }
+
+    /// Writes presence changes of sessions on node `node_id` in one transaction, in order (see
+    /// `Store::mqtt_session_records`); per record, whether it changed the record.
+    pub(crate) fn session_records(&mut self, node_id: &str, records: &[SessionRecord]) -> Result<Vec<bool>> {
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut applied = Vec::with_capacity(records.len());
+        for r in records {
+            let changed = match r {
+                SessionRecord::Connected { client_id, user_id, clean, at } => tx
+                    .prepare_cached(mqtt_session::RECORD_CONNECTED)?
+                    .execute(params![client_id, user_id, clean, at, node_id])?,
+                SessionRecord::Disconnected { client_id, at, reason } => tx
+                    .prepare_cached(mqtt_session::RECORD_DISCONNECTED)?
+                    .execute(params![at, reason, client_id, node_id])?,
+            };
+            applied.push(changed > 0);
+        }
+        tx.commit()?;
+        Ok(applied)
     }
 
     fn apply(&self, op: WriteOp, json: JsonColumns, ts: i64) -> Result<Written> {
