@@ -171,20 +171,29 @@ impl PlainFlow {
     /// them has no room.
     pub async fn admit(&self, topic: &str, size: usize) -> Admitted {
         loop {
-            let lags = self.matching(topic);
-            let mut blocked = None;
-            for (i, lag) in lags.iter().enumerate() {
-                if !lag.try_reserve(size, self.cap) {
-                    blocked = Some(i);
-                    break;
-                }
+            match self.try_reserve(topic, size) {
+                Ok(admitted) => return admitted,
+                Err(full) => full.room_for(size, self.cap).await,
             }
-            let Some(i) = blocked else { return Admitted { lags, size } };
-            for lag in &lags[..i] {
-                lag.release(size);
-            }
-            lags[i].room_for(size, self.cap).await;
         }
+    }
+
+    /// `admit` when every matching subscription has room now; `None` when the publish must wait.
+    pub fn try_admit(&self, topic: &str, size: usize) -> Option<Admitted> {
+        self.try_reserve(topic, size).ok()
+    }
+
+    /// Counts the publish for every matching subscription, or for none and returns the first
+    /// without room.
+    fn try_reserve(&self, topic: &str, size: usize) -> Result<Admitted, Arc<Lag>> {
+        let lags = self.matching(topic);
+        let Some(i) = lags.iter().position(|lag| !lag.try_reserve(size, self.cap)) else {
+            return Ok(Admitted { lags, size });
+        };
+        for lag in &lags[..i] {
+            lag.release(size);
+        }
+        Err(lags[i].clone())
     }
 
     fn matching(&self, topic: &str) -> Vec<Arc<Lag>> {

@@ -299,8 +299,15 @@ impl Session {
         if self.assigned.as_ref().is_some_and(|(e, _)| *e == epoch) {
             return;
         }
+        // Boxed: a read is rare (after an assignment changed), and its state would otherwise be part
+        // of every delivery's.
+        let user_id = user.id;
+        Box::pin(self.reload_visibility(user_id, epoch)).await;
+    }
+
+    async fn reload_visibility(&mut self, user_id: i64, epoch: u64) {
         // On a read error keep the previous set rather than widen or drop it.
-        if let Ok(ids) = self.hub.store.user_network_ids(user.id).await {
+        if let Ok(ids) = self.hub.store.user_network_ids(user_id).await {
             self.assigned = Some((epoch, ids.into_iter().collect()));
         }
     }

@@ -73,19 +73,27 @@ impl Conn {
     /// Waits first until every online matching subscriber has room for it (`flow`): meanwhile this
     /// connection reads nothing more from its client, and the router's PUBACK is not sent.
     pub(super) async fn route_plain(&mut self, p: &Publish) -> Result<(), End> {
-        let admitted = self.admit_plain(&p.topic, log_size(p.topic.len(), p.payload.len())).await?;
+        let size = log_size(p.topic.len(), p.payload.len());
+        // Boxed, so waiting (rare) is not part of every publish's state.
+        let admitted = match self.shared.flow.try_admit(&p.topic, size) {
+            Some(admitted) => admitted,
+            None => Box::pin(self.admit_plain(&p.topic, size)).await?,
+        };
         if let Err(end) = self.send_to_router(rq::Packet::Publish(to_router(p), None)).await {
             admitted.release();
             return Err(end);
         }
         if let Some(relay) = &self.shared.relay {
-            relay.relay(p).await;
+            Box::pin(relay.relay(p)).await;
         }
         Ok(())
     }
 
     pub(super) async fn send_to_router(&mut self, p: rq::Packet) -> Result<(), End> {
-        self.open_link().await?;
+        if self.link.is_none() {
+            // Boxed: once per connection, and not part of every publish's state.
+            Box::pin(self.open_link()).await?;
+        }
         let Some((tx, _)) = self.link.as_deref_mut() else { return Err(self.link_failed()) };
         match tx.send(p).await {
             Ok(_) => Ok(()),
@@ -186,7 +194,7 @@ impl Conn {
             None => {
                 // Unschedule: the router waits for us to ask for more.
                 if let Some((_, rx)) = self.link.as_deref() {
-                    if rx.wake().await.is_err() {
+                    if Box::pin(rx.wake()).await.is_err() {
                         return Err(self.link_failed());
                     }
                 }
