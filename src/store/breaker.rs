@@ -32,6 +32,8 @@ pub(crate) struct Pg {
 struct Breaker {
     open: AtomicBool,
     probing: AtomicBool,
+    /// A connection is being opened for the next probe (`reconnect_in_background`).
+    reconnecting: AtomicBool,
     /// Wakes the statements waiting for a probe's outcome.
     probed: Notify,
 }
@@ -70,10 +72,30 @@ impl Pg {
             return r;
         }
         let r = tokio::time::timeout(PROBE_DEADLINE, op).await.unwrap_or(Err(sqlx::Error::PoolTimedOut));
+        if r.is_err() {
+            self.reconnect_in_background();
+        }
         self.observe(&r);
         b.probing.store(false, Ordering::Release);
         b.probed.notify_waiters();
         r
+    }
+
+    /// Opens a pool connection for the next probe, without the probe's deadline: on a busy machine
+    /// a connection to a server that is back can take longer than `PROBE_DEADLINE` to open, and a
+    /// probe cut off at its deadline drops its half-made connection — every probe would, and the
+    /// breaker would stay open as long as the load lasts. The connection opened here goes back to
+    /// the pool idle, where the next probe finds it. One at a time; bounded by the pool's acquire
+    /// timeout.
+    fn reconnect_in_background(&self) {
+        if self.breaker.reconnecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (pool, breaker) = (self.pool.clone(), self.breaker.clone());
+        tokio::spawn(async move {
+            drop(pool.acquire().await);
+            breaker.reconnecting.store(false, Ordering::Release);
+        });
     }
 
     fn observe<T>(&self, r: &Result<T, sqlx::Error>) {
