@@ -4,7 +4,9 @@
 //! time probes the server (with a 1 s deadline) and the others wait for that probe's outcome — 503
 //! if it failed, their own try if it succeeded (so nobody is refused in the moment the server is
 //! back). The first statement that succeeds closes the breaker, so the hub resumes by itself; the
-//! commit tail reads every 200 ms while failing, so it keeps probing even when no client asks.
+//! commit tail reads every 200 ms while failing, so it keeps probing even when no client asks. A
+//! failed probe also opens a connection in the background, without the probe's deadline, so that
+//! a slow connect on a busy machine is not cut off by every probe in turn.
 //!
 //! A pool that is merely busy (all connections in use, the acquire timeout passed) does not open the
 //! breaker: that is load, not an outage, and failing fast would turn a queue into errors.
