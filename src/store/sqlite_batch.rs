@@ -9,8 +9,9 @@
 //! in a few microseconds. Here a batch is a few hundred microseconds of SQLite work and nothing else.
 //!
 //! The presence records of MQTT sessions (`Store::mqtt_session_records`) take the same path on a
-//! connection of their own, for the same reason. Every other statement still goes through sqlx's pool; SQLite serialises the writers of its file
-//! (`busy_timeout` on both sides), and WAL lets readers go on meanwhile.
+//! connection of their own, for the same reason. Every other statement still goes through sqlx's
+//! pool; SQLite serialises the writers of its file (`busy_timeout` on both sides), and WAL lets
+//! readers go on meanwhile.
 
 use std::sync::Arc;
 use std::time::Duration;
