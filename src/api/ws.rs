@@ -1,10 +1,13 @@
 //! The WebSocket transport (§12): authenticates, decodes, dispatches to the shared action table and
-//! writes. Each session has a reader loop and a writer task joined by a bounded queue; a client that
-//! stops reading fills it and is disconnected with a logged reason instead of growing the hub's memory.
-//! Pings keep idle sessions alive and detect dead peers.
+//! writes. Each session is one task that reads requests, answers them and writes its pushes itself (a
+//! push costs one wake-up and one socket write). A client that stops reading holds up only its own
+//! session: its deliveries wait in the session's bounded delivery queue, and when that overflows or a
+//! write finds no room for `send_timeout_secs`, it is disconnected with a logged reason instead of
+//! growing the hub's memory. Pings keep idle sessions alive and detect dead peers.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::future::{poll_fn, Future};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -13,13 +16,12 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::{SendTimeoutError, TrySendError};
 use tokio::time::Instant;
 
-use crate::hub::dispatch::{self as actions, revocation_of, Session};
+use crate::hub::dispatch::{self as actions, RevocationWatch, Session};
 use crate::hub::signal::Signal;
 use crate::hub::Hub;
+use crate::net::gate::Gate;
 use crate::net::http::Peer;
 
 pub async fn upgrade(
@@ -49,71 +51,74 @@ pub async fn upgrade(
 /// The WebSocket library's read buffer per session (see `upgrade`).
 const READ_BUFFER_BYTES: usize = 8 * 1024;
 
-/// Hands a session's outgoing messages to its writer task, counting the bytes queued.
+/// Writes a session's outgoing messages to its socket, in the session's own task: a push costs one
+/// wake-up and one socket write, with no queue or second task between the session and its socket.
+/// A client that does not read holds up only its own session: its further deliveries wait in the
+/// session's bounded delivery queue meanwhile.
 struct Outbox<'a> {
-    tx: &'a mpsc::Sender<Message>,
-    /// Bytes of text queued for the writer and not yet written to the socket.
-    queued: &'a AtomicUsize,
-    /// The most bytes that may be queued before the client counts as not reading.
-    max_queued: usize,
     /// Raised by the bus when the session's delivery queue overflowed (deliveries were dropped).
     overflow: &'a Signal,
     hub: &'a Hub,
-    /// How long a full queue may stay full before the client counts as not reading.
+    /// How long one message may wait for room in the socket before the client counts as not reading.
     grace: Duration,
 }
 
 impl Outbox<'_> {
-    /// Queues `texts` in order. A full queue is not yet a verdict: a reading client drains it while
-    /// a burst larger than the queue (a history replay, a multi-row commit) is handed over. The
-    /// client counts as not reading when the queue stays full (in messages or bytes) for `grace`, or
-    /// when its delivery queue overflows meanwhile — deliveries were then dropped and the session
-    /// cannot go on without a gap.
-    async fn send_all(&self, texts: Vec<String>) -> Result<(), End> {
-        for text in texts {
-            let len = text.len();
-            if self.queued.load(Ordering::Acquire) + len > self.max_queued {
-                self.wait_for_room(len).await?;
+    /// Writes `texts` in order and flushes once: one syscall for a burst. A full socket is not yet a
+    /// verdict: a reading client drains it while a burst larger than the buffers (a history replay, a
+    /// multi-row commit) is written. The client counts as not reading when one message waits for room
+    /// for `grace`, or when its delivery queue overflows meanwhile — deliveries were then dropped and
+    /// the session cannot go on without a gap.
+    async fn send_all(&self, ws: &mut WebSocket, texts: Vec<String>) -> Result<(), End> {
+        let mut messages = texts.into_iter().map(|t| Message::Text(Utf8Bytes::from(t)));
+        let Some(first) = messages.next() else { return Ok(()) };
+        // Most pushes go out without waiting: no timer is armed for them.
+        let mut pending = Some(first);
+        while let Some(msg) = pending.take() {
+            let mut feed = ws.feed(msg);
+            match futures_util::FutureExt::now_or_never(&mut feed) {
+                Some(Ok(())) => {}
+                Some(Err(_)) => return Err(End::ClientClosed),
+                None => self.wait(feed).await?,
             }
-            self.queued.fetch_add(len, Ordering::AcqRel);
-            let msg = Message::Text(Utf8Bytes::from(text));
-            let msg = match self.tx.try_send(msg) {
-                Ok(()) => continue,
-                Err(TrySendError::Closed(_)) => return Err(End::ClientClosed),
-                Err(TrySendError::Full(msg)) => msg,
-            };
-            tokio::select! {
-                sent = self.tx.send_timeout(msg, self.grace) => match sent {
-                    Ok(()) => {}
-                    Err(SendTimeoutError::Timeout(_)) => return Err(End::NotReading),
-                    Err(SendTimeoutError::Closed(_)) => return Err(End::ClientClosed),
-                },
-                _ = self.overflow.wait() => return Err(End::NotReading),
-                _ = self.hub.shutting_down() => return Err(End::Shutdown),
-            }
+            pending = messages.next();
         }
-        Ok(())
+        let mut flush = ws.flush();
+        match futures_util::FutureExt::now_or_never(&mut flush) {
+            Some(Ok(())) => Ok(()),
+            Some(Err(_)) => Err(End::ClientClosed),
+            None => self.wait(flush).await,
+        }
     }
 
-    /// Waits (at most `grace`) until the writer has drained enough queued bytes for `len` more. A
-    /// message larger than the whole budget goes out once the queue is empty.
-    async fn wait_for_room(&self, len: usize) -> Result<(), End> {
-        let deadline = Instant::now() + self.grace;
-        loop {
-            let queued = self.queued.load(Ordering::Acquire);
-            if queued == 0 || queued + len <= self.max_queued {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(End::NotReading);
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
-                _ = self.overflow.wait() => return Err(End::NotReading),
-                _ = self.hub.shutting_down() => return Err(End::Shutdown),
-            }
+    /// Sends a ping (the peer's liveness is judged by what it sends back).
+    async fn ping(&self, ws: &mut WebSocket) -> Result<(), End> {
+        self.wait(ws.send(Message::Ping(Default::default()))).await
+    }
+
+    /// Waits for a write that found the socket full, at most `grace`.
+    async fn wait(&self, write: impl std::future::Future<Output = Result<(), axum::Error>>) -> Result<(), End> {
+        tokio::select! {
+            written = tokio::time::timeout(self.grace, write) => match written {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(End::ClientClosed),
+                Err(_) => Err(End::NotReading),
+            },
+            _ = self.overflow.wait() => Err(End::NotReading),
+            _ = self.hub.shutting_down() => Err(End::Shutdown),
         }
     }
+}
+
+/// What woke a session besides its socket and its deliveries.
+enum Rare {
+    /// The bus dropped deliveries: the session's queue was full.
+    Overflow,
+    Shutdown,
+    /// The session's user may have lost rights.
+    Revocation,
+    /// Time to ping, and to check the client was heard from.
+    Liveness,
 }
 
 /// Why a session ended: the log line and the close frame the client gets.
@@ -150,123 +155,50 @@ fn is_too_big(e: axum::Error) -> bool {
     matches!(e.into_inner().downcast_ref::<tungstenite::Error>(), Some(tungstenite::Error::Capacity(_)))
 }
 
-/// How the writer ends: the close frame to send (`None` after the client's own close, whose echo
-/// the library has queued), and whether what is still queued goes out first.
-struct Closing {
-    frame: Option<CloseFrame>,
-    drain: bool,
-}
-
-/// The writer task: writes queued messages (a burst in one flush) and pings; on `close` — also while
-/// a write is blocked on a client that does not read — it writes what is still queued when asked to,
-/// then the close frame, and ends.
-async fn write_loop(
-    mut ws_tx: futures_util::stream::SplitSink<WebSocket, Message>,
-    mut out_rx: mpsc::Receiver<Message>,
-    mut close: tokio::sync::oneshot::Receiver<Closing>,
-    queued: Arc<AtomicUsize>,
-    ping_every: Duration,
-) {
-    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-    loop {
-        let msg = tokio::select! {
-            biased;
-            closing = &mut close => return finish(ws_tx, out_rx, closing.ok()).await,
-            m = out_rx.recv() => match m { Some(m) => m, None => return },
-            _ = ping.tick() => Message::Ping(Default::default()),
-        };
-        let burst = write_burst(&mut ws_tx, &mut out_rx, msg, &queued);
-        let ok = tokio::select! {
-            biased;
-            closing = &mut close => return finish(ws_tx, out_rx, closing.ok()).await,
-            ok = burst => ok,
-        };
-        if !ok {
-            return;
-        }
-    }
-}
-
-/// Writes `first` and everything already queued, then flushes once: one syscall for a burst.
-async fn write_burst(
-    ws_tx: &mut futures_util::stream::SplitSink<WebSocket, Message>,
-    out_rx: &mut mpsc::Receiver<Message>,
-    first: Message,
-    queued: &AtomicUsize,
-) -> bool {
-    let written = |m: &Message| {
-        if let Message::Text(t) = m {
-            queued.fetch_sub(t.len(), Ordering::AcqRel);
-        }
-    };
-    written(&first);
-    if ws_tx.feed(first).await.is_err() {
-        return false;
-    }
-    while let Ok(more) = out_rx.try_recv() {
-        written(&more);
-        if ws_tx.feed(more).await.is_err() {
-            return false;
-        }
-    }
-    ws_tx.flush().await.is_ok()
-}
-
-/// How long the end of a session may take: what is owed, then the close frame. A client that does not
-/// read gets its close frame only if it reads again within this time; its session is gone already.
+/// How long the end of a session may take: the close frame after what is owed. A client that does
+/// not read gets its close frame only if it reads again within this time; its session is gone already.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The end of a session's writing, bounded in time: a client that does not read gets nothing more.
-async fn finish(
-    mut ws_tx: futures_util::stream::SplitSink<WebSocket, Message>,
-    mut out_rx: mpsc::Receiver<Message>,
-    closing: Option<Closing>,
-) {
-    let Some(closing) = closing else { return };
-    let _ = tokio::time::timeout(FINISH_TIMEOUT, async {
-        while let (true, Ok(m)) = (closing.drain, out_rx.try_recv()) {
-            if ws_tx.feed(m).await.is_err() {
-                return;
-            }
-        }
-        // After a client's close frame the library has queued its echo; flushing sends it.
-        if let Some(frame) = closing.frame {
-            let _ = ws_tx.feed(Message::Close(Some(frame))).await;
-        }
-        let _ = ws_tx.flush().await;
-    })
-    .await;
-}
-
-async fn run_session(hub: Arc<Hub>, socket: WebSocket, host: String, peer: Option<std::net::IpAddr>) {
+async fn run_session(hub: Arc<Hub>, mut ws: WebSocket, host: String, peer: Option<std::net::IpAddr>) {
     let settings = hub.settings.websocket.clone();
     let ping_every = Duration::from_secs(settings.ping_interval_secs.max(1));
-    let (ws_tx, mut ws_rx) = socket.split();
-    let (out_tx, out_rx) = mpsc::channel::<Message>(settings.queue_capacity.max(16));
-    let (close_tx, close_rx) = tokio::sync::oneshot::channel();
-    let queued = Arc::new(AtomicUsize::new(0));
-    let mut writer = tokio::spawn(write_loop(ws_tx, out_rx, close_rx, queued.clone(), ping_every));
-
     let overflow = Arc::new(Signal::new());
     let mut session = Session::new(hub.clone(), host, settings.queue_capacity, overflow.clone());
     session.peer = peer;
     let _open = crate::metrics::connection_opened(crate::metrics::Transport::WebSocket);
-    let mut revocations = hub.revocations();
+    // Registered once for the session, not on every wake-up: the shutdown and revocation channels are
+    // shared by every session, and a registration takes their lock.
+    let mut revocations = RevocationWatch::new(hub.revocations());
+    let shutdown = hub.shutting_down();
+    tokio::pin!(shutdown);
+    let overflowed = overflow.wait();
+    tokio::pin!(overflowed);
     let mut last_heard = Instant::now();
-    let mut liveness = tokio::time::interval(ping_every);
-    let out = Outbox {
-        tx: &out_tx,
-        queued: &queued,
-        max_queued: settings.max_queue_bytes.max(settings.max_message_bytes),
-        overflow: &overflow,
-        hub: &hub,
-        grace: Duration::from_secs(settings.send_timeout_secs.max(1)),
-    };
+    let mut liveness = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+    let out = Outbox { overflow: &overflow, hub: &hub, grace: Duration::from_secs(settings.send_timeout_secs.max(1)) };
+    // A push wakes the session for its delivery alone: the socket's read side and the rare events
+    // are polled only when their own wakers fired (see `net::gate`).
+    let (read_gate, rare_gate) = (Gate::new(), Gate::new());
 
     let end = loop {
         let me = session.principal.user_id();
+        let rare = poll_fn(|cx| {
+            rare_gate.poll(cx, |cx| {
+                if overflowed.as_mut().poll(cx).is_ready() {
+                    Poll::Ready(Rare::Overflow)
+                } else if shutdown.as_mut().poll(cx).is_ready() {
+                    Poll::Ready(Rare::Shutdown)
+                } else if revocations.poll_of(cx, me).is_ready() {
+                    Poll::Ready(Rare::Revocation)
+                } else if liveness.poll_tick(cx).is_ready() {
+                    Poll::Ready(Rare::Liveness)
+                } else {
+                    Poll::Pending
+                }
+            })
+        });
         tokio::select! {
-            frame = ws_rx.next() => {
+            frame = poll_fn(|cx| read_gate.poll(cx, |cx| ws.poll_next_unpin(cx))) => {
                 last_heard = Instant::now();
                 let text = match frame {
                     Some(Ok(Message::Text(t))) => t.to_string(),
@@ -281,28 +213,38 @@ async fn run_session(hub: Arc<Hub>, socket: WebSocket, host: String, peer: Optio
                 };
                 let mut texts = vec![response.to_string()];
                 texts.extend(session.take_pending());
-                if let Err(end) = out.send_all(texts).await {
+                if let Err(end) = out.send_all(&mut ws, texts).await {
                     break end;
                 }
             }
             delivery = session.next_delivery() => {
                 session.refresh_visibility().await;
-                if let Err(end) = out.send_all(session.pushes(&delivery)).await {
+                let mut texts = session.pushes(&delivery);
+                // What else is ready goes out in the same write.
+                while let Some(more) = session.try_next_delivery() {
+                    texts.extend(session.pushes(&more));
+                }
+                if let Err(end) = out.send_all(&mut ws, texts).await {
                     break end;
                 }
             }
-            _ = revocation_of(&mut revocations, me) => {
-                if !session.recheck().await {
-                    break End::Revoked;
+            rare = rare => match rare {
+                Rare::Overflow => break End::NotReading,
+                Rare::Shutdown => break End::Shutdown,
+                Rare::Revocation => {
+                    if !session.recheck().await {
+                        break End::Revoked;
+                    }
                 }
-            }
-            _ = overflow.wait() => break End::NotReading,
-            _ = liveness.tick() => {
-                if last_heard.elapsed() > ping_every * 2 {
-                    break End::Silent;
+                Rare::Liveness => {
+                    if last_heard.elapsed() > ping_every * 2 {
+                        break End::Silent;
+                    }
+                    if let Err(end) = out.ping(&mut ws).await {
+                        break end;
+                    }
                 }
-            }
-            _ = hub.shutting_down() => break End::Shutdown,
+            },
         }
     };
     match end {
@@ -316,11 +258,15 @@ async fn run_session(hub: Arc<Hub>, socket: WebSocket, host: String, peer: Optio
         End::ClientClosed | End::Shutdown => {}
     }
     drop(session);
-    // What was answered before a close the client or the hub chose still goes out; a client that
-    // does not read, or may no longer read, gets only the close frame.
-    let drain = matches!(end, End::ClientClosed | End::Shutdown);
-    let _ = close_tx.send(Closing { frame: end.close_frame(settings.max_message_bytes), drain });
-    if tokio::time::timeout(FINISH_TIMEOUT + Duration::from_secs(1), &mut writer).await.is_err() {
-        writer.abort();
-    }
+    // The close frame goes out after what was already written (after a client's own close, the
+    // library has queued its echo: flushing sends it), bounded in time: a client that does not read
+    // gets nothing more.
+    let frame = end.close_frame(settings.max_message_bytes);
+    let _ = tokio::time::timeout(FINISH_TIMEOUT, async {
+        if let Some(frame) = frame {
+            let _ = ws.feed(Message::Close(Some(frame))).await;
+        }
+        let _ = ws.flush().await;
+    })
+    .await;
 }

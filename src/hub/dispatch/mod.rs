@@ -15,7 +15,7 @@ use crate::model::GroupKind;
 use crate::model::User;
 use crate::time::{format_ms, now_ms};
 pub use action::{ApiAction, Permission, Target};
-pub use session::{push_text, revocation_of, revocation_pending, Session};
+pub use session::{push_text, revocation_of, revocation_pending, RevocationWatch, Session};
 
 /// Page size of WebSocket lists when the request gives no `take`.
 const WS_DEFAULT_TAKE: i64 = 20;

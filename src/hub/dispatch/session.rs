@@ -3,6 +3,7 @@
 //! owns the socket; the session owns the state the action table needs.
 
 use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
@@ -405,6 +406,56 @@ pub async fn revocation_of(rx: &mut tokio::sync::broadcast::Receiver<i64>, me: O
             Err(RecvError::Lagged(_)) => return,
             // The hub is gone: nothing will be revoked any more.
             Err(RecvError::Closed) => return std::future::pending().await,
+        }
+    }
+}
+
+/// The hub's revocation channel, watched by one session with a registration that outlives each
+/// wake-up: `revocation_of` on a borrowed receiver registers with the channel (a lock shared by every
+/// session) on each poll and leaves it when the session's select drops it, twice per delivery.
+pub struct RevocationWatch {
+    next: std::pin::Pin<Box<dyn Future<Output = RevocationRecv> + Send>>,
+}
+
+type RevocationRecv = (tokio::sync::broadcast::Receiver<i64>, Result<i64, tokio::sync::broadcast::error::RecvError>);
+
+impl RevocationWatch {
+    pub fn new(rx: tokio::sync::broadcast::Receiver<i64>) -> RevocationWatch {
+        RevocationWatch { next: Self::recv(rx) }
+    }
+
+    fn recv(
+        mut rx: tokio::sync::broadcast::Receiver<i64>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = RevocationRecv> + Send>> {
+        Box::pin(async move {
+            let r = rx.recv().await;
+            (rx, r)
+        })
+    }
+
+    /// `revocation_of` for this watch: completes when user `me`'s rights may have shrunk. Cancel-safe:
+    /// what was received is acted on before the next announcement is awaited.
+    pub async fn of(&mut self, me: Option<i64>) {
+        std::future::poll_fn(|cx| self.poll_of(cx, me)).await
+    }
+
+    /// `of` as a poll: `Ready` when user `me`'s rights may have shrunk.
+    pub fn poll_of(&mut self, cx: &mut std::task::Context<'_>, me: Option<i64>) -> std::task::Poll<()> {
+        use std::task::Poll;
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            let Poll::Ready((rx, r)) = self.next.as_mut().poll(cx) else { return Poll::Pending };
+            if let Err(RecvError::Closed) = r {
+                // The hub is gone: nothing will be revoked any more.
+                self.next = Box::pin(std::future::pending());
+                continue;
+            }
+            self.next = Self::recv(rx);
+            match r {
+                Ok(id) if Some(id) == me || id == crate::hub::EVERY_USER => return Poll::Ready(()),
+                Ok(_) => {}
+                Err(_) => return Poll::Ready(()),
+            }
         }
     }
 }
