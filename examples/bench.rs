@@ -1815,6 +1815,7 @@ async fn ws_measure(
     // Latency rounds.
     let (mut from_send, mut from_ack, mut rtt) = (Vec::new(), Vec::new(), Vec::new());
     let mut failures = Failures::default();
+    let cpu_before = cpu_seconds(std::process::id());
     for round in 0..config.ws_rounds as i64 {
         let body = json!({"notification": "lat", "parameters": {"seq": round}});
         let sent = Instant::now();
@@ -1851,7 +1852,14 @@ async fn ws_measure(
             }
         }
     }
+    let cpu = cpu_seconds(std::process::id()).zip(cpu_before).map(|(after, before)| after - before);
     println!("  latency from send ({} rounds x {n} sessions): {}", config.ws_rounds, tail_summary_us(&mut from_send));
+    if let Some(cpu) = cpu {
+        println!(
+            "  CPU during the latency rounds (the hub and its {n} clients, one process): {:.1} ms per round",
+            cpu * 1000.0 / config.ws_rounds.max(1) as f64
+        );
+    }
     println!("  latency from 201:                          {}", tail_summary_us(&mut from_ack));
     println!("  insert round trip (POST -> 201) with {n} subscribers: {}", summary_us(&mut rtt));
 
@@ -1966,15 +1974,28 @@ async fn ws_measure(
 async fn ws_peer_mosquitto(config: &Config, n: usize) -> BenchResult<f64> {
     let broker = ChildBroker::mosquitto(&config.mosquitto).await?;
     let label = broker.label.clone();
-    let result = ws_peer_run(broker.mqtt, config, n).await;
+    let result = ws_peer_run(broker.mqtt, broker.pid(), config, n).await;
     broker.stop().await;
-    let (rate, mut from_send) = result?;
+    let (rate, mut from_send, cpu) = result?;
     println!("  {label}, {n} MQTT subscribers: latency from send: {}", tail_summary_us(&mut from_send));
+    if let Some((broker_s, clients_s)) = cpu {
+        let per_round = |s: f64| s * 1000.0 / config.ws_rounds.max(1) as f64;
+        println!(
+            "  {label}, CPU during the latency rounds: {:.1} ms per round ({:.1} the broker, {:.1} its {n} clients)",
+            per_round(broker_s + clients_s),
+            per_round(broker_s),
+            per_round(clients_s)
+        );
+    }
     println!("  {label}, {n} MQTT subscribers: deliveries/s {rate:.0}");
     Ok(rate)
 }
 
-async fn ws_peer_run(addr: SocketAddr, config: &Config, n: usize) -> BenchResult<(f64, Vec<i64>)> {
+/// The delivery rate, the latencies from send and, when readable, the CPU seconds of the broker and of
+/// this process (its clients) during the latency rounds.
+type PeerRun = (f64, Vec<i64>, Option<(f64, f64)>);
+
+async fn ws_peer_run(addr: SocketAddr, broker_pid: u32, config: &Config, n: usize) -> BenchResult<PeerRun> {
     const TOPIC: &str = "bench/ws-peer/fanout";
     let t0 = Instant::now();
     let (lat_tx, mut lat_rx) = mpsc::unbounded_channel::<(i64, Instant)>();
@@ -2007,6 +2028,8 @@ async fn ws_peer_run(addr: SocketAddr, config: &Config, n: usize) -> BenchResult
         // Latency rounds: one QoS1 publish, then every subscriber must have it.
         let (mut pr, mut pw) = mqtt_client(addr, "bench-ws-peer-pub", &Creds::Anonymous).await?;
         let mut from_send = Vec::with_capacity(config.ws_rounds * n);
+        let cpu_of = || cpu_seconds(broker_pid).zip(cpu_seconds(std::process::id()));
+        let cpu_before = cpu_of();
         for round in 0..config.ws_rounds as i64 {
             let sent = Instant::now();
             mq::publish(&mut pw.buf, TOPIC, format!("lat {round}").as_bytes(), 1, 1);
@@ -2024,6 +2047,7 @@ async fn ws_peer_run(addr: SocketAddr, config: &Config, n: usize) -> BenchResult
             }
             while !matches!(pr.next().await?, mq::Packet::PubAck(_)) {}
         }
+        let cpu = cpu_of().zip(cpu_before).map(|((b1, c1), (b0, c0))| (b1 - b0, c1 - c0));
         // Rate phase.
         let start = Instant::now();
         let start_ns = nanos_since(t0, start);
@@ -2076,7 +2100,7 @@ async fn ws_peer_run(addr: SocketAddr, config: &Config, n: usize) -> BenchResult
             elapsed.as_secs_f64(),
             expected.saturating_sub(delivered)
         );
-        Ok((per_sec(delivered, elapsed), from_send))
+        Ok((per_sec(delivered, elapsed), from_send, cpu))
     }
     .await;
     for r in readers {
