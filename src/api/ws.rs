@@ -97,7 +97,7 @@ impl Outbox<'_> {
     }
 
     /// Waits for a write that found the socket full, at most `grace`.
-    async fn wait(&self, write: impl std::future::Future<Output = Result<(), axum::Error>>) -> Result<(), End> {
+    async fn wait(&self, write: impl Future<Output = Result<(), axum::Error>>) -> Result<(), End> {
         tokio::select! {
             written = tokio::time::timeout(self.grace, write) => match written {
                 Ok(Ok(())) => Ok(()),

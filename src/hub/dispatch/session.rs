@@ -395,24 +395,34 @@ fn order_key(kind: EventKind, id: i64, cursor: i64) -> i64 {
 }
 
 /// Completes when the rights of user `me` may have shrunk: its id was announced on the hub's
-/// revocation channel, or announcements were missed (a lagging receiver cannot tell). The
-/// transports select on it beside their sockets and then call `Session::recheck`.
+/// revocation channel, or announcements were missed (a lagging receiver cannot tell). The MQTT
+/// connection selects on it beside its socket and then calls `Session::recheck`; it keeps the
+/// receiver in reach for `revocation_pending` between a socket read and serving it.
 pub async fn revocation_of(rx: &mut tokio::sync::broadcast::Receiver<i64>, me: Option<i64>) {
     use tokio::sync::broadcast::error::RecvError;
     loop {
         match rx.recv().await {
-            Ok(id) if Some(id) == me || id == crate::hub::EVERY_USER => return,
-            Ok(_) => {}
-            Err(RecvError::Lagged(_)) => return,
             // The hub is gone: nothing will be revoked any more.
             Err(RecvError::Closed) => return std::future::pending().await,
+            received if concerns(&received, me) => return,
+            _ => {}
         }
     }
 }
 
-/// The hub's revocation channel, watched by one session with a registration that outlives each
-/// wake-up: `revocation_of` on a borrowed receiver registers with the channel (a lock shared by every
-/// session) on each poll and leaves it when the session's select drops it, twice per delivery.
+/// Whether what the revocation channel gave concerns user `me`: its id, every user, or missed
+/// announcements (a lagging receiver cannot tell whose they were).
+fn concerns(received: &Result<i64, tokio::sync::broadcast::error::RecvError>, me: Option<i64>) -> bool {
+    match received {
+        Ok(id) => Some(*id) == me || *id == crate::hub::EVERY_USER,
+        Err(_) => true,
+    }
+}
+
+/// `revocation_of` for a session that waits on several things behind a wake-up gate (the WebSocket
+/// session, `net::gate`): its receive on the revocation channel stays registered between wake-ups,
+/// where `revocation_of` on a borrowed receiver registers with the channel (a lock every session
+/// shares) on each poll and leaves it when the session's select drops it.
 pub struct RevocationWatch {
     next: std::pin::Pin<Box<dyn Future<Output = RevocationRecv> + Send>>,
 }
@@ -433,28 +443,21 @@ impl RevocationWatch {
         })
     }
 
-    /// `revocation_of` for this watch: completes when user `me`'s rights may have shrunk. Cancel-safe:
-    /// what was received is acted on before the next announcement is awaited.
-    pub async fn of(&mut self, me: Option<i64>) {
-        std::future::poll_fn(|cx| self.poll_of(cx, me)).await
-    }
-
-    /// `of` as a poll: `Ready` when user `me`'s rights may have shrunk.
+    /// `Ready` when user `me`'s rights may have shrunk. What was received is judged before the next
+    /// announcement is awaited, in the same poll.
     pub fn poll_of(&mut self, cx: &mut std::task::Context<'_>, me: Option<i64>) -> std::task::Poll<()> {
         use std::task::Poll;
         use tokio::sync::broadcast::error::RecvError;
         loop {
-            let Poll::Ready((rx, r)) = self.next.as_mut().poll(cx) else { return Poll::Pending };
-            if let Err(RecvError::Closed) = r {
+            let Poll::Ready((rx, received)) = self.next.as_mut().poll(cx) else { return Poll::Pending };
+            if let Err(RecvError::Closed) = received {
                 // The hub is gone: nothing will be revoked any more.
                 self.next = Box::pin(std::future::pending());
                 continue;
             }
             self.next = Self::recv(rx);
-            match r {
-                Ok(id) if Some(id) == me || id == crate::hub::EVERY_USER => return Poll::Ready(()),
-                Ok(_) => {}
-                Err(_) => return Poll::Ready(()),
+            if concerns(&received, me) {
+                return Poll::Ready(());
             }
         }
     }
@@ -467,7 +470,7 @@ pub fn revocation_pending(rx: &mut tokio::sync::broadcast::Receiver<i64>, me: Op
     let mut concerned = false;
     loop {
         match rx.try_recv() {
-            Ok(id) => concerned |= me == Some(id) || id == crate::hub::EVERY_USER,
+            Ok(id) => concerned |= concerns(&Ok(id), me),
             Err(TryRecvError::Lagged(_)) => concerned = true,
             Err(TryRecvError::Empty | TryRecvError::Closed) => return concerned,
         }
