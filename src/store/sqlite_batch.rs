@@ -29,17 +29,35 @@ use crate::model::SessionRecord;
 /// As long as the pool's connections wait for a lock (`store/mod.rs`).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How often the checkpointer copies the WAL's new pages into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// Pages (4 KiB) the WAL may reach before the message writer checkpoints it itself, in line with a
+/// commit: a safety net for when the checkpointer cannot keep up (SQLite's default is 1,000).
+const WRITER_AUTOCHECKPOINT_PAGES: i64 = 16_384;
+
 /// The writer's own connection to the store's SQLite file.
 pub(crate) struct SqliteBatch {
     conn: Connection,
+    /// The message writer's WAL checkpoints, run beside it (dropped with it).
+    _checkpointer: Option<Checkpointer>,
 }
 
 impl SqliteBatch {
-    /// Opens a connection to the store's SQLite file with the pool's durability setting; `None` on
-    /// PostgreSQL.
+    /// Opens the message writer's connection to the store's SQLite file, with the pool's durability
+    /// setting and a checkpointer of its own; `None` on PostgreSQL.
     pub(crate) async fn open(store: &Store) -> Option<Result<SqliteBatch>> {
         let Db::Sqlite(pool) = &store.db else { return None };
-        Some(Self::open_sqlite(pool).await)
+        Some(
+            async {
+                let mut batch = Self::open_sqlite(pool).await?;
+                batch._checkpointer =
+                    Some(Checkpointer::start(&pool.connect_options().get_filename().to_string_lossy())?);
+                batch.conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)?;
+                Ok(batch)
+            }
+            .await,
+        )
     }
 
     pub(crate) async fn open_sqlite(pool: &sqlx::SqlitePool) -> Result<SqliteBatch> {
@@ -54,7 +72,7 @@ impl SqliteBatch {
         conn.pragma_update(None, "foreign_keys", true)?;
         conn.pragma_update(None, "cache_size", -32768)?;
         conn.set_prepared_statement_cache_capacity(8);
-        Ok(SqliteBatch { conn })
+        Ok(SqliteBatch { conn, _checkpointer: None })
     }
 
     /// Commits `ops` in one transaction stamped `ts`, in order (ids follow it). A row that fails
@@ -148,5 +166,45 @@ impl SqliteBatch {
             Some(c) => Ok(Written::CommandUpdated(Arc::new(c))),
             None => Err(ApiError::command_not_found(u.command_id)),
         }
+    }
+}
+
+/// Checkpoints the WAL from a thread and connection of its own. By default the connection whose
+/// commit takes the WAL past 1,000 pages copies them into the database file and syncs it, in line:
+/// with the message writer that was a 16–19 ms `fsync` every few hundred commits, stalling every
+/// message behind it (`bench mqtt-latency`: p90 0.5 ms, p99 16 ms on every path). A passive
+/// checkpoint waits for no reader or writer and blocks none; the writer keeps appending meanwhile.
+struct Checkpointer {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Checkpointer {
+    fn start(path: &str) -> Result<Checkpointer> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let run = move || {
+            while !stopped.load(std::sync::atomic::Ordering::Acquire) {
+                std::thread::sleep(CHECKPOINT_EVERY);
+                // One row: (busy, WAL pages, pages checkpointed).
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::debug!(error = %e, "WAL checkpoint failed; the next one retries");
+                }
+            }
+        };
+        std::thread::Builder::new().name("sqlite-checkpoint".into()).spawn(run).map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot start the WAL checkpointer: {e}"),
+            )
+        })?;
+        Ok(Checkpointer { stop })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
     }
 }
