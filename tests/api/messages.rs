@@ -812,3 +812,34 @@ async fn an_answered_insert_is_not_pushed_again_to_a_later_subscription() {
     tokio::join!(probes, load(), load(), load());
     hub.stop().await;
 }
+
+/// On SQLite the message writer's WAL is copied into the database file beside the writer, not by a
+/// commit that takes it past SQLite's 1,000 pages (that checkpoint syncs the file in line, stalling
+/// every message behind it): rows committed in far fewer pages reach the database file by themselves.
+#[tokio::test]
+async fn committed_rows_reach_the_sqlite_file_without_a_commit_checkpointing() {
+    skip_unless_backend!();
+    if super::TestHub::BACKEND != "sqlite" {
+        return;
+    }
+    let hub = TestHub::start().await;
+    let a = &hub.admin;
+    hub.put(a, "/device/ckpt-1", json!({"name": "ckpt"})).await.expect(204);
+    let db = hub.dir.path().join("hub.db");
+    let size = || std::fs::metadata(&db).unwrap().len();
+    // What the start-up wrote is checkpointed first; then the file stays as it is.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = size();
+    // ~40 pages of overflowing rows (and their index pages): far under 1,000.
+    let pad = "x".repeat(8_000);
+    for i in 0..20 {
+        hub.post(a, "/device/ckpt-1/notification", json!({"notification": "n", "parameters": {"i": i, "pad": pad}}))
+            .await
+            .expect(201);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while size() < before + 100_000 {
+        assert!(std::time::Instant::now() < deadline, "the database file stayed at {} bytes (from {before})", size());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
