@@ -70,30 +70,28 @@ impl Outbox<'_> {
     /// for `grace`, or when its delivery queue overflows meanwhile — deliveries were then dropped and
     /// the session cannot go on without a gap.
     async fn send_all(&self, ws: &mut WebSocket, texts: Vec<String>) -> Result<(), End> {
-        let mut messages = texts.into_iter().map(|t| Message::Text(Utf8Bytes::from(t)));
-        let Some(first) = messages.next() else { return Ok(()) };
-        // Most pushes go out without waiting: no timer is armed for them.
-        let mut pending = Some(first);
-        while let Some(msg) = pending.take() {
-            let mut feed = ws.feed(msg);
-            match futures_util::FutureExt::now_or_never(&mut feed) {
-                Some(Ok(())) => {}
-                Some(Err(_)) => return Err(End::ClientClosed),
-                None => self.wait(feed).await?,
-            }
-            pending = messages.next();
+        if texts.is_empty() {
+            return Ok(());
         }
-        let mut flush = ws.flush();
-        match futures_util::FutureExt::now_or_never(&mut flush) {
-            Some(Ok(())) => Ok(()),
-            Some(Err(_)) => Err(End::ClientClosed),
-            None => self.wait(flush).await,
+        for text in texts {
+            self.write(ws.feed(Message::Text(Utf8Bytes::from(text)))).await?;
         }
+        self.write(ws.flush()).await
     }
 
     /// Sends a ping (the peer's liveness is judged by what it sends back).
     async fn ping(&self, ws: &mut WebSocket) -> Result<(), End> {
-        self.wait(ws.send(Message::Ping(Default::default()))).await
+        self.write(SinkExt::send(ws, Message::Ping(Default::default()))).await
+    }
+
+    /// One write to the socket. Most find room at once: no timer is armed for them; one that finds
+    /// the socket full waits at most `grace`.
+    async fn write(&self, mut write: impl Future<Output = Result<(), axum::Error>> + Unpin) -> Result<(), End> {
+        match futures_util::FutureExt::now_or_never(&mut write) {
+            Some(Ok(())) => Ok(()),
+            Some(Err(_)) => Err(End::ClientClosed),
+            None => self.wait(write).await,
+        }
     }
 
     /// Waits for a write that found the socket full, at most `grace`.
