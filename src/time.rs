@@ -11,11 +11,63 @@ pub fn now_ms() -> i64 {
 }
 
 /// Formats epoch milliseconds as `2018-03-15T15:04:25.123`.
+///
+/// Every stored message, every delivery and every answer carries a timestamp, so this runs once per
+/// message per recipient format; chrono's `format` interprets its pattern each time (2.6 % of a REST
+/// insert's CPU), while the arithmetic below is a few dozen instructions. Instants outside the
+/// years 0000–9999, which the hub never stores (see [`writable`]), still go through chrono.
 pub fn format_ms(ms: i64) -> String {
-    match Utc.timestamp_millis_opt(ms).single() {
-        Some(t) => t.format("%Y-%m-%dT%H:%M:%S%.3f").to_string(),
-        None => "1970-01-01T00:00:00.000".to_string(),
+    if !(EARLIEST_MS..=LATEST_MS).contains(&ms) {
+        return match Utc.timestamp_millis_opt(ms).single() {
+            Some(t) => t.format("%Y-%m-%dT%H:%M:%S%.3f").to_string(),
+            None => "1970-01-01T00:00:00.000".to_string(),
+        };
     }
+    let days = ms.div_euclid(86_400_000);
+    let of_day = ms.rem_euclid(86_400_000);
+    let (year, month, day) = civil_from_days(days);
+    let fields = [
+        (year / 100, b'0'),
+        (year % 100, b'-'),
+        (month, b'-'),
+        (day, b'T'),
+        (of_day / 3_600_000, b':'),
+        (of_day / 60_000 % 60, b':'),
+        (of_day / 1000 % 60, b'.'),
+    ];
+    let mut out = [0u8; 23];
+    let mut at = 0;
+    for (i, (value, separator)) in fields.into_iter().enumerate() {
+        out[at] = b'0' + (value / 10) as u8;
+        out[at + 1] = b'0' + (value % 10) as u8;
+        at += 2;
+        // The century and the year within it are written back to back.
+        if i > 0 {
+            out[at] = separator;
+            at += 1;
+        }
+    }
+    let millis = of_day % 1000;
+    out[20] = b'0' + (millis / 100) as u8;
+    out[21] = b'0' + (millis / 10 % 10) as u8;
+    out[22] = b'0' + (millis % 10) as u8;
+    // Only ASCII digits and separators were written.
+    out.iter().map(|&b| b as char).collect()
+}
+
+/// Year, month and day of the proleptic Gregorian calendar for days since 1970-01-01 (Howard
+/// Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 /// The earliest and latest instants the wire format writes (years 0000 to 9999): a timestamp outside
@@ -91,6 +143,38 @@ mod tests {
     fn formats_with_three_fraction_digits_and_no_zone() {
         assert_eq!(format_ms(1_521_126_265_123), "2018-03-15T15:04:25.123");
         assert_eq!(format_ms(1_521_126_265_000), "2018-03-15T15:04:25.000");
+    }
+
+    #[test]
+    fn the_formatter_writes_what_chrono_writes() {
+        let chrono_format =
+            |ms: i64| Utc.timestamp_millis_opt(ms).single().unwrap().format("%Y-%m-%dT%H:%M:%S%.3f").to_string();
+        // Leap days, century years (1900 is not a leap year, 2000 is), the epoch, negative instants,
+        // both ends of the writable range, and a pseudo-random walk across it.
+        let mut samples = vec![
+            0,
+            -1,
+            1,
+            951_782_400_000,
+            951_868_799_999,
+            -2_203_891_200_000,
+            -2_208_988_800_001,
+            4_107_542_400_000,
+            EARLIEST_MS,
+            EARLIEST_MS + 86_399_999,
+            LATEST_MS,
+            LATEST_MS - 86_400_000,
+        ];
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            samples.push(EARLIEST_MS + (x % (LATEST_MS - EARLIEST_MS + 1) as u64) as i64);
+        }
+        for ms in samples {
+            assert_eq!(format_ms(ms), chrono_format(ms), "{ms}");
+        }
     }
 
     #[test]

@@ -68,8 +68,12 @@ const FROM: &str =
 
 impl Store {
     pub async fn device_get(&self, device_id: &str) -> Result<Option<Device>> {
-        let sql = Sql::new(format!("SELECT {COLUMNS} FROM device d WHERE d.device_id = $1")).bind(device_id);
-        self.device_memo(device_id, self.db.fetch_optional(sql, device_from_row)).await
+        // The statement is built only when the memo does not have the row.
+        self.device_memo(device_id, || {
+            let sql = Sql::new(format!("SELECT {COLUMNS} FROM device d WHERE d.device_id = $1")).bind(device_id);
+            self.db.fetch_optional(sql, device_from_row)
+        })
+        .await
     }
 
     pub async fn device_list(&self, q: &DeviceListQuery) -> Result<Vec<Device>> {

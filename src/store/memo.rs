@@ -152,16 +152,17 @@ impl Store {
 
     /// `user_get` through the memo. Only active users are remembered: a lockout that lifts by
     /// itself with time is read fresh every time.
-    pub(crate) async fn user_memo<F>(&self, id: i64, read: F) -> Result<Option<User>>
+    pub(crate) async fn user_memo<R, F>(&self, id: i64, read: R) -> Result<Option<User>>
     where
+        R: FnOnce() -> F,
         F: Future<Output = Result<Option<User>>>,
     {
-        let Some(memos) = &self.memos else { return read.await };
+        let Some(memos) = &self.memos else { return read().await };
         let seen = match memos.users.get(&id) {
             Ok(user) => return Ok(Some(user)),
             Err(generation) => generation,
         };
-        let user = read.await?;
+        let user = read().await?;
         if let Some(u) = user.as_ref().filter(|u| u.status == STATUS_ACTIVE) {
             memos.users.remember(seen, id, u.clone());
         }
@@ -169,31 +170,33 @@ impl Store {
     }
 
     /// `user_network_ids` through the memo.
-    pub(crate) async fn user_networks_memo<F>(&self, user_id: i64, read: F) -> Result<Vec<i64>>
+    pub(crate) async fn user_networks_memo<R, F>(&self, user_id: i64, read: R) -> Result<Vec<i64>>
     where
+        R: FnOnce() -> F,
         F: Future<Output = Result<Vec<i64>>>,
     {
-        let Some(memos) = &self.memos else { return read.await };
+        let Some(memos) = &self.memos else { return read().await };
         let seen = match memos.user_networks.get(&user_id) {
             Ok(ids) => return Ok(ids),
             Err(generation) => generation,
         };
-        let ids = read.await?;
+        let ids = read().await?;
         memos.user_networks.remember(seen, user_id, ids.clone());
         Ok(ids)
     }
 
     /// `device_get` through the memo (existing devices only).
-    pub(crate) async fn device_memo<F>(&self, device_id: &str, read: F) -> Result<Option<Device>>
+    pub(crate) async fn device_memo<R, F>(&self, device_id: &str, read: R) -> Result<Option<Device>>
     where
+        R: FnOnce() -> F,
         F: Future<Output = Result<Option<Device>>>,
     {
-        let Some(memos) = &self.memos else { return read.await };
+        let Some(memos) = &self.memos else { return read().await };
         let seen = match memos.devices.get(device_id) {
             Ok(device) => return Ok(Some(device)),
             Err(generation) => generation,
         };
-        let device = read.await?;
+        let device = read().await?;
         if let Some(d) = &device {
             memos.devices.remember(seen, device_id.to_string(), d.clone());
         }

@@ -91,8 +91,12 @@ pub struct UserUpdate {
 
 impl Store {
     pub async fn user_get(&self, id: i64) -> Result<Option<User>> {
-        let sql = Sql::new(format!("SELECT {COLUMNS} FROM dh_user WHERE id = $1")).bind(id);
-        self.user_memo(id, self.db.fetch_optional(sql, user_from_row)).await
+        // The statement is built only when the memo does not have the row.
+        self.user_memo(id, || {
+            let sql = Sql::new(format!("SELECT {COLUMNS} FROM dh_user WHERE id = $1")).bind(id);
+            self.db.fetch_optional(sql, user_from_row)
+        })
+        .await
     }
 
     pub async fn user_by_login(&self, login: &str) -> Result<Option<User>> {
@@ -257,8 +261,12 @@ impl Store {
     }
 
     pub async fn user_network_ids(&self, user_id: i64) -> Result<Vec<i64>> {
-        let sql = Sql::new("SELECT network_id FROM user_network WHERE user_id = $1 ORDER BY network_id").bind(user_id);
-        self.user_networks_memo(user_id, self.db.fetch_all(sql, |r| r.i64(0))).await
+        self.user_networks_memo(user_id, || {
+            let sql =
+                Sql::new("SELECT network_id FROM user_network WHERE user_id = $1 ORDER BY network_id").bind(user_id);
+            self.db.fetch_all(sql, |r| r.i64(0))
+        })
+        .await
     }
 
     pub async fn user_assign_network(&self, user_id: i64, network_id: i64) -> Result<()> {
