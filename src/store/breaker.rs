@@ -73,13 +73,16 @@ impl Pg {
             self.observe(&r);
             return r;
         }
+        // The turn is handed back also when this future is dropped mid-probe — `/readyz` gives the
+        // database as long as a probe may take, and a client may hang up — or no statement would
+        // ever probe again and the breaker would stay open after the server is back.
+        let turn = ProbeTurn(b);
         let r = tokio::time::timeout(PROBE_DEADLINE, op).await.unwrap_or(Err(sqlx::Error::PoolTimedOut));
         if r.is_err() {
             self.reconnect_in_background();
         }
         self.observe(&r);
-        b.probing.store(false, Ordering::Release);
-        b.probed.notify_waiters();
+        drop(turn);
         r
     }
 
@@ -126,5 +129,50 @@ impl Pg {
             sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
             _ => false,
         }
+    }
+}
+
+/// The probing turn of one statement: handed back, with the waiting statements woken to look at the
+/// outcome, when the probe ends or its future is dropped.
+struct ProbeTurn<'a>(&'a Breaker);
+
+impl Drop for ProbeTurn<'_> {
+    fn drop(&mut self) {
+        self.0.probing.store(false, Ordering::Release);
+        self.0.probed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::{Context, Poll};
+
+    fn unreachable() -> sqlx::Error {
+        sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
+    }
+
+    /// A probe whose caller gives up (a `/readyz` deadline, a client that hung up) must not keep the
+    /// probing turn: the next statement probes, and its success closes the breaker.
+    #[tokio::test]
+    async fn a_dropped_probe_hands_its_turn_back() {
+        let pool = sqlx::postgres::PgPoolOptions::new().connect_lazy("postgres://hub@127.0.0.1:1/hub").unwrap();
+        let pg = Pg::new(pool);
+        // A statement finds the server unreachable: the breaker opens.
+        assert!(pg.guard(async { Err::<(), _>(unreachable()) }).await.is_err());
+        assert!(pg.breaker.open.load(Ordering::Acquire));
+
+        // The next statement becomes the probe; its caller drops it before it ends.
+        let mut probe = Box::pin(pg.guard(std::future::pending::<Result<(), sqlx::Error>>()));
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        assert!(matches!(probe.as_mut().poll(&mut cx), Poll::Pending));
+        assert!(pg.breaker.probing.load(Ordering::Acquire));
+        drop(probe);
+
+        // The server is back: the next statement probes, succeeds and closes the breaker.
+        // (With the turn kept, it would wait for a probe nobody runs and fail as the breaker is open.)
+        let answer = pg.guard(async { Ok::<_, sqlx::Error>(7) }).await;
+        assert_eq!(answer.expect("the breaker stayed open"), 7);
+        assert!(!pg.breaker.open.load(Ordering::Acquire));
     }
 }
