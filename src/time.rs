@@ -26,33 +26,21 @@ pub fn format_ms(ms: i64) -> String {
     let days = ms.div_euclid(86_400_000);
     let of_day = ms.rem_euclid(86_400_000);
     let (year, month, day) = civil_from_days(days);
-    let fields = [
-        (year / 100, b'0'),
-        (year % 100, b'-'),
-        (month, b'-'),
-        (day, b'T'),
-        (of_day / 3_600_000, b':'),
-        (of_day / 60_000 % 60, b':'),
-        (of_day / 1000 % 60, b'.'),
-    ];
-    let mut out = [0u8; 23];
-    let mut at = 0;
-    for (i, (value, separator)) in fields.into_iter().enumerate() {
-        out[at] = b'0' + (value / 10) as u8;
-        out[at + 1] = b'0' + (value % 10) as u8;
-        at += 2;
-        // The century and the year within it are written back to back.
-        if i > 0 {
-            out[at] = separator;
-            at += 1;
+    let mut out = String::with_capacity(23);
+    let mut digits = |value: i64, width: u32, then: Option<char>| {
+        for place in (0..width).rev() {
+            out.push(char::from(b'0' + (value / 10_i64.pow(place) % 10) as u8));
         }
-    }
-    let millis = of_day % 1000;
-    out[20] = b'0' + (millis / 100) as u8;
-    out[21] = b'0' + (millis / 10 % 10) as u8;
-    out[22] = b'0' + (millis % 10) as u8;
-    // Only ASCII digits and separators were written.
-    out.iter().map(|&b| b as char).collect()
+        out.extend(then);
+    };
+    digits(year, 4, Some('-'));
+    digits(month, 2, Some('-'));
+    digits(day, 2, Some('T'));
+    digits(of_day / 3_600_000, 2, Some(':'));
+    digits(of_day / 60_000 % 60, 2, Some(':'));
+    digits(of_day / 1000 % 60, 2, Some('.'));
+    digits(of_day % 1000, 3, None);
+    out
 }
 
 /// Year, month and day of the proleptic Gregorian calendar for days since 1970-01-01 (Howard
