@@ -1463,6 +1463,28 @@ async fn cors_headers_and_preflight() {
     hub.stop().await;
 }
 
+/// Every answer says its length (hyper writes it; the edge drops axum's copy to keep the header map
+/// small), and a HEAD answer keeps the length of the GET it stands for, with no body.
+#[tokio::test]
+async fn answers_carry_their_length_and_head_that_of_the_get() {
+    skip_unless_backend!();
+    let hub = TestHub::start().await;
+    let length = |r: &Reply| r.headers.get("content-length").and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    let ok = anon(&hub, Method::GET, "/info", None).await;
+    let created = hub.post(&hub.admin, "/network", json!({"name": "Length Net"})).await;
+    let missing = hub.get(&hub.admin, "/no/such/route").await;
+    for r in [&ok, &created, &missing] {
+        assert!(!r.text.is_empty(), "{}", r.status);
+        assert_eq!(length(r), Some(r.text.len()), "{} {}", r.status, r.text);
+    }
+    let head = raw(&hub, Method::HEAD, "/info", &[], None).await;
+    assert_eq!(head.status, 200);
+    assert!(head.text.is_empty(), "HEAD answered a body: {}", head.text);
+    // The GET's body differs only in its serverTimestamp, whose width is fixed.
+    assert_eq!(length(&head), Some(ok.text.len()));
+    hub.stop().await;
+}
+
 #[tokio::test]
 async fn method_override_header() {
     skip_unless_backend!();
