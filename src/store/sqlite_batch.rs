@@ -48,16 +48,14 @@ impl SqliteBatch {
     /// setting and a checkpointer of its own; `None` on PostgreSQL.
     pub(crate) async fn open(store: &Store) -> Option<Result<SqliteBatch>> {
         let Db::Sqlite(pool) = &store.db else { return None };
-        Some(
-            async {
-                let mut batch = Self::open_sqlite(pool).await?;
-                batch._checkpointer =
-                    Some(Checkpointer::start(&pool.connect_options().get_filename().to_string_lossy())?);
-                batch.conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)?;
-                Ok(batch)
-            }
-            .await,
-        )
+        Some(Self::open_writer(pool).await)
+    }
+
+    async fn open_writer(pool: &sqlx::SqlitePool) -> Result<SqliteBatch> {
+        let mut batch = Self::open_sqlite(pool).await?;
+        batch._checkpointer = Some(Checkpointer::start(&pool.connect_options().get_filename().to_string_lossy())?);
+        batch.conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)?;
+        Ok(batch)
     }
 
     pub(crate) async fn open_sqlite(pool: &sqlx::SqlitePool) -> Result<SqliteBatch> {
